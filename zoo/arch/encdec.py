@@ -1,0 +1,131 @@
+"""The encoder-decoder (T5-style): a bidirectional encoder, and a causal decoder that cross-attends to it."""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
+from zoo.attention.cache import LayerCache
+from zoo.attention.mask import Mask
+from zoo.residual import Depth
+
+
+class EncoderDecoder(nn.Module):
+    """Encoder-decoder Transformer (Vaswani et al. 2017; T5, Raffel et al. 2019, arXiv:1910.10683).
+
+    Encoder and decoder share the token embedding and each has its own position scheme (T5's
+    relative bias differs between a bidirectional and a causal stack).
+
+    Args:
+        vocab_size, dim, n_heads, head_dim, max_seq_len, dropout: as in :class:`~zoo.arch.lm.TransformerLM`.
+        n_layers: encoder layers.
+        n_decoder_layers: decoder layers; ``None`` means ``n_layers``.
+        attention, cross_attention, ffn, norm, residual, pos, init: the slot factories.
+        tie_embeddings: share the embedding with the LM head.
+        logit_scale: multiply the decoder output before the head (T5 v1.0 uses ``dim ** -0.5`` when tied).
+
+    Shapes: ``src (b, n_src)``, ``tgt (b, n_tgt)`` -> logits ``(b, n_tgt, vocab_size)``.
+    """
+
+    arch = "encdec"
+    causal = True
+    can_generate = True
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        dim: int,
+        n_layers: int,
+        n_decoder_layers: int | None = None,
+        n_heads: int,
+        head_dim: int | None = None,
+        max_seq_len: int,
+        attention: Factory,
+        cross_attention: Factory,
+        ffn: Factory,
+        norm: Factory,
+        residual: Factory,
+        pos: Factory,
+        init: Callable[..., None],
+        tie_embeddings: bool = True,
+        logit_scale: float = 1.0,
+        final_norm: bool | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        n_decoder_layers = n_layers if n_decoder_layers is None else n_decoder_layers
+        self.vocab_size, self.dim, self.max_seq_len, self.logit_scale = vocab_size, dim, max_seq_len, logit_scale
+        self.n_layers = n_layers + n_decoder_layers
+        self.embed = nn.Embedding(vocab_size, dim)
+        shared = dict(
+            n_heads=n_heads,
+            head_dim=head_dim_of(dim, n_heads, head_dim),
+            max_seq_len=max_seq_len,
+            attention=attention,
+            ffn=ffn,
+            norm=norm,
+            residual=residual,
+            pos=pos,
+            dropout=dropout,
+            final_norm=final_norm,
+        )
+        self.encoder = Stack(
+            dim, n_layers=n_layers, causal=False, depth=Depth("encoder", n_layers, n_decoder_layers), **shared
+        )
+        self.decoder = Stack(
+            dim,
+            n_layers=n_decoder_layers,
+            causal=True,
+            depth=Depth("decoder", n_layers, n_decoder_layers),
+            cross_attention=cross_attention,
+            **shared,
+        )
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        init(self, n_layers=self.n_layers)
+        if tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def encode(self, src: torch.Tensor, *, src_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``src (b, n_src)`` -> encoder output ``(b, n_src, dim)``."""
+        positions = default_positions(src.shape[1], src.device)
+        return self.encoder(self.embed(src), positions=positions, mask=Mask(key_valid=src_valid))
+
+    def decode(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        *,
+        src_valid: torch.Tensor | None = None,
+        tgt_valid: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(b, n_tgt, vocab)`` of the decoder over ``memory``; ``cache`` makes it incremental."""
+        if positions is None:
+            offset = cache[0].self_attn.seen if cache else 0
+            positions = default_positions(tgt.shape[1], tgt.device, offset)
+        x = self.decoder(
+            self.embed(tgt),
+            positions=positions,
+            mask=Mask(causal=True, key_valid=tgt_valid),
+            memory=memory,
+            memory_valid=src_valid,
+            cache=cache,
+        )
+        return self.lm_head(x * self.logit_scale)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+        *,
+        src_valid: torch.Tensor | None = None,
+        tgt_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        memory = self.encode(src, src_valid=src_valid)
+        return self.decode(tgt, memory, src_valid=src_valid, tgt_valid=tgt_valid)
+
+    def new_cache(self) -> list[LayerCache]:
+        return self.decoder.new_cache()

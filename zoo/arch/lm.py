@@ -1,0 +1,153 @@
+"""Single-stack language models: causal decoder, prefix decoder, and encoder-only.
+
+They differ only in the mask they build (x-transformers' insight): all three share
+:class:`TransformerLM`.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
+from zoo.attention.cache import LayerCache
+from zoo.attention.mask import Mask
+from zoo.errors import ConfigError
+from zoo.residual import Depth
+
+
+class TransformerLM(nn.Module):
+    """Token embedding, one :class:`~zoo.arch.stack.Stack`, and a language-model head.
+
+    Args:
+        vocab_size: tokens in the vocabulary.
+        dim: model width.
+        n_layers: blocks.
+        n_heads: attention heads.
+        head_dim: width of one head; ``None`` means ``dim // n_heads``.
+        max_seq_len: the longest sequence the model is built for (learned positions stop there).
+        attention, ffn, norm, residual, pos: the slot factories (``model/<slot>`` config groups).
+        init: the weight init scheme (``model/init``), called on the built model.
+        tie_embeddings: share the embedding matrix with the LM head.
+        embed_norm: a norm right after the embedding (BLOOM).
+        final_norm: a norm after the last block; ``None`` follows the residual wiring.
+        dropout: residual, attention, FFN and embedding dropout.
+
+    Shapes: tokens ``(b, n)`` -> logits ``(b, n, vocab_size)``.
+    """
+
+    #: the architecture's name, as in ``model=<arch>``
+    arch: str = ""
+    causal: bool = True
+    can_generate: bool = True
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        dim: int,
+        n_layers: int,
+        n_heads: int,
+        head_dim: int | None = None,
+        max_seq_len: int,
+        attention: Factory,
+        ffn: Factory,
+        norm: Factory,
+        residual: Factory,
+        pos: Factory,
+        init: Callable[..., None],
+        tie_embeddings: bool = True,
+        embed_norm: bool = False,
+        final_norm: bool | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
+        self.embed = nn.Embedding(vocab_size, dim)
+        depth = Depth(stack="decoder" if self.causal else "encoder", encoder_layers=0 if self.causal else n_layers, decoder_layers=n_layers if self.causal else 0)
+        self.stack = Stack(
+            dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            head_dim=head_dim_of(dim, n_heads, head_dim),
+            max_seq_len=max_seq_len,
+            causal=self.causal,
+            attention=attention,
+            ffn=ffn,
+            norm=norm,
+            residual=residual,
+            pos=pos,
+            depth=depth,
+            dropout=dropout,
+            embed_norm=embed_norm,
+            final_norm=final_norm,
+        )
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        init(self, n_layers=n_layers)
+        if tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def mask(self, *, prefix_len: torch.Tensor | None, valid: torch.Tensor | None) -> Mask:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        positions: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        prefix_len: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+    ) -> torch.Tensor:
+        """Logits for ``tokens (b, n)``.
+
+        Args:
+            positions: ``(b, n)`` positions; default ``0..n-1`` after what ``cache`` holds.
+            valid: ``(b, n)`` ``False`` at padding tokens.
+            prefix_len: ``(b,)`` prefix lengths (prefix decoder only).
+            cache: from :meth:`new_cache`, updated in place.
+        """
+        if positions is None:
+            offset = cache[0].self_attn.seen if cache else 0
+            positions = default_positions(tokens.shape[1], tokens.device, offset)
+        x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(prefix_len=prefix_len, valid=valid), cache=cache)
+        return self.lm_head(x)
+
+    def new_cache(self) -> list[LayerCache]:
+        if not self.can_generate:
+            raise ConfigError("model", self.arch, "an encoder-only model cannot generate: use model=causal, prefix or encdec")
+        return self.stack.new_cache()
+
+
+class CausalLM(TransformerLM):
+    """A decoder-only language model: each token sees itself and what came before (GPT, LLaMA)."""
+
+    arch = "causal"
+
+    def mask(self, *, prefix_len=None, valid=None) -> Mask:
+        return Mask(causal=True, key_valid=valid)
+
+
+class PrefixLM(TransformerLM):
+    """A prefix decoder (Raffel et al. 2019; Dong et al. 2019, UniLM): bidirectional over a prefix, causal after it.
+
+    ``prefix_len`` is per sequence, so one batch can mix prefix lengths.
+    """
+
+    arch = "prefix"
+
+    def mask(self, *, prefix_len=None, valid=None) -> Mask:
+        if prefix_len is None:
+            raise ValueError("PrefixLM needs prefix_len (b,): the number of bidirectional tokens of each sequence")
+        return Mask(causal=True, prefix_len=prefix_len, key_valid=valid)
+
+
+class EncoderLM(TransformerLM):
+    """An encoder-only model with a token head, for masked language modelling (BERT)."""
+
+    arch = "encoder"
+    causal = False
+    can_generate = False
+
+    def mask(self, *, prefix_len=None, valid=None) -> Mask:
+        return Mask(causal=False, key_valid=valid)

@@ -1,0 +1,111 @@
+"""A stack of blocks sharing one position scheme: the body of every architecture."""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from zoo.attention.attention import Context
+from zoo.attention.cache import LayerCache
+from zoo.attention.mask import Mask
+from zoo.errors import ConfigError
+from zoo.residual import Depth
+
+Factory = Callable[..., nn.Module]
+
+
+class Stack(nn.Module):
+    """``n_layers`` blocks, each built from the slot factories; positions applied once per forward.
+
+    Args:
+        dim: model width.
+        n_layers: blocks in the stack.
+        n_heads: attention heads.
+        head_dim: width of one head.
+        max_seq_len: the longest sequence the model is built for.
+        causal: whether the stack is causal (position schemes may depend on it).
+        attention, ffn, norm, residual, pos: the slot factories.
+        depth: the whole model's depth (for DeepNorm).
+        cross_attention: a factory for cross-attention (decoder of an encoder-decoder).
+        dropout: residual, attention and FFN dropout.
+        embed_norm: a norm right after the embedding (BLOOM).
+        final_norm: a norm after the last block; ``None`` follows the residual wiring.
+
+    Shapes: ``(b, n, dim) -> (b, n, dim)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_layers: int,
+        n_heads: int,
+        head_dim: int,
+        max_seq_len: int,
+        causal: bool,
+        attention: Factory,
+        ffn: Factory,
+        norm: Factory,
+        residual: Factory,
+        pos: Factory,
+        depth: Depth,
+        cross_attention: Factory | None = None,
+        dropout: float = 0.0,
+        embed_norm: bool = False,
+        final_norm: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.pos = pos(dim, n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
+        self.embed_norm = norm(dim) if embed_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            residual(
+                dim,
+                attn=attention(dim, n_heads=n_heads, head_dim=head_dim, dropout=dropout),
+                ffn=ffn(dim, dropout=dropout),
+                norm=norm,
+                cross_attn=None if cross_attention is None else cross_attention(dim, n_heads=n_heads, head_dim=head_dim, dropout=dropout),
+                dropout=dropout,
+                depth=depth,
+            )
+            for _ in range(n_layers)
+        )
+        if final_norm is None:
+            final_norm = self.layers[0].final_norm if n_layers else False
+        self.norm = norm(dim) if final_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        positions: torch.Tensor,
+        mask: Mask,
+        memory: torch.Tensor | None = None,
+        memory_valid: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+    ) -> torch.Tensor:
+        x = self.dropout(self.embed_norm(self.pos.embed(x, positions)))
+        ctx = Context(positions=positions, mask=mask, pos=self.pos, memory=memory, memory_valid=memory_valid)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, ctx, None if cache is None else cache[i])
+        return self.norm(x)
+
+    def new_cache(self) -> list[LayerCache]:
+        """An empty cache per block, rolling for sliding-window layers."""
+        return [LayerCache(window=getattr(layer.attn, "window", None)) for layer in self.layers]
+
+
+def head_dim_of(dim: int, n_heads: int, head_dim: int | None) -> int:
+    """``head_dim``, defaulting to ``dim // n_heads`` when that divides evenly."""
+    if n_heads <= 0:
+        raise ConfigError("model.n_heads", n_heads, "must be a positive number of heads")
+    if head_dim is not None:
+        return head_dim
+    if dim % n_heads:
+        raise ConfigError("model.n_heads", n_heads, f"must divide model.dim={dim}, or set model.head_dim explicitly")
+    return dim // n_heads
+
+
+def default_positions(n: int, device: torch.device, offset: int = 0) -> torch.Tensor:
+    """Positions ``(1, n)`` starting at ``offset`` (the number of tokens already cached)."""
+    return torch.arange(offset, offset + n, device=device)[None]

@@ -1,0 +1,8 @@
+"""Attention: the ``model/attention`` slot (MHA, MQA, GQA, sliding window), its kernels and caches."""
+
+from zoo.attention.attention import Attention, Context, CrossAttention
+from zoo.attention.cache import KVCache, LayerCache
+from zoo.attention.kernels import KERNELS, eager, sdpa
+from zoo.attention.mask import Mask
+
+__all__ = ["Attention", "CrossAttention", "Context", "Mask", "KVCache", "LayerCache", "KERNELS", "eager", "sdpa"]

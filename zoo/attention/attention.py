@@ -1,0 +1,136 @@
+"""Multi-head attention with any number of KV heads: MHA, GQA, MQA, sliding window, and cross-attention.
+
+Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from zoo.attention.cache import KVCache
+from zoo.attention.kernels import KERNELS, pick_kernel
+from zoo.attention.mask import Mask
+from zoo.errors import ConfigError
+from zoo.pos.base import Positions
+
+
+@dataclass
+class Context:
+    """What every attention layer of one forward pass shares: built once by the architecture.
+
+    Args:
+        positions: ``(b, n)`` or ``(1, n)`` positions of the current tokens.
+        mask: the architecture's mask rule.
+        pos: the stack's position scheme.
+        memory: ``(b, m, dim)`` encoder output, for cross-attention.
+        memory_valid: ``(b, m)`` padding flags of ``memory``.
+    """
+
+    positions: torch.Tensor
+    mask: Mask
+    pos: Positions
+    memory: torch.Tensor | None = None
+    memory_valid: torch.Tensor | None = None
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention (Vaswani et al. 2017, arXiv:1706.03762) with grouped KV heads.
+
+    ``n_kv_heads`` equal to ``n_heads`` is multi-head attention, 1 is multi-query attention
+    (Shazeer 2019, arXiv:1911.02150), anything between that divides ``n_heads`` is grouped-query
+    attention (Ainslie et al. 2023, arXiv:2305.13245). A ``window`` makes it sliding-window attention
+    (Beltagy et al. 2020, arXiv:2004.05150; Mistral, arXiv:2310.06825).
+
+    Args:
+        dim: model width.
+        n_heads: query heads.
+        head_dim: width of one head.
+        n_kv_heads: key/value heads; ``None`` means ``n_heads``.
+        window: each query sees only keys fewer than ``window`` positions away.
+        bias: biases on the projections.
+        qkv_bias: biases on the query/key/value projections only (Qwen2); ``None`` follows ``bias``.
+        dropout: dropout on the attention weights.
+        scale: score scale; ``None`` means ``head_dim ** -0.5`` (T5 folds it into the init: 1.0).
+        kernel: one of :data:`zoo.attention.kernels.KERNELS` or ``auto``.
+
+    Shapes: ``(b, n, dim) -> (b, n, dim)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_heads: int,
+        head_dim: int,
+        n_kv_heads: int | None = None,
+        window: int | None = None,
+        bias: bool = False,
+        qkv_bias: bool | None = None,
+        dropout: float = 0.0,
+        scale: float | None = None,
+        kernel: str = "auto",
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads <= 0 or n_heads % n_kv_heads:
+            allowed = [d for d in range(1, n_heads + 1) if n_heads % d == 0]
+            raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
+        if window is not None and window <= 0:
+            raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
+        if kernel != "auto" and kernel not in KERNELS:
+            raise ConfigError("model.attention.kernel", kernel, f"one of {['auto', *KERNELS]}")
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.window, self.dropout, self.kernel = window, dropout, kernel
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
+        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", d=self.head_dim)
+        k = rearrange(self.k_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
+        v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
+        q_pos = k_pos = ctx.positions.expand(x.shape[0], -1)
+        q, k = ctx.pos.rotate(q, q_pos), ctx.pos.rotate(k, k_pos)
+        mask = ctx.mask.with_window(self.window)
+        if cache is not None:
+            k, v, k_pos, key_valid = cache.update(k, v, k_pos, mask.key_valid)
+            mask = mask.with_keys(key_valid)
+        out = self.attend(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=ctx.pos.bias)
+        return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def attend(self, q, k, v, *, mask: Mask, q_pos, k_pos, bias) -> torch.Tensor:
+        kernel = pick_kernel(self.kernel, window=self.window, device=q.device, training=self.training)
+        return kernel(
+            q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale,
+            dropout=self.dropout if self.training else 0.0,
+        )
+
+
+def _no_bias(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
+    return None
+
+
+class CrossAttention(Attention):
+    """Attention from the decoder's tokens to the encoder's output (no positions, padding mask only)."""
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
+        if ctx.memory is None:
+            raise ValueError("cross-attention needs the encoder output (ctx.memory)")
+        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", d=self.head_dim)
+        if cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # the encoder output does not change while decoding
+        else:
+            k = rearrange(self.k_proj(ctx.memory), "b m (k d) -> b k m d", d=self.head_dim)
+            v = rearrange(self.v_proj(ctx.memory), "b m (k d) -> b k m d", d=self.head_dim)
+            if cache is not None:
+                cache.set(k, v)
+        b, n, m = x.shape[0], x.shape[1], k.shape[2]
+        q_pos = torch.zeros(b, n, dtype=torch.long, device=x.device)
+        k_pos = torch.zeros(b, m, dtype=torch.long, device=x.device)
+        out = self.attend(q, k, v, mask=Mask(key_valid=ctx.memory_valid), q_pos=q_pos, k_pos=k_pos, bias=_no_bias)
+        return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))

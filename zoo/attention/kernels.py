@@ -1,0 +1,93 @@
+"""Attention kernels: the arithmetic of ``softmax(q k^T * scale + bias) v`` under a :class:`Mask`.
+
+Kept apart from the attention *structure* (projections, heads, positions, cache) so that each fast
+path can be held equal to the short eager reference by tests.
+
+Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
+Every kernel takes ``q (b, h, n, d)``, ``k, v (b, k, m, d)`` and returns ``(b, h, n, d)``.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+
+from zoo.attention.mask import Mask
+
+BiasFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+def eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """The reference: every score materialised, masked with ``-inf``, softmax in float32."""
+    groups = q.shape[1] // k.shape[1]
+    k = repeat(k, "b k m d -> b (k g) m d", g=groups)
+    v = repeat(v, "b k m d -> b (k g) m d", g=groups)
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k).float() * scale
+    score_bias = bias(q_pos, k_pos)
+    if score_bias is not None:
+        scores = scores + score_bias
+    scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout).to(v.dtype)
+    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
+
+
+def sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """PyTorch's fused ``scaled_dot_product_attention``; uses its causal fast path when it can."""
+    score_bias = bias(q_pos, k_pos)
+    n, m = q.shape[2], k.shape[2]
+    is_causal = False
+    attn_mask = None
+    if score_bias is None and mask.is_plain_causal and n == m:
+        is_causal = True  # SDPA's is_causal aligns query i with key i, true only without a cache offset
+    elif score_bias is None and (mask.is_full or (mask.is_plain_causal and n == 1)):
+        pass  # a single new query after its cache sees every cached key
+    else:
+        allowed = mask.allows(q_pos, k_pos)[:, None]
+        if score_bias is None:
+            attn_mask = allowed
+        else:
+            attn_mask = score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        dropout_p=dropout,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+#: The kernel choices of ``model.attention.kernel``; ``auto`` picks per device and mask.
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"eager": eager, "sdpa": sdpa}
+
+
+def pick_kernel(name: str, *, window: int | None, device: torch.device, training: bool) -> Callable[..., torch.Tensor]:
+    """The kernel for ``name``; ``auto`` is SDPA (fused and exact on every device)."""
+    if name == "auto":
+        return sdpa
+    return KERNELS[name]

@@ -1,0 +1,51 @@
+"""Weight initialisation schemes: the ``model/init`` slot.
+
+A scheme is called once on the whole built model. Residual-output projections are recognised by
+their names, ``o_proj`` and ``down_proj``, which every attention and FFN of zoo uses.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+RESIDUAL_OUTPUTS = ("o_proj", "down_proj")
+
+
+class NormalInit:
+    """Every linear and embedding weight from ``N(0, std)``, biases zero, norms one (GPT, BERT).
+
+    Args:
+        std: the standard deviation (0.02 in GPT-2 and BERT).
+    """
+
+    def __init__(self, *, std: float = 0.02) -> None:
+        self.std = std
+
+    def std_for(self, name: str, n_layers: int) -> float:
+        return self.std
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, *, n_layers: int) -> None:
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=self.std_for(name, n_layers))
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for module in model.modules():
+            # Architectures' own hooks (DeepNorm's gains) run after the scheme.
+            if hasattr(module, "post_init"):
+                module.post_init()
+
+
+class ScaledResidualInit(NormalInit):
+    """GPT-2's init: residual-output projections scaled by ``1 / sqrt(2 * n_layers)``.
+
+    Each block adds two sub-layers to the residual stream, so its variance grows with depth
+    unless their outputs shrink (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners").
+    """
+
+    def std_for(self, name: str, n_layers: int) -> float:
+        if name.rsplit(".", 1)[-1] in RESIDUAL_OUTPUTS:
+            return self.std / math.sqrt(2 * n_layers)
+        return self.std

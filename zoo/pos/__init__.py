@@ -1,0 +1,27 @@
+"""Position schemes: the ``model/pos`` slot.
+
+A scheme is built once per attention stack as ``pos(dim, n_heads=, head_dim=, max_seq_len=, causal=)``
+and acts at one of three places, so that every scheme works with every attention kernel:
+
+- ``embed``: added to the token embeddings (learned and sinusoidal absolute positions);
+- ``rotate``: applied to queries and keys before the scores (RoPE);
+- ``bias``: an additive score term of the query and key positions (ALiBi, T5), which the kernels
+  accept as a dense tensor or evaluate block by block.
+"""
+
+from zoo.pos.absolute import LearnedPositions, SinusoidalPositions
+from zoo.pos.alibi import ALiBi, alibi_slopes
+from zoo.pos.base import NoPositions, Positions
+from zoo.pos.rope import RoPE
+from zoo.pos.t5 import T5RelativeBias
+
+__all__ = [
+    "Positions",
+    "NoPositions",
+    "LearnedPositions",
+    "SinusoidalPositions",
+    "RoPE",
+    "ALiBi",
+    "alibi_slopes",
+    "T5RelativeBias",
+]

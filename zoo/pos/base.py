@@ -1,0 +1,51 @@
+"""The interface every position scheme implements, and NoPE."""
+
+import torch
+from torch import nn
+
+
+class Positions(nn.Module):
+    """Base of the position schemes; on its own it adds nothing.
+
+    Args:
+        dim: model width.
+        n_heads: query heads of the attention it serves.
+        head_dim: width of one head.
+        max_seq_len: the longest sequence the model is built for.
+        causal: whether the stack it serves is causal (T5's buckets differ).
+
+    Positions are integer tensors ``(b, n)`` (or ``(1, n)``), so left-padded batches and KV-cache
+    decoding pass each token's true position.
+    """
+
+    #: Longest position this scheme can encode, or ``None`` when unlimited.
+    max_positions: int | None = None
+
+    def __init__(self, dim: int, *, n_heads: int, head_dim: int, max_seq_len: int, causal: bool) -> None:
+        super().__init__()
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x (b, n, dim)``, ``positions (b, n)`` -> ``(b, n, dim)``."""
+        return x
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x (b, h, n, d)``, ``positions (b, n)`` -> ``(b, h, n, d)``."""
+        return x
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        """Additive score bias ``(b, h, n, m)`` for ``q_pos (b, n)``, ``k_pos (b, m)``, or ``None``."""
+        return None
+
+    def check_length(self, n: int) -> None:
+        if self.max_positions is not None and n > self.max_positions:
+            raise ValueError(
+                f"{type(self).__name__} encodes at most {self.max_positions} positions, got position {n - 1}: "
+                "raise model.max_seq_len, or pick a relative scheme (model/pos=rope, alibi, t5, none) to extrapolate"
+            )
+
+
+class NoPositions(Positions):
+    """No positional information (NoPE; Kazemnejad et al. 2023, arXiv:2305.19466).
+
+    A causal mask alone lets a decoder infer positions.
+    """
