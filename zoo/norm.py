@@ -47,4 +47,4 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 whatever the input dtype, as LLaMA and T5 do: bf16 sums of squares lose bits.
         y = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
-        return y.type_as(x) * self.weight
+        return y.type_as(x) * self.weight.type_as(x)

@@ -38,6 +38,8 @@ class Residual(nn.Module):
     final_norm: bool = True
     #: norms around each sub-layer
     norms_per_sublayer: int = 1
+    #: whether it can wire a cross-attention sub-layer (the decoder of an encoder-decoder)
+    supports_cross_attention: bool = True
 
     def __init__(
         self,
@@ -144,6 +146,8 @@ class DeepNorm(Residual):
 
 class Parallel(Residual):
     """``x + attn(norm(x)) + ffn(norm(x))``: one norm, both sub-layers read it (GPT-J, PaLM, Falcon)."""
+
+    supports_cross_attention = False
 
     def __init__(self, dim: int, *, cross_attn: nn.Module | None = None, **kwargs) -> None:
         if cross_attn is not None:

@@ -56,6 +56,10 @@ class Stack(nn.Module):
     ) -> None:
         super().__init__()
         self.pos = pos(dim, n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
+        if self.pos.requires_causal and not causal:
+            raise ConfigError(
+                "model/pos", type(self.pos).__name__, "carries no order in a bidirectional stack: pick learned, sinusoidal, rope, alibi or t5"
+            )
         self.embed_norm = norm(dim) if embed_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(

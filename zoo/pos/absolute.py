@@ -12,6 +12,8 @@ class LearnedPositions(Positions):
     It cannot encode positions at or past ``max_seq_len``; asking for one is an error, not a wrap.
     """
 
+    extrapolates = False
+
     def __init__(self, dim: int, *, n_heads: int, head_dim: int, max_seq_len: int, causal: bool) -> None:
         super().__init__(dim, n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
         self.max_positions = max_seq_len

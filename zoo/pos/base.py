@@ -20,6 +20,10 @@ class Positions(nn.Module):
 
     #: Longest position this scheme can encode, or ``None`` when unlimited.
     max_positions: int | None = None
+    #: whether it can encode positions past the length it was trained at
+    extrapolates: bool = True
+    #: whether it carries order only together with a causal mask (so an encoder cannot use it)
+    requires_causal: bool = False
 
     def __init__(self, dim: int, *, n_heads: int, head_dim: int, max_seq_len: int, causal: bool) -> None:
         super().__init__()
@@ -47,5 +51,7 @@ class Positions(nn.Module):
 class NoPositions(Positions):
     """No positional information (NoPE; Kazemnejad et al. 2023, arXiv:2305.19466).
 
-    A causal mask alone lets a decoder infer positions.
+    A causal mask alone lets a decoder infer positions; a bidirectional stack would see a bag of tokens.
     """
+
+    requires_causal = True

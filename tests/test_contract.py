@@ -1,0 +1,15 @@
+"""The contract suite: every option of every model group, plugins included, passes zoo.testing's checks."""
+
+import pytest
+
+from zoo.config import group_options
+from zoo.testing import check_contract
+
+SLOTS = ["model/norm", "model/residual", "model/ffn", "model/pos", "model/attention", "model/init"]
+CASES = [f"{group}={option}" for group in SLOTS for option in group_options(group)]
+CASES += [f"model={arch}" for arch in group_options("model")]
+
+
+@pytest.mark.parametrize("override", CASES)
+def test_contract(override):
+    check_contract([override])
