@@ -68,3 +68,9 @@ def test_tied_and_untied_embeddings():
     untied = build_tiny(["model.tie_embeddings=false"])
     assert tied.lm_head.weight is tied.embed.weight
     assert untied.lm_head.weight is not untied.embed.weight
+
+
+def test_prefix_longer_than_the_sequence_is_refused():
+    model = build_tiny(["model=prefix"])
+    with pytest.raises(ValueError, match="prefix_len must lie in"):
+        model(torch.zeros(2, 5, dtype=torch.long), prefix_len=torch.tensor([2, 6]))

@@ -87,7 +87,8 @@ class TransformerLM(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def mask(self, *, prefix_len: torch.Tensor | None, valid: torch.Tensor | None) -> Mask:
+    def mask(self, *, positions: torch.Tensor, prefix_len: torch.Tensor | None, valid: torch.Tensor | None) -> Mask:
+        """The mask rule for tokens at ``positions (b, n)``."""
         raise NotImplementedError
 
     def forward(
@@ -110,7 +111,7 @@ class TransformerLM(nn.Module):
         if positions is None:
             offset = cache[0].self_attn.seen if cache else 0
             positions = default_positions(tokens.shape[1], tokens.device, offset)
-        x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(prefix_len=prefix_len, valid=valid), cache=cache)
+        x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
         return self.lm_head(x)
 
     def new_cache(self) -> list[LayerCache]:
@@ -124,7 +125,7 @@ class CausalLM(TransformerLM):
 
     arch = "causal"
 
-    def mask(self, *, prefix_len=None, valid=None) -> Mask:
+    def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         return Mask(causal=True, key_valid=valid)
 
 
@@ -136,9 +137,13 @@ class PrefixLM(TransformerLM):
 
     arch = "prefix"
 
-    def mask(self, *, prefix_len=None, valid=None) -> Mask:
+    def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:
             raise ValueError("PrefixLM needs prefix_len (b,): the number of bidirectional tokens of each sequence")
+        if int(prefix_len.max()) > int(positions.max()) + 1 or int(prefix_len.min()) < 0:
+            raise ValueError(
+                f"prefix_len must lie in [0, sequence length {int(positions.max()) + 1}], got {prefix_len.tolist()}"
+            )
         return Mask(causal=True, prefix_len=prefix_len, key_valid=valid)
 
 
@@ -149,5 +154,5 @@ class EncoderLM(TransformerLM):
     causal = False
     can_generate = False
 
-    def mask(self, *, prefix_len=None, valid=None) -> Mask:
+    def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         return Mask(causal=False, key_valid=valid)
