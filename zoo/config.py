@@ -85,12 +85,15 @@ def instantiate_model(model_cfg: DictConfig, *, device: torch.device | str | Non
         with torch.device("meta"):
             instantiate(model_cfg)
     except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, ConfigError):
+        cause = e
+        while cause.__cause__ is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__
-        if cause is not None:
+        if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError("model", OmegaConf.select(model_cfg, "_target_"), str(e).splitlines()[0]) from None
+        detail = str(cause).strip().replace("\n", " ")
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in detail:
+            detail += " (a key set for another option, e.g. by a preset, that the chosen option does not take)"
+        raise ConfigError("model", OmegaConf.select(model_cfg, "_target_"), detail) from None
     if device is None:
         return instantiate(model_cfg)
     with torch.device(device):

@@ -42,6 +42,7 @@ def catalogue() -> list[Option]:
     """Every option of every group on the search path."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     register_plugins()
     GlobalHydra.instance().clear()
@@ -53,11 +54,13 @@ def catalogue() -> list[Option]:
         )
         for group in groups:
             for name in sorted(loader.get_group_options(group)):
+                summary, provider = _summary_and_provider(group, name)
                 target = None
-                if group != "preset":
+                try:
                     cfg = compose(config_name=f"{group}/{name}")
                     target = OmegaConf.select(cfg, group.replace("/", ".") + "._target_", default=None)
-                summary, provider = _summary_and_provider(group, name)
+                except HydraException:
+                    pass  # an overlay of the whole config (preset, experiment): it names no class
                 options.append(Option(group, name, target, summary, provider))
     return options
 
