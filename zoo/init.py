@@ -27,6 +27,8 @@ class NormalInit:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, *, n_layers: int) -> None:
+        if any(p.is_meta for p in model.parameters()):
+            return  # a shape-only build (config validation) has no values to initialise
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=self.std_for(name, n_layers))
