@@ -160,3 +160,24 @@ class Parallel(Residual):
     def forward(self, x: torch.Tensor, ctx: Context, cache: LayerCache | None = None) -> torch.Tensor:
         h = self.norms[0](x)
         return x + self.dropout(self.attn(h, ctx, cache and cache.self_attn)) + self.dropout(self.ffn(h))
+
+
+class ParallelTwoNorms(Residual):
+    """``x + attn(norm_1(x)) + ffn(norm_2(x))``: the parallel block with a norm per sub-layer.
+
+    GPT-NeoX (Black et al. 2022, arXiv:2204.06745) and Falcon-40B; GPT-J and PaLM share one norm
+    (:class:`Parallel`).
+    """
+
+    supports_cross_attention = False
+
+    def __init__(self, dim: int, *, cross_attn: nn.Module | None = None, **kwargs) -> None:
+        if cross_attn is not None:
+            raise ConfigError(
+                "model/residual", "parallel_two_norms", "has no place for cross-attention: pick pre, post, sandwich or deepnorm for model=encdec"
+            )
+        super().__init__(dim, **kwargs)
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache: LayerCache | None = None) -> torch.Tensor:
+        attn = self.attn(self.norms[0](x), ctx, cache and cache.self_attn)
+        return x + self.dropout(attn) + self.dropout(self.ffn(self.norms[1](x)))

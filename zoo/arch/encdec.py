@@ -8,6 +8,7 @@ from torch import nn
 from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
+from zoo.ffn.moe import losses as moe_losses
 from zoo.residual import Depth
 
 
@@ -126,6 +127,14 @@ class EncoderDecoder(nn.Module):
     ) -> torch.Tensor:
         memory = self.encode(src, src_valid=src_valid)
         return self.decode(tgt, memory, src_valid=src_valid, tgt_valid=tgt_valid)
+
+    def aux_loss(self) -> torch.Tensor:
+        """The mixture-of-experts losses of the latest forward, summed over layers (zero without MoE)."""
+        return moe_losses.aux_loss(self)
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Each auxiliary loss of the latest forward, summed over layers, for logging."""
+        return moe_losses.aux_losses(self)
 
     def new_cache(self) -> list[LayerCache]:
         return self.decoder.new_cache()

@@ -13,6 +13,7 @@ from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
+from zoo.ffn.moe import losses as moe_losses
 from zoo.residual import Depth
 
 
@@ -113,6 +114,14 @@ class TransformerLM(nn.Module):
             positions = default_positions(tokens.shape[1], tokens.device, offset)
         x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
         return self.lm_head(x)
+
+    def aux_loss(self) -> torch.Tensor:
+        """The mixture-of-experts losses of the latest forward, summed over layers (zero without MoE)."""
+        return moe_losses.aux_loss(self)
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Each auxiliary loss of the latest forward, summed over layers, for logging."""
+        return moe_losses.aux_losses(self)
 
     def new_cache(self) -> list[LayerCache]:
         if not self.can_generate:

@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from zoo.attention.cache import KVCache
-from zoo.attention.kernels import KERNELS, pick_kernel
+from zoo.attention.kernels import check_kernel, needs_backward, pick_kernel
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
 from zoo.pos.base import Positions
@@ -53,7 +53,8 @@ class Attention(nn.Module):
         qkv_bias: biases on the query/key/value projections only (Qwen2); ``None`` follows ``bias``.
         dropout: dropout on the attention weights.
         scale: score scale; ``None`` means ``head_dim ** -0.5`` (T5 folds it into the init: 1.0).
-        kernel: one of :data:`zoo.attention.kernels.KERNELS` or ``auto``.
+        kernel: one of :data:`zoo.attention.kernels.KERNEL_SPECS` (``eager``, ``sdpa``, ``local``, ``flex``)
+            or ``auto``, which picks the fastest exact one per call (device, training or not, window, lengths).
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -79,8 +80,7 @@ class Attention(nn.Module):
             raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
         if window is not None and window <= 0:
             raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
-        if kernel != "auto" and kernel not in KERNELS:
-            raise ConfigError("model.attention.kernel", kernel, f"one of {['auto', *KERNELS]}")
+        check_kernel(kernel, dropout=dropout)
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.window, self.dropout, self.kernel = window, dropout, kernel
@@ -104,11 +104,12 @@ class Attention(nn.Module):
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
 
     def attend(self, q, k, v, *, mask: Mask, q_pos, k_pos, bias) -> torch.Tensor:
-        kernel = pick_kernel(self.kernel, window=self.window, device=q.device, training=self.training)
-        return kernel(
-            q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale,
-            dropout=self.dropout if self.training else 0.0,
+        dropout = self.dropout if self.training else 0.0
+        kernel = pick_kernel(
+            self.kernel, window=mask.window, device=q.device, backward=needs_backward(q, k, v), dropout=dropout,
+            n=q.shape[2], m=k.shape[2],
         )
+        return kernel(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale, dropout=dropout)
 
 
 def _no_bias(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:

@@ -1,21 +1,30 @@
 """Attention kernels: the arithmetic of ``softmax(q k^T * scale + bias) v`` under a :class:`Mask`.
 
 Kept apart from the attention *structure* (projections, heads, positions, cache) so that each fast
-path can be held equal to the short eager reference by tests.
+path can be held equal to the short eager reference by tests. Here: the reference (``eager``), torch's
+fused ``sdpa``, the registry :data:`KERNEL_SPECS` of what every kernel supports (with the blocked
+sliding window ``local`` of :mod:`zoo.attention.local` and the compiled ``flex`` of
+:mod:`zoo.attention.flex`), and ``auto``, which picks one per call.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
 Every kernel takes ``q (b, h, n, d)``, ``k, v (b, k, m, d)`` and returns ``(b, h, n, d)``.
 """
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import repeat
 
+from zoo.attention.flex import flex, flex_importable, needs_backward
+from zoo.attention.local import local
 from zoo.attention.mask import Mask
+from zoo.errors import ConfigError
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
+Kernel = Callable[..., torch.Tensor]
 
 
 def eager(
@@ -82,12 +91,134 @@ def sdpa(
     )
 
 
-#: The kernel choices of ``model.attention.kernel``; ``auto`` picks per device and mask.
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {"eager": eager, "sdpa": sdpa}
+@dataclass(frozen=True)
+class KernelSpec:
+    """What one kernel can do, declared next to it: ``auto``, the config validator and ``zoo-info``'s
+    compatibility matrix read these fields rather than a hand-kept list.
+
+    Args:
+        fn: the kernel, with the signature of :func:`eager`.
+        summary: one line for catalogues.
+        supports_bias: takes a score bias (ALiBi, T5).
+        supports_dropout: applies attention dropout.
+        supports_backward_on_cpu: differentiable on CPU (FlexAttention is not, in torch 2.13).
+        needs_cuda: runs only on a CUDA device.
+        needs_compile: compiled with ``torch.compile`` on first use (slow first call).
+        linear_window: a sliding window costs ``O(n * window)`` rather than ``O(n^2)``.
+        available: whether this torch build has what the kernel needs.
+    """
+
+    fn: Kernel
+    summary: str
+    supports_bias: bool = True
+    supports_dropout: bool = True
+    supports_backward_on_cpu: bool = True
+    needs_cuda: bool = False
+    needs_compile: bool = False
+    linear_window: bool = False
+    available: Callable[[], bool] = lambda: True
+
+    def refusal(self, *, device: torch.device | None, backward: bool, dropout: float) -> str | None:
+        """Why this kernel cannot run on ``device`` (``None``: at build time, device unknown) in this mode,
+        or ``None`` when it can."""
+        if not self.available():
+            return f"is not available in torch {torch.__version__}"
+        if dropout and not self.supports_dropout:
+            return "has no attention dropout: set model.dropout=0 or pick sdpa/local"
+        if device is None:
+            return None
+        if self.needs_cuda and device.type != "cuda":
+            return f"needs a CUDA device, got {device.type}"
+        if backward and device.type == "cpu" and not self.supports_backward_on_cpu:
+            return (
+                f"has no backward on CPU in torch {torch.__version__}: train with kernel=local or auto, "
+                "or run it under torch.no_grad() for inference"
+            )
+        return None
 
 
-def pick_kernel(name: str, *, window: int | None, device: torch.device, training: bool) -> Callable[..., torch.Tensor]:
-    """The kernel for ``name``; ``auto`` is SDPA (fused and exact on every device)."""
+#: Every kernel and what it supports; ``model.attention.kernel`` is one of these names or ``auto``.
+KERNEL_SPECS: dict[str, KernelSpec] = {
+    "eager": KernelSpec(eager, "reference: every score materialised, softmax in float32"),
+    "sdpa": KernelSpec(sdpa, "torch's fused scaled_dot_product_attention; windows as a dense mask"),
+    "local": KernelSpec(local, "blocked sliding window on SDPA: O(n * window), trains on CPU and GPU", linear_window=True),
+    "flex": KernelSpec(
+        flex,
+        "compiled FlexAttention with a block mask: O(n * window); inference only on CPU",
+        supports_dropout=False,
+        supports_backward_on_cpu=False,
+        needs_compile=True,
+        linear_window=True,
+        available=flex_importable,
+    ),
+}
+
+#: name -> kernel function, for callers that only need to call one.
+KERNELS: dict[str, Kernel] = {name: spec.fn for name, spec in KERNEL_SPECS.items()}
+
+#: the values ``model.attention.kernel`` accepts
+KERNEL_CHOICES: tuple[str, ...] = ("auto", *KERNEL_SPECS)
+
+#: with a window, ``auto`` leaves SDPA once the keys outnumber this many windows (and queries one window):
+#: below it the dense masked call is as fast (benchmarks/bench_attention.py)
+LONG_WINDOWS = 2
+
+#: ``auto``'s kernel for sliding windows in CPU inference, the faster one measured there
+CPU_INFERENCE_KERNEL = "local"
+
+_broken: set[str] = set()  # device types where FlexAttention failed to compile (no compiler, no AVX2...)
+
+
+def auto_kernel(*, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int) -> str:
+    """The name of the fastest exact kernel for this call.
+
+    Full attention, short sequences and single-token decoding: ``sdpa``. Long sliding windows:
+    ``flex`` on CUDA (training and inference) and, where measured faster, in CPU inference;
+    otherwise ``local`` (the one linear-cost kernel that trains on CPU, and that has dropout).
+    """
+    if window is None or n <= window or m <= LONG_WINDOWS * window:
+        return "sdpa"
+    flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
+    if flex_ok and (device.type == "cuda" or CPU_INFERENCE_KERNEL == "flex"):
+        return "flex"
+    return "local"
+
+
+def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
+    """``auto``'s FlexAttention: where it cannot run, ``local`` (said once if FlexAttention is broken here)."""
+    try:
+        return flex(q, k, v, **kw)
+    except ConfigError:  # a bias FlexAttention cannot express: local takes any bias
+        return local(q, k, v, **kw)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as error:  # compilation fails in many ways (no C++ compiler, no AVX2, no Triton)
+        _broken.add(q.device.type)
+        warnings.warn(f"FlexAttention failed on {q.device.type} ({type(error).__name__}: {error}); using kernel=local", stacklevel=2)
+        return local(q, k, v, **kw)
+
+
+def pick_kernel(
+    name: str, *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int
+) -> Kernel:
+    """The kernel for ``name``; ``auto`` picks by device, mode, mask and sizes (:func:`auto_kernel`).
+
+    Raises:
+        ConfigError: an explicitly chosen kernel that cannot run here (e.g. ``flex`` training on CPU).
+    """
     if name == "auto":
-        return sdpa
+        chosen = auto_kernel(window=window, device=device, backward=backward, dropout=dropout, n=n, m=m)
+        return _flex_or_local if chosen == "flex" else KERNELS[chosen]
+    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout)
+    if refusal is not None:
+        raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")
     return KERNELS[name]
+
+
+def check_kernel(name: str, *, dropout: float) -> None:
+    """Build-time validation of ``model.attention.kernel`` against what each kernel declares."""
+    if name not in KERNEL_CHOICES:
+        raise ConfigError("model.attention.kernel", name, f"one of {list(KERNEL_CHOICES)}")
+    refusal = None if name == "auto" else KERNEL_SPECS[name].refusal(device=None, backward=False, dropout=dropout)
+    if refusal is not None:
+        raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")

@@ -1,0 +1,79 @@
+"""Tiny random ``transformers`` models, one or more per mapped family, shared by the tests of ``zoo.hf``.
+
+Built from configs (nothing is downloaded), every weight random: norms at ones and biases at zeros
+would hide a swapped or missing mapping.
+"""
+
+import torch
+
+TOL = 1e-4
+VOCAB = 128
+
+
+def randomize(model: torch.nn.Module, *, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_weight = p.ndim == 1 and name.endswith("weight")
+            p.normal_(1.0 if is_norm_weight else 0.0, std)
+    return model
+
+
+def hf_model(config_cls: str, model_cls: str, **kwargs) -> torch.nn.Module:
+    import transformers
+
+    config = getattr(transformers, config_cls)(vocab_size=VOCAB, **kwargs)
+    config._attn_implementation = "eager"
+    return randomize(getattr(transformers, model_cls)(config)).eval()
+
+
+def untie(model: torch.nn.Module) -> torch.nn.Module:
+    """T5 v1.1 keeps its head apart from the embedding (transformers 5 ties them when built from a config)."""
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.1)
+    return model
+
+
+LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+FALCON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+T5 = dict(d_model=64, d_ff=96, num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
+
+#: case name -> builder of its tiny transformers model
+CASES = {
+    "llama": lambda: hf_model("LlamaConfig", "LlamaForCausalLM", **LLAMA, rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+    "llama-biases-tied-wide-heads": lambda: hf_model(
+        "LlamaConfig", "LlamaForCausalLM", **LLAMA, head_dim=32, attention_bias=True, mlp_bias=True, tie_word_embeddings=True
+    ),
+    "mistral-window-4": lambda: hf_model("MistralConfig", "MistralForCausalLM", **LLAMA, sliding_window=4),
+    "mixtral-window-6": lambda: hf_model(
+        "MixtralConfig", "MixtralForCausalLM", **LLAMA, num_local_experts=4, num_experts_per_tok=2, sliding_window=6
+    ),
+    "qwen2": lambda: hf_model("Qwen2Config", "Qwen2ForCausalLM", **LLAMA, tie_word_embeddings=True),
+    "gpt2": lambda: hf_model("GPT2Config", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
+    "bloom-6-heads": lambda: hf_model("BloomConfig", "BloomForCausalLM", hidden_size=48, n_layer=2, n_head=6),
+    "falcon-7b-style": lambda: hf_model("FalconConfig", "FalconForCausalLM", **FALCON, multi_query=True, parallel_attn=True, bias=False),
+    "falcon-sequential-mha-bias": lambda: hf_model("FalconConfig", "FalconForCausalLM", **FALCON, multi_query=False, parallel_attn=False, bias=True),
+    "falcon-grouped": lambda: hf_model(
+        "FalconConfig", "FalconForCausalLM", **FALCON, num_kv_heads=2, new_decoder_architecture=True, num_ln_in_parallel_attn=1
+    ),
+    "falcon-40b-style": lambda: hf_model("FalconConfig", "FalconForCausalLM", **FALCON, num_kv_heads=2, new_decoder_architecture=True),
+    "gpt-neox": lambda: hf_model(
+        "GPTNeoXConfig", "GPTNeoXForCausalLM", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
+    ),
+    "gpt-neox-sequential-no-attention-bias": lambda: hf_model(
+        "GPTNeoXConfig", "GPTNeoXForCausalLM", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        use_parallel_residual=False, attention_bias=False, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+    ),
+    # more encoder than decoder layers: transformers 5's generate cache breaks with more decoder layers
+    "t5-v1.0": lambda: hf_model("T5Config", "T5ForConditionalGeneration", **T5, d_kv=16, num_layers=3, num_decoder_layers=2, feed_forward_proj="relu"),
+    "t5-v1.1-untied": lambda: untie(
+        hf_model("T5Config", "T5ForConditionalGeneration", **T5, d_kv=8, num_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    ),
+}
+
+
+def inputs(hf: torch.nn.Module, *, length: int = 12, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random ``(tokens, src)``: ``src`` is the encoder input of an encoder-decoder, else ``None``."""
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, VOCAB, (batch, length), generator=g)
+    src = torch.randint(0, VOCAB, (batch, length + 3), generator=g) if hf.config.is_encoder_decoder else None
+    return tokens, src

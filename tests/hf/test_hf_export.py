@@ -1,0 +1,77 @@
+"""Export to Hugging Face checkpoints: transformers loads them, with equal logits, and they import back."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from hf_cases import CASES, TOL, inputs  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo.config import instantiate_model  # noqa: E402
+from zoo.errors import ConfigError  # noqa: E402
+from zoo.hf import from_pretrained, save_pretrained  # noqa: E402
+from zoo.hf.parity import hf_logits, load_hf, zoo_logits  # noqa: E402
+
+SMALL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.vocab_size=128", "model.max_seq_len=64"]
+
+
+def load_exported(folder, auto_class: str) -> torch.nn.Module:
+    """The exported folder in transformers, refusing any missing, unexpected or reshaped tensor."""
+    cls = getattr(transformers, auto_class)
+    model, info = cls.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "llama-biases-tied-wide-heads", "mistral-window-4", "mixtral-window-6", "qwen2", "gpt2", "bloom-6-heads",
+        "falcon-40b-style", "gpt-neox", "t5-v1.1-untied",
+    ],
+)
+def test_round_trip_gives_identical_weights(case, tmp_path):
+    hf = CASES[case]()
+    model, cfg = from_pretrained(hf, with_config=True)
+    save_pretrained(model, tmp_path, config=cfg)
+    exported = load_exported(tmp_path, "AutoModelForSeq2SeqLM" if hf.config.is_encoder_decoder else "AutoModelForCausalLM")
+    tokens, src = inputs(hf)
+    assert torch.equal(hf_logits(exported, tokens, src=src), hf_logits(hf, tokens, src=src))
+    again = from_pretrained(tmp_path).state_dict()
+    assert again.keys() == model.state_dict().keys()
+    assert all(torch.equal(w, again[name]) for name, w in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["preset=llama"],
+        ["preset=mistral", "model.attention.window=4"],
+        ["preset=gpt2"],
+        ["preset=bloom", "model.tie_embeddings=false"],
+        ["preset=palm", "model/norm=layernorm", "model/ffn=gelu", "model.norm.bias=true"],
+    ],
+    ids=["llama", "mistral", "gpt2", "bloom-untied", "falcon-from-palm"],
+)
+def test_composed_models_export_with_parity(overrides, tmp_path):
+    torch.manual_seed(0)
+    cfg = zoo.compose([*overrides, *SMALL])
+    model = instantiate_model(cfg.model).eval()
+    save_pretrained(model, tmp_path, config=cfg)
+    tokens = torch.randint(0, 128, (2, 12))
+    diff = (zoo_logits(model, tokens) - hf_logits(load_hf(tmp_path), tokens)).abs().max()
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["preset=llama", "model/residual=sandwich"], "model.residual._target_"),
+        (["preset=t5", "model.attention.scale=null"], "model.attention.scale"),  # T5 does not scale its scores
+    ],
+)
+def test_compositions_outside_every_family_are_refused(overrides, key, tmp_path):
+    cfg = zoo.compose([*overrides, *SMALL])
+    with pytest.raises(ConfigError, match=key):
+        save_pretrained(instantiate_model(cfg.model), tmp_path, config=cfg)

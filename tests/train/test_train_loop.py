@@ -1,0 +1,111 @@
+"""The training loop in process: it learns, resumes exactly, accumulates exactly, stops on NaN, refuses bad configs."""
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ConfigError
+from zoo.train import run
+from zoo.train.loop import METRICS_FILE
+
+
+def test_training_reduces_the_loss_on_the_default_corpus(tmp_path, tiny):
+    corpus = ["data.corpus.sources=[python,pydoc]", "data.corpus.max_bytes=300000"]  # code and prose, as by default
+    result = run([*tiny, *corpus, "trainer.max_steps=30", "trainer.batch_size=8", "optim.lr=1e-2", "trainer.eval_every=15"], out_dir=tmp_path)
+    assert result.status == "ok" and len(result.history) == 30
+    first, last = sum(result.history[:3]) / 3, sum(result.history[-3:]) / 3
+    assert last < first - 0.5, result.history
+    metrics = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert metrics["status"] == "ok" and metrics["val_loss"] < first
+    # bits per byte: nats over ln 2 and the bytes of the targets; a byte tokenizer's <eos> has no bytes
+    assert metrics["val_bpb"] >= metrics["val_loss"] / 0.6931471805599453
+    for key in ("val_ppl", "tokens_per_s", "parameters", "flops_per_token", "corpus_fingerprint", "sample", "checkpoint"):
+        assert metrics[key], key
+    assert metrics["choices"]["model/ffn"] == "swiglu" and metrics["choices"]["tokenizer"] == "byte"
+    assert metrics["sample"].startswith("def ")
+
+
+def test_resume_continues_the_loss_curve_exactly(tmp_path, tiny):
+    # dropout draws from the RNG and the data loader is mid-epoch: both must come back as they were
+    common = [*tiny, "model.dropout=0.1", "trainer.max_steps=6"]
+    whole = run([*common, "trainer.ckpt_every=3", "trainer.keep_last=0"], out_dir=tmp_path / "whole")
+    resumed = run([*common, f"trainer.resume={tmp_path / 'whole' / 'checkpoints' / 'step_00000003'}"], out_dir=tmp_path / "resumed")
+    assert resumed.history == whole.history[3:]
+    assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
+    assert resumed.metrics["tokens_seen"] == whole.metrics["tokens_seen"]
+
+
+def test_resume_auto_picks_up_the_run_folder(tmp_path, tiny):
+    first = run([*tiny, "trainer.max_steps=3"], out_dir=tmp_path)
+    again = run([*tiny, "trainer.max_steps=5", "trainer.resume=auto"], out_dir=tmp_path)
+    assert len(first.history) == 3 and len(again.history) == 2 and again.metrics["steps"] == 5
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny):
+    one = run([*tiny, "trainer.max_steps=3"], out_dir=tmp_path / "one")
+    accumulated = run([*tiny, "trainer.max_steps=3", "trainer.grad_accum=2"], out_dir=tmp_path / "two")
+    assert accumulated.history == pytest.approx(one.history, abs=1e-5)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, tiny):
+    plain = run([*tiny, "trainer.max_steps=3"], out_dir=tmp_path / "plain")
+    recomputed = run([*tiny, "trainer.max_steps=3", "trainer.activation_checkpointing=true"], out_dir=tmp_path / "ckpt")
+    assert recomputed.history == pytest.approx(plain.history, abs=1e-5)
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny, capsys):
+    result = run([*tiny, "optim.lr=1e30", "sched.warmup_steps=0", "optim.grad_clip=null", "trainer.ckpt_every=1", "trainer.max_steps=50"], out_dir=tmp_path)
+    assert result.status == "diverged"
+    assert "non-finite" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert metrics["status"] == "diverged" and "non-finite" in metrics["error"]
+    good = result.checkpoint
+    assert good is not None and good.exists()
+    assert int(good.name.split("_")[1]) == metrics["steps"] - 1
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["data=text", "data.corpus.path=/no/such/folder"], "data.corpus.path"),
+        (["data=hf_disk"], "data.corpus.path"),
+        (["tokenizer=bpe", "tokenizer.vocab_size=100"], "tokenizer.vocab_size"),
+        (["objective=span_corruption"], "objective"),
+        (["model=encdec"], "objective"),
+        (["model/pos=learned", "trainer.seq_len=64"], "trainer.seq_len"),
+        (["trainer.batch_size=3", "trainer.grad_accum=2"], "trainer.batch_size"),
+        (["trainer.precision=fp16"], "trainer.precision"),
+        (["trainer.resume=/no/such/run"], "trainer.resume"),
+    ],
+)
+def test_bad_configs_name_their_key_before_training(tmp_path, tiny, overrides, key):
+    if overrides[0].startswith("data="):  # other data options lack data=stdlib's keys
+        tiny = [o for o in tiny if not o.startswith("data.")]
+    with pytest.raises(ConfigError) as error:
+        run([*tiny, *overrides], out_dir=tmp_path)
+    assert str(error.value).startswith(f"{key}="), str(error.value)
+    metrics = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert metrics["status"] == "failed" and key in metrics["error"]
+
+
+def test_objectives_train_their_architectures(tmp_path, tiny):
+    for arch, objective in (("prefix", "prefix_lm"), ("encoder", "mlm"), ("encdec", "span_corruption")):
+        result = run([*tiny, f"model={arch}", f"objective={objective}", "trainer.max_steps=2"], out_dir=tmp_path / arch)
+        assert result.status == "ok" and all(torch.isfinite(torch.tensor(result.history)))
+        # bits per byte where the targets are the text itself; sentinels and masked picks are not
+        assert ("val_bpb" in result.metrics) == (arch == "prefix")
+
+
+def test_synthetic_task_needs_no_tokenizer(tmp_path, tiny):
+    tiny = [o for o in tiny if not o.startswith("data.")]
+    result = run([*tiny, "data=mqar", "data.vocab_size=64", "data.n_pairs=4", "trainer.max_steps=2"], out_dir=tmp_path)
+    assert result.status == "ok" and result.metrics["vocab_size"] == 64 and result.metrics["sample"] is None
+    assert "val_bpb" not in result.metrics and 0 <= result.metrics["val_accuracy"] <= 1
+
+
+def test_compose_knows_every_training_group():
+    cfg = zoo.compose([])
+    assert {"data", "tokenizer", "objective", "optim", "sched", "logger", "trainer"} <= set(cfg)
+    assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.weight_decay == 0.1 and cfg.optim.grad_clip == 1.0

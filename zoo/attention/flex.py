@@ -1,0 +1,227 @@
+"""FlexAttention (``model.attention.kernel=flex``): a compiled, block-sparse fused kernel.
+
+FlexAttention (Dong et al. 2024, arXiv:2412.05496) skips the blocks of the score matrix that a
+block mask marks empty and evaluates ``mask_mod``/``score_mod`` only where it must, so a sliding
+window costs ``O(n * window)``. Here:
+
+- the block mask is derived from the :class:`~zoo.attention.mask.Mask` and the positions by
+  interval arithmetic on each ``128 x 128`` tile (``O(n m / 128^2)``, never an ``n x m`` tensor);
+- ``mask_mod`` evaluates the same rule as ``Mask.allows`` on each pair inside the partial tiles, with
+  every mask setting passed as a tensor, so one compiled kernel serves causal, prefix, bidirectional,
+  windowed and padded masks alike (no recompilation per layer kind);
+- a score bias (ALiBi, T5) becomes ``score_mod``: a ``(h, offsets)`` table of the bias as a function
+  of ``q_pos - k_pos``, looked up per score (differentiable, so T5's table trains on CUDA).
+
+torch 2.13's FlexAttention has no backward on CPU: there it serves inference only. It has no dropout.
+
+Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
+"""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from zoo.attention.mask import Mask
+from zoo.errors import ConfigError
+
+#: tile size of the block mask (FlexAttention's default)
+BLOCK = 128
+
+
+@functools.cache
+def compiled_flex(device_type: str):
+    """``torch.compile(flex_attention)``, built once per device type: uncompiled it materialises every score.
+
+    On CPU shapes stay static (each new length compiles anew): torch 2.13's CPU template indexes out
+    of bounds under dynamic shapes. Elsewhere torch's automatic dynamic shapes apply.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False if device_type == "cpu" else None)
+
+
+def flex_importable() -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pad_to_block(x: torch.Tensor, value=None) -> torch.Tensor:
+    """Pad the last dim to a multiple of :data:`BLOCK` (with ``value``, or by repeating the last entry)
+    so that no ``mask_mod``/``score_mod`` index can fall outside, whatever the kernel evaluates."""
+    extra = -x.shape[-1] % BLOCK
+    if not extra:
+        return x
+    if value is None:
+        return torch.cat([x, x[..., -1:].expand(*x.shape[:-1], extra)], dim=-1)
+    return F.pad(x, (0, extra), value=value)
+
+
+def tile_bounds(pos: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Per tile of ``pos (b, n)``: lowest and highest position, and whether any / every token is real."""
+    b, n = pos.shape
+    tiles = -(-n // BLOCK)
+    tiled = pad_to_block(pos).view(b, tiles, BLOCK)  # repeating the last position widens no interval
+    if valid is None:
+        valid = torch.ones_like(pos, dtype=torch.bool)
+    valid = F.pad(valid, (0, tiles * BLOCK - n), value=False).view(b, tiles, BLOCK)
+    return tiled.amin(-1), tiled.amax(-1), valid.any(-1), valid.all(-1)
+
+
+def tile_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Booleans ``(b, n / 128, m / 128)``: may some pair of a tile be visible, and is every pair visible.
+
+    Interval arithmetic over the tiles' position ranges: "some" may over-approximate (the tile is
+    then computed and masked exactly by ``mask_mod``), "every" may under-approximate; both are safe.
+    """
+    q_lo, q_hi, _, _ = tile_bounds(q_pos, None)
+    k_lo, k_hi, k_any, k_all = tile_bounds(k_pos, mask.key_valid)
+    q_lo, q_hi, k_lo, k_hi = q_lo[:, :, None], q_hi[:, :, None], k_lo[:, None], k_hi[:, None]
+    lo, hi = q_lo - k_hi, q_hi - k_lo  # range of q_pos - k_pos over the tile
+    tiles = (q_lo.shape[0], q_lo.shape[1], k_lo.shape[2])
+    some, every = k_any[:, None].expand(tiles), k_all[:, None].expand(tiles)
+    if mask.causal:
+        some_in, every_in = hi >= 0, lo >= 0
+        if mask.prefix_len is not None:
+            prefix = mask.prefix_len[:, None, None]
+            some_in, every_in = some_in | (k_lo < prefix), every_in | (k_hi < prefix)
+        some, every = some & some_in, every & every_in
+    if mask.window is not None:
+        w = mask.window
+        if mask.causal:
+            some, every = some & (lo < w), every & (hi < w)
+        else:
+            some, every = some & (lo < w) & (hi > -w), every & (hi < w) & (lo > -w)
+    return some, every
+
+
+def ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense tile booleans ``(b, 1, s, t)`` to FlexAttention's (count, indices-first) layout."""
+    count = tiles.sum(-1, dtype=torch.int32)
+    index = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return count, index
+
+
+def rule_mod(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor):
+    """``mask_mod``: the rule of ``Mask.allows`` for one (query, key) pair, every setting a tensor."""
+    device, big = q_pos.device, torch.iinfo(torch.int64).max
+    q_pos, k_pos = pad_to_block(q_pos.long()), pad_to_block(k_pos.long())
+    key_valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else pad_to_block(mask.key_valid, False)
+    no_prefix = torch.full((q_pos.shape[0],), -big, dtype=torch.int64, device=device)
+    prefix_len = no_prefix if mask.prefix_len is None else mask.prefix_len.long()
+    causal = torch.tensor(mask.causal, device=device)
+    behind = torch.tensor(big if mask.window is None else mask.window, device=device)
+    ahead = big if mask.window is None or mask.causal else mask.window  # a causal window bounds only the past
+    ahead = torch.tensor(ahead, device=device)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        k = k_pos[b, kv_idx]
+        offset = q_pos[b, q_idx] - k
+        seen = ~causal | (offset >= 0) | (k < prefix_len[b])
+        return seen & (offset < behind) & (-offset < ahead) & key_valid[b, kv_idx]
+
+    return mask_mod
+
+
+def bias_mod(bias, q_pos: torch.Tensor, k_pos: torch.Tensor):
+    """``score_mod`` adding ``bias(q_pos, k_pos)``, or ``None`` when the position scheme has no bias.
+
+    The bias is tabulated once per call as a function of ``q_pos - k_pos`` (ALiBi and T5 are);
+    a scheme whose bias depends on absolute positions cannot run here and is refused.
+    """
+    if bias(q_pos[:1, :1], k_pos[:1, :1]) is None:
+        return None
+    lo = int(q_pos.min() - k_pos.max())
+    size = 1 << (int(q_pos.max() - k_pos.min()) - lo).bit_length()  # a power of two: few distinct shapes to compile
+    offsets = lo + torch.arange(size, device=q_pos.device)
+    origin = torch.zeros(1, 1, dtype=offsets.dtype, device=offsets.device)
+    table = bias(origin, -offsets[None])[0, :, 0]  # (h, size): the bias at q - k = offset
+    if not torch.allclose(table, bias(origin + size, size - offsets[None])[0, :, 0]):
+        raise ConfigError(
+            "model.attention.kernel", "flex", "the position bias depends on absolute positions: use kernel=sdpa or local"
+        )
+    q_pos, k_pos = pad_to_block(q_pos.long()), pad_to_block(k_pos.long())
+    lo = torch.tensor(lo, device=q_pos.device)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + table[h, q_pos[b, q_idx] - k_pos[b, kv_idx] - lo]
+
+    return score_mod
+
+
+def block_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, *, backward: bool):
+    """The :class:`~torch.nn.attention.flex_attention.BlockMask` of ``mask`` on these positions."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    some, every = tile_mask(mask, q_pos, k_pos)
+    partial_count, partial_index = ordered((some & ~every)[:, None])
+    full_count, full_index = ordered(every[:, None])
+    return BlockMask.from_kv_blocks(
+        partial_count,
+        partial_index,
+        full_count,
+        full_index,
+        BLOCK_SIZE=BLOCK,
+        mask_mod=rule_mod(mask, q_pos, k_pos),
+        seq_lengths=(q_pos.shape[1], k_pos.shape[1]),
+        compute_q_blocks=backward,  # the transposed tiles serve only the backward pass
+    )
+
+
+def needs_backward(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will differentiate through a kernel called on ``tensors`` now."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """FlexAttention under ``mask`` with ``bias`` as a score modifier; equal to the eager reference.
+
+    Rows that see no key (pure padding) come out as zeros rather than the eager reference's mean of
+    every value; their output is never read.
+
+    Args:
+        q: ``(b, h, n, d)``; k, v: ``(b, k, m, d)``; q_pos, k_pos: ``(b, n)``, ``(b, m)``.
+        mask, bias, scale: as for every kernel.
+        dropout: must be 0 (FlexAttention has none).
+
+    Returns: ``(b, h, n, d)``.
+    """
+    if dropout:
+        raise ConfigError("model.attention.kernel", "flex", "FlexAttention has no attention dropout: set model.dropout=0 or use sdpa/local")
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError("model.attention.kernel", "flex", f"FlexAttention runs float32, bfloat16 or float16, not {q.dtype}: use sdpa or local")
+    backward = needs_backward(q, k, v)
+    if backward and q.device.type == "cpu":
+        raise ConfigError(
+            "model.attention.kernel",
+            "flex",
+            f"FlexAttention has no backward on CPU in torch {torch.__version__}: train with kernel=local or auto "
+            "(or run under torch.no_grad() for inference)",
+        )
+    if not backward:  # torch refuses CPU inputs that require grad even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
+    b = q.shape[0]
+    q_pos, k_pos = q_pos.expand(b, -1), k_pos.expand(b, -1)
+    return compiled_flex(q.device.type)(
+        q,
+        k,
+        v,
+        score_mod=bias_mod(bias, q_pos, k_pos),
+        block_mask=block_mask(mask, q_pos, k_pos, backward=backward),
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )

@@ -1,0 +1,24 @@
+"""Generation with the KV cache: sampling, the decode loop, speculative decoding.
+
+``generate(model, prompts, max_new_tokens=...)`` is the entry point; ``zoo-generate``
+(:mod:`zoo.generate`) is its command line. Imports only torch.
+"""
+
+from zoo.generation.loop import Generation, generate, greedy_reference
+from zoo.generation.sampling import filter_logits, next_token, probabilities
+from zoo.generation.session import EncDecSession, LMSession, Session, open_session
+from zoo.generation.speculative import speculative_generate
+
+__all__ = [
+    "generate",
+    "speculative_generate",
+    "greedy_reference",
+    "Generation",
+    "filter_logits",
+    "probabilities",
+    "next_token",
+    "Session",
+    "LMSession",
+    "EncDecSession",
+    "open_session",
+]

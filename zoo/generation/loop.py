@@ -1,0 +1,165 @@
+"""Autoregressive generation with the KV cache: prefill the prompts in one pass, then one token a step.
+
+Letters: ``b`` batch, ``v`` vocabulary.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.errors import ConfigError
+from zoo.generation.sampling import check_sampling, next_token
+from zoo.generation.session import Prompts, as_lists, open_session
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns.
+
+    Args:
+        tokens: the new tokens of each prompt, up to and including its EOS when one was produced.
+        drafted: draft tokens proposed (speculative decoding only).
+        accepted: draft tokens the target model agreed with.
+        target_calls: forward passes of the (target) model after the prefill.
+    """
+
+    tokens: list[list[int]]
+    drafted: int = 0
+    accepted: int = 0
+    target_calls: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Share of draft tokens accepted (Leviathan et al.'s alpha), ``None`` without a draft."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def n_new(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+def trim_at_eos(rows: torch.Tensor, eos_id: int | None) -> list[list[int]]:
+    """Rows of ``(b, n)`` ids as lists, each cut after its first ``eos_id``."""
+    out = []
+    for row in rows.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[: row.index(eos_id) + 1]
+        out.append(row)
+    return out
+
+
+def _generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    if generator is not None or seed is None:
+        return generator
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def generate(
+    model: nn.Module,
+    prompts: Prompts,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    start_id: int = 0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    draft: nn.Module | None = None,
+    n_draft: int = 4,
+) -> Generation:
+    """Generate up to ``max_new_tokens`` after each prompt, with the model's KV cache.
+
+    Prompts of different lengths are batched with left padding, per-sequence positions and padding
+    masks, so each row gets what it would alone. A causal LM continues its prompt, a prefix LM reads
+    the prompt bidirectionally (its prefix), an encoder-decoder encodes the prompt as its source and
+    decodes from ``start_id``. An encoder-only model raises the ConfigError of ``new_cache()``.
+
+    Args:
+        model: a zoo model that can generate (``model.can_generate``).
+        prompts: lists of token ids, or a ``(b, n)`` tensor.
+        max_new_tokens: the most tokens to add to each prompt.
+        temperature: 0 is greedy decoding; otherwise logits are divided by it and sampled.
+        top_k, top_p: keep only the ``top_k`` most likely tokens / the nucleus of mass ``top_p``.
+        eos_id: a sequence that produces it stops (it is kept in the output); ``None`` never stops early.
+        pad_id: the id used for padding (masked out; never attended to).
+        start_id: the decoder's first token of an encoder-decoder.
+        seed, generator: randomness for sampling (``generator`` wins); unseeded uses torch's global RNG.
+        draft: a smaller model for speculative decoding (Leviathan et al. 2023, arXiv:2211.17192);
+            the output is distributed as without it (token for token equal when greedy).
+        n_draft: tokens the draft proposes per round.
+
+    Returns: a :class:`Generation`; ``tokens[i]`` are the new tokens of prompt ``i``.
+    """
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    if max_new_tokens < 0:
+        raise ConfigError("generate.max_new_tokens", max_new_tokens, ">= 0")
+    rows = as_lists(prompts)
+    if draft is not None:
+        from zoo.generation.speculative import speculative_generate
+
+        return speculative_generate(
+            model, draft, rows, max_new_tokens=max_new_tokens, n_draft=n_draft, temperature=temperature, top_k=top_k,
+            top_p=top_p, eos_id=eos_id, pad_id=pad_id, start_id=start_id, seed=seed, generator=generator,
+        )
+    with evaluating(model), torch.inference_mode():
+        session = open_session(model, rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens)
+        gen = _generator(seed, generator, session.device)
+        b = len(rows)
+        out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=session.device)
+        if max_new_tokens == 0:
+            return Generation(tokens=[[] for _ in rows])
+        logits = session.feed(session.prompt)[:, -1]
+        done = torch.zeros(b, dtype=torch.bool, device=session.device)
+        calls = 0
+        for t in range(max_new_tokens):
+            token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+            if eos_id is not None:
+                token = token.masked_fill(done, pad_id)
+                done |= token == eos_id
+            out[:, t] = token
+            if t + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
+                break
+            logits = session.feed(token[:, None])[:, -1]
+            calls += 1
+        return Generation(tokens=trim_at_eos(out[:, : t + 1], eos_id), target_calls=calls)
+
+
+class evaluating:
+    """Put modules in eval mode (no dropout) for a block, restoring their training flags after."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        self.modules = modules
+
+    def __enter__(self) -> None:
+        self.flags = [m.training for m in self.modules]
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc) -> None:
+        for m, flag in zip(self.modules, self.flags):
+            m.train(flag)
+
+
+def greedy_reference(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: int, start_id: int = 0) -> list[int]:
+    """Greedy decoding without any cache: a full forward over the whole sequence at every step.
+
+    The slow, obviously-correct reference the cached decoders are tested against.
+    """
+    device = next(model.parameters()).device
+    new: list[int] = []
+    with evaluating(model), torch.inference_mode():
+        for _ in range(max_new_tokens):
+            if hasattr(model, "encode"):
+                src = torch.tensor([list(prompt)], device=device)
+                tgt = torch.tensor([[start_id, *new]], device=device)
+                logits = model(src, tgt)
+            else:
+                seq = torch.tensor([[*prompt, *new]], device=device)
+                logits = model(seq, prefix_len=torch.tensor([len(prompt)], device=device))
+            new.append(int(logits[0, -1].argmax()))
+    return new

@@ -1,0 +1,172 @@
+"""Incremental decoding state of one model over one batch of prompts: its cache, positions and padding.
+
+A session hides how an architecture is fed: a decoder-only model reads its prompt and then its own
+tokens; an encoder-decoder encodes its source once and feeds the decoder. Generation loops
+(:mod:`zoo.generation.loop`, :mod:`zoo.generation.speculative`) only call :meth:`Session.feed` and
+:meth:`Session.truncate`.
+
+Letters: ``b`` batch, ``n`` tokens fed in one call, ``t`` every position a session may reach, ``v`` vocabulary.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from zoo.attention.cache import prepare_cache, truncate_cache
+from zoo.errors import ConfigError
+
+Prompts = Sequence[Sequence[int]] | torch.Tensor
+
+
+def as_lists(prompts: Prompts) -> list[list[int]]:
+    """Prompts as lists of ids; a tensor ``(b, n)`` is ``b`` prompts of ``n`` tokens."""
+    if torch.is_tensor(prompts):
+        if prompts.dim() != 2:
+            raise ConfigError("generate.prompts", tuple(prompts.shape), "a (batch, length) tensor or a list of id lists")
+        return prompts.tolist()
+    lists = [list(map(int, p)) for p in prompts]
+    if not lists or any(len(p) == 0 for p in lists):
+        raise ConfigError("generate.prompts", [len(p) for p in lists], "at least one prompt, each of at least one token")
+    return lists
+
+
+def pad_batch(prompts: list[list[int]], *, pad_id: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens (b, n), pads (b,))``: prompts padded to one length on the left or on the right."""
+    width = max(len(p) for p in prompts)
+    pads = [width - len(p) for p in prompts]
+    rows = [[pad_id] * k + p if left else p + [pad_id] * k for p, k in zip(prompts, pads)]
+    return torch.tensor(rows, device=device), torch.tensor(pads, device=device)
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The longest sequence the model's position schemes can encode (learned positions), or ``None``."""
+    limits = [m.max_positions for m in model.modules() if getattr(m, "max_positions", None) is not None]
+    return min(limits) if limits else None
+
+
+class Session:
+    """Base of the sessions: a cache sized for ``room`` more tokens after the prompt.
+
+    Args:
+        model: a model that can generate (its ``new_cache()`` raises a ConfigError otherwise).
+        room: tokens that may be fed after the prompt (new tokens plus speculative look-ahead).
+        rollback: tokens :meth:`truncate` must be able to take back (speculative decoding).
+    """
+
+    #: ``(b, n)`` the tokens to feed first
+    prompt: torch.Tensor
+
+    def __init__(self, model: nn.Module, *, room: int, rollback: int = 0) -> None:
+        self.model = model
+        self.cache = model.new_cache()
+        self.room, self.rollback = room, rollback
+        self.fed = 0  # tokens fed so far (cache length)
+        self.device = next(model.parameters()).device
+
+    def open(self, width: int) -> None:
+        """Size the cache once the prompt width is known; check the positions can go that far."""
+        total = width + self.room
+        limit = position_limit(self.model)
+        if limit is not None and total > limit:
+            raise ConfigError(
+                "generate.max_new_tokens",
+                self.room,
+                f"prompt ({width} tokens) + new tokens must fit the model's {limit} learned positions (model.max_seq_len)",
+            )
+        prepare_cache(self.cache, max_len=total, rollback=self.rollback)
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens (b, n)`` after everything fed so far: logits ``(b, n, v)``."""
+        raise NotImplementedError
+
+    def truncate(self, n: int) -> None:
+        """Forget everything fed after the first ``n`` tokens."""
+        truncate_cache(self.cache, n)
+        self.fed = n
+
+
+class LMSession(Session):
+    """A decoder-only model (causal or prefix): prompts left-padded, each sequence with its own positions.
+
+    The prompt is the prefix of a prefix LM (``prefix_len`` = each prompt's length). Left padding puts
+    every prompt's last token in the last column; a padded token is masked out as a key, and position
+    ``j - pads`` makes each sequence count from 0 as if it were alone.
+
+    Args:
+        model: a causal or prefix LM.
+        prompts: token ids per sequence (any lengths).
+        pad_id: the id written into padding (never attended to).
+        room, rollback: as in :class:`Session`.
+
+    Shapes: :meth:`feed` takes ``(b, n)`` tokens and returns ``(b, n, v)`` logits.
+    """
+
+    def __init__(self, model: nn.Module, prompts: list[list[int]], *, pad_id: int, room: int, rollback: int = 0) -> None:
+        super().__init__(model, room=room, rollback=rollback)
+        self.prompt, pads = pad_batch(prompts, pad_id=pad_id, left=True, device=self.device)
+        width = self.prompt.shape[1]
+        self.open(width)
+        column = torch.arange(width + room + 1, device=self.device)
+        # Every position any call may ask for, so a decode step slices a view instead of building one.
+        self.positions = (column - pads[:, None]).clamp(min=0)  # (b, t)
+        self.valid = column[None, :width] >= pads[:, None] if bool(pads.any()) else None  # (b, n_prompt)
+        self.prefix_len = width - pads  # (b,)
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        start, n = self.fed, tokens.shape[1]
+        valid = None if self.valid is None or start >= self.valid.shape[1] else self.valid[:, start : start + n]
+        if valid is not None and valid.shape[1] < n:
+            valid = torch.cat([valid, valid.new_ones(valid.shape[0], n - valid.shape[1])], dim=1)
+        logits = self.model(
+            tokens, positions=self.positions[:, start : start + n], valid=valid, prefix_len=self.prefix_len, cache=self.cache
+        )
+        self.fed = start + n
+        return logits
+
+
+class EncDecSession(Session):
+    """An encoder-decoder: the source is encoded once; the decoder starts from ``start_id``.
+
+    Sources are right-padded (the encoder counts positions from 0 for every row) and masked by
+    ``src_valid``; the decoder's cross-attention keys are computed at its first step and cached.
+
+    Args:
+        model: an encoder-decoder (``encode`` and ``decode``).
+        prompts: source token ids per sequence (any lengths).
+        pad_id: the id written into padding.
+        start_id: the decoder's first token.
+        room, rollback: as in :class:`Session`.
+
+    Shapes: :meth:`feed` takes ``(b, n)`` decoder tokens and returns ``(b, n, v)`` logits.
+    """
+
+    def __init__(
+        self, model: nn.Module, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0
+    ) -> None:
+        super().__init__(model, room=room, rollback=rollback)
+        src, pads = pad_batch(prompts, pad_id=pad_id, left=False, device=self.device)
+        self.src_valid = None
+        if bool(pads.any()):
+            self.src_valid = torch.arange(src.shape[1], device=self.device)[None] < (src.shape[1] - pads)[:, None]
+        self.memory = model.encode(src, src_valid=self.src_valid)
+        self.prompt = torch.full((src.shape[0], 1), start_id, device=self.device)
+        self.open(1)
+        self.positions = torch.arange(1 + room + 1, device=self.device)[None]
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        start, n = self.fed, tokens.shape[1]
+        logits = self.model.decode(
+            tokens, self.memory, src_valid=self.src_valid, positions=self.positions[:, start : start + n], cache=self.cache
+        )
+        self.fed = start + n
+        return logits
+
+
+def open_session(
+    model: nn.Module, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0
+) -> Session:
+    """The session for ``model``: an encoder-decoder (it has ``encode``/``decode``) or a decoder-only LM."""
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        return EncDecSession(model, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
+    return LMSession(model, prompts, pad_id=pad_id, room=room, rollback=rollback)

@@ -1,0 +1,219 @@
+"""Checkpoints that resume a run exactly and load without unpickling anything.
+
+A checkpoint is a folder ``<root>/step_<step>/``:
+
+- ``model.safetensors``: the weights (tied matrices stored once);
+- ``optimizer.safetensors``: every optimizer state tensor, flattened to ``state.<param>.<name>``;
+- ``rng.safetensors``: each rank's torch CPU (and CUDA) generator state;
+- ``state.json``: step, tokens seen, the data loader's position, the optimizer's hyper-parameters
+  and non-tensor state, Python's ``random`` state;
+- ``config.yaml``: the resolved config; ``tokenizer/``: the tokenizer, reloadable with
+  :func:`zoo.tokenizer.load_tokenizer`.
+
+Writing is atomic: the folder is written under a temporary name in ``<root>``, every file is
+fsynced, the folder is renamed into place with ``os.replace``, and only then does ``latest.json``
+(itself replaced atomically) point at it. A crash at any moment leaves the previous checkpoint whole
+and ``latest.json`` pointing at it.
+"""
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+LATEST = "latest.json"
+STATE = "state.json"
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') bytes to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text``: temp file in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state as flat tensors (``state.<param>.<name>``) plus JSON for the rest."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`optimizer_tensors`: a state dict ``Optimizer.load_state_dict`` takes."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """This process's torch generator states (CPU, and every CUDA device)."""
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder found on disk, and its ``state.json``."""
+
+    path: Path
+    state: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def save(
+    root: str | Path,
+    *,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    rng: dict[str, torch.Tensor],
+    config_yaml: str,
+    tokenizer=None,
+    keep_last: int = 1,
+) -> Path:
+    """Write the checkpoint of ``step`` atomically under ``root`` and prune older ones.
+
+    Args:
+        root: the checkpoints folder of a run.
+        step: optimizer steps done.
+        model: the unwrapped model (not its DDP or compiled wrapper).
+        optimizer: its optimizer.
+        state: JSON-able training state (loader position, tokens seen, ...); ``step`` is added.
+        rng: generator states from :func:`rng_tensors`, keyed per rank (``rank0.torch_cpu``, ...).
+        config_yaml: the resolved config.
+        tokenizer: saved into ``tokenizer/`` when given.
+        keep_last: how many checkpoints to keep (the newest ones).
+
+    Returns: the checkpoint folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        tensors, optim_meta = optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        full_state = {**state, "step": step, "optimizer": optim_meta, "python_random": _jsonable(random.getstate())}
+        (tmp / STATE).write_text(json.dumps(full_state, indent=1))
+        (tmp / "config.yaml").write_text(config_yaml)
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
+        for file in tmp.rglob("*"):
+            fsync_path(file)
+        if final.exists():  # a re-save of the same step: set the old copy aside, never half-delete it
+            aside = Path(tempfile.mkdtemp(dir=root, prefix=".old-step-"))
+            os.replace(final, aside / final.name)
+            shutil.rmtree(aside, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_path(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_atomic(root / LATEST, json.dumps({"step": step, "path": final.name}) + "\n")
+    prune(root, keep_last=keep_last, keep=final)
+    return final
+
+
+def prune(root: Path, *, keep_last: int, keep: Path) -> None:
+    """Delete all but the ``keep_last`` newest checkpoints (never ``keep``; ``keep_last <= 0`` keeps
+    all), and temp folders a crashed save left behind (only rank 0 ever writes here)."""
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if keep_last <= 0:
+        return
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and p != keep)
+    for old in steps[: max(len(steps) - (keep_last - 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find(path: str | Path) -> Checkpoint:
+    """The checkpoint at ``path``: a checkpoint folder, a checkpoints folder (its ``latest.json``),
+    or a run folder holding ``checkpoints/``. Raises ``FileNotFoundError`` naming what is missing."""
+    path = Path(path).expanduser()
+    for root in (path, path / "checkpoints"):
+        if (root / LATEST).exists():
+            path = root / json.loads((root / LATEST).read_text())["path"]
+            break
+    if not (path / STATE).exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected {STATE}, {LATEST} or checkpoints/{LATEST})")
+    return Checkpoint(path=path, state=json.loads((path / STATE).read_text()))
+
+
+def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
+    """Load the weights into ``model`` (strict: every key must match)."""
+    missing, unexpected = load_model(model, str(checkpoint.path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {checkpoint.path} does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
+def load_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    tensors = load_file(str(checkpoint.path / "optimizer.safetensors"))
+    optimizer.load_state_dict(optimizer_state_dict(tensors, checkpoint.state["optimizer"]))
+
+
+def load_rng(checkpoint: Checkpoint, *, rank: int) -> None:
+    """Restore this rank's generators (rank 0's when the run had fewer ranks) and Python's ``random``."""
+    tensors = load_file(str(checkpoint.path / "rng.safetensors"))
+    prefix = f"rank{rank}." if any(k.startswith(f"rank{rank}.") for k in tensors) else "rank0."
+    restore_rng({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    random.setstate(_tuples(checkpoint.state["python_random"]))
+
+
+def _jsonable(value):
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -1,0 +1,143 @@
+"""Everything a run trains with, built from its config: the cheap checks first, then the heavy work.
+
+Order: trainer settings, objective against architecture, data (its paths), the model on the meta
+device (its sizes, and ``trainer.seq_len`` against positions that cannot extrapolate), and only then
+the tokenizer (a BPE trains here), the real model and the loaders. A user's mistake thus surfaces as
+one :class:`~zoo.errors.ConfigError` naming its key before any minute is spent.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from zoo.config import instantiate_model
+from zoo.data.packing import ResumableLoader, derive_seed
+from zoo.errors import ConfigError
+from zoo.objectives import check_compatible
+from zoo.pos.base import Positions
+from zoo.train.distributed import Dist
+from zoo.train.settings import Settings
+
+
+@dataclass
+class Components:
+    """What :func:`zoo.train.loop.train` runs.
+
+    ``make_objective(seed_offset)`` builds a fresh objective (evaluation takes a new one per pass, so
+    every pass draws the same masks); ``train_loader`` yields one global batch per optimizer step.
+    """
+
+    model: nn.Module
+    tokenizer: object | None
+    data: object
+    make_objective: Callable[..., object]
+    train_loader: ResumableLoader
+    val_loader: ResumableLoader
+    arch: str
+
+
+def build_node(node: DictConfig, key: str, **kwargs):
+    """``instantiate(node)``, with a user's mistake surfaced as the :class:`ConfigError` it is."""
+    try:
+        missing = list(_missing_keys(node))
+        if missing:
+            raise ConfigError(f"{key}.{missing[0]}", "???", "required: set it on the command line")
+        built = instantiate(node)
+        return built(**kwargs) if kwargs else built
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(key, OmegaConf.select(node, "_target_"), str(e).splitlines()[0]) from None
+
+
+def _missing_keys(node, prefix: str = ""):
+    for k in node:
+        value = node._get_node(k)
+        if OmegaConf.is_missing(node, k):
+            yield f"{prefix}{k}"
+        elif isinstance(value, DictConfig):
+            yield from _missing_keys(value, f"{prefix}{k}.")
+
+
+def class_of(node: DictConfig, key: str) -> type:
+    """The class (or the class of the factory method) ``node._target_`` names, without building it."""
+    target = str(node._target_)
+    try:
+        return get_class(target)
+    except Exception:
+        try:  # a classmethod factory such as zoo.tokenizer.BPETokenizer.from_corpus
+            return get_class(target.rsplit(".", 1)[0])
+        except Exception:
+            raise ConfigError(f"{key}._target_", target, "an importable class") from None
+
+
+def check_positions(model: nn.Module, *, seq_len: int, key: str = "trainer.seq_len") -> None:
+    """Refuse a sequence length that a position scheme of ``model`` cannot encode (learned positions)."""
+    for module in model.modules():
+        limit = getattr(module, "max_positions", None) if isinstance(module, Positions) else None
+        if limit is not None and seq_len > limit:
+            raise ConfigError(
+                key, seq_len, f"<= model.max_seq_len={limit} with {type(module).__name__}: raise model.max_seq_len or pick model/pos=rope, alibi, t5 or none"
+            )
+
+
+def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) -> Components:
+    """Build the run's components (module docstring for the order).
+
+    Args:
+        cfg: the composed config; ``model.vocab_size`` is set here from the tokenizer (or the task).
+        settings: the validated ``trainer`` settings.
+        dist: this process's place in the process group.
+        tokenizer: a tokenizer to use instead of building one (a resumed run's own).
+    """
+    arch = class_of(cfg.model, "model").arch
+    check_compatible(class_of(cfg.objective, "objective"), arch)
+    settings.micro_batch(dist.world)
+    data = build_node(cfg.data, "data")
+    task_vocab = getattr(data, "vocab_size", None)
+    if task_vocab is None and getattr(data, "corpus", None) is None:
+        raise ConfigError("data", OmegaConf.select(cfg, "data._target_"), "neither a text corpus nor a task vocabulary")
+
+    # the model's shape on the meta device, with the vocabulary the tokenizer will have (or close to it)
+    with open_dict(cfg):
+        cfg.model.vocab_size = task_vocab or OmegaConf.select(cfg, "tokenizer.vocab_size", default=None) or cfg.model.vocab_size
+    probe = instantiate_model(cfg.model, device="meta")
+    check_positions(probe, seq_len=_model_len(arch, settings.seq_len))
+    del probe
+
+    if task_vocab is None:
+        tokenizer = tokenizer or build_node(cfg.tokenizer, "tokenizer", corpus=data.corpus)
+        vocab_size = tokenizer.vocab_size
+    else:
+        tokenizer, vocab_size = None, task_vocab
+    with open_dict(cfg):
+        cfg.model.vocab_size = vocab_size
+
+    def make_objective(*, rank: int = 0):
+        objective = build_node(cfg.objective, "objective", tokenizer=tokenizer)
+        if rank:  # ranks draw their own masks for their own rows
+            objective.seed = derive_seed("objective", objective.seed, rank) % 2**31
+        return objective
+
+    make_objective()  # its own settings fail now, not at the first step
+    torch.manual_seed(settings.seed)
+    model = instantiate_model(cfg.model, device=dist.device)
+    loader_args = dict(seq_len=settings.seq_len, seed=settings.seed, tokenizer=tokenizer)
+    train_loader = data.loader(split="train", batch_size=settings.batch_size, **loader_args)
+    val_loader = data.loader(split="validation", batch_size=settings.eval_batch_size or settings.batch_size, **loader_args)
+    return Components(
+        model=model, tokenizer=tokenizer, data=data, make_objective=make_objective, train_loader=train_loader, val_loader=val_loader, arch=arch
+    )
+
+
+def _model_len(arch: str, seq_len: int) -> int:
+    # an encoder-decoder sees at most the whole row (plus <eos>) on either side
+    return seq_len + 1 if arch == "encdec" else seq_len

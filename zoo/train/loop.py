@@ -1,0 +1,348 @@
+"""The training loop of ``zoo-train``: any composed model, any objective, one process or many.
+
+Per optimizer step: one global batch of ``trainer.batch_size`` rows from the resumable loader; each
+rank takes its share and runs ``trainer.grad_accum`` micro-batches; gradients are those of the loss
+summed over every target token of the step, divided by their number (so two ranks give what one
+rank with the same global batch gives, whatever the masks); then clipping, the schedule's learning
+rate, and AdamW. Evaluation, checkpoints and logging follow their own periods.
+"""
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from zoo.errors import ConfigError
+from zoo.train import checkpoint as ckpt
+from zoo.train.components import Components, build, build_node
+from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
+from zoo.train.metrics import count_parameters, evaluate, flops_per_token, sums_of, summarise
+from zoo.train.sample import can_sample, sample
+from zoo.train.settings import Settings
+from zoo.train.sweep import RunInfo
+
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+
+
+class Diverged(RuntimeError):
+    """The loss (or the gradient norm) stopped being finite."""
+
+
+@dataclass
+class RunResult:
+    """What a run leaves: its status, final numbers, per-step training losses and where its files are."""
+
+    status: str = "running"
+    metrics: dict = field(default_factory=dict)
+    history: list[float] = field(default_factory=list)
+    out_dir: Path | None = None
+    checkpoint: Path | None = None
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The config as plain values, without Hydra's own node."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(copy):
+        copy.pop("hydra", None)
+    return OmegaConf.to_container(copy, resolve=True)
+
+
+def autocast_for(settings: Settings, device: torch.device):
+    """bf16 autocast on a CUDA device that has it (precision ``auto`` or ``bf16``); fp32 elsewhere."""
+    if settings.precision == "bf16" and device.type != "cuda":
+        raise ConfigError("trainer.precision", "bf16", "bf16 autocast needs a CUDA device here; use auto or fp32")
+    if settings.precision != "fp32" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them (Chen et al. 2016,
+    arXiv:1604.06174): the forward of every ``stack.layers[i]`` goes through ``torch.utils.checkpoint``.
+    The modules stay in place, so the state dict is unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    from zoo.arch.stack import Stack
+
+    for stack in (m for m in model.modules() if isinstance(m, Stack)):
+        for layer in stack.layers:
+            layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
+
+
+def forever(loader):
+    """The loader's batches, epoch after epoch (the loader keeps the position)."""
+    while True:
+        yield from loader
+
+
+def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) -> RunResult:
+    """Train the model ``cfg`` describes; write checkpoints, ``metrics.json`` and the logger's run.
+
+    Args:
+        cfg: a composed config (``zoo.compose([...])`` or Hydra's); ``cfg.model.vocab_size`` is set here.
+        out_dir: the run's folder (Hydra's output folder in ``zoo-train``).
+        info: the run's name, group and choices; default from ``cfg.hydra`` when present.
+
+    Returns: the :class:`RunResult`; a config mistake raises :class:`~zoo.errors.ConfigError`
+    (after ``metrics.json`` records it), a diverged run returns with ``status="diverged"``.
+    """
+    out_dir = Path(out_dir)
+    info = info or (RunInfo.from_hydra(cfg.hydra) if "hydra" in cfg else RunInfo())
+    result = RunResult(out_dir=out_dir)
+    dist, logger, started = Dist(), None, time.time()
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()  # a caller's group stays up
+    try:
+        settings = Settings.from_config(cfg.trainer)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        dist = setup(device=settings.device)
+        out_dir = result.out_dir = Path(broadcast_object(str(out_dir), dist))  # ranks may have started in different seconds
+        autocast = autocast_for(settings, dist.device)
+        resume = _find_resume(settings, out_dir)
+        tokenizer = None
+        if resume is not None and (resume.path / "tokenizer").exists():
+            from zoo.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(resume.path / "tokenizer")
+        parts = build(cfg, settings=settings, dist=dist, tokenizer=tokenizer)
+        optim = build_node(cfg.optim, "optim")
+        schedule = build_node(cfg.sched, "sched")
+        optimizer = optim.build(parts.model)
+        objective = parts.make_objective(rank=dist.rank)
+        if resume is not None:
+            _restore(resume, parts, optimizer, objective, dist)
+        if dist.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            logger = build_node(cfg.logger, "logger")
+            config = {**resolved_config(cfg), "choices": info.choices}
+            logger.start(config=config, name=info.name, group=info.group, tags=info.overrides, out_dir=out_dir)
+        loop = Loop(cfg, settings=settings, parts=parts, optimizer=optimizer, optim=optim, schedule=schedule, objective=objective, out_dir=out_dir)
+        loop.run(dist=dist, autocast=autocast, logger=logger, info=info, result=result, resume=resume)
+        result.metrics.update(status=result.status, wall_s=time.time() - started)
+        if dist.main:
+            _finish(logger, result, info, out_dir, failed=result.status != "ok")
+        return result
+    except BaseException as e:
+        if dist.main:
+            result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            result.metrics.update(status=result.status, error=f"{type(e).__name__}: {e}", wall_s=time.time() - started)
+            try:
+                _finish(logger, result, info, out_dir, failed=True)
+            except Exception as report_error:  # the run's own error is the one to raise
+                print(f"zoo-train: could not record the failure: {report_error}", file=sys.stderr)
+        raise
+    finally:
+        if not joined:
+            teardown()
+
+
+def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
+    if settings.resume is None:
+        return None
+    try:
+        return ckpt.find(out_dir if settings.resume == "auto" else settings.resume)
+    except FileNotFoundError as e:
+        if settings.resume == "auto":
+            return None
+        raise ConfigError("trainer.resume", settings.resume, str(e)) from None
+
+
+def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:
+    """Weights, optimizer, RNG, data position and objective draws as they were at the checkpoint."""
+    try:
+        ckpt.load_weights(resume, parts.model)
+        ckpt.load_optimizer(resume, optimizer)
+        parts.train_loader.load_state_dict(resume.state["loader"])
+    except (ValueError, RuntimeError, KeyError) as e:  # a checkpoint of another model, data or batch size
+        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config ({str(e).splitlines()[0]})") from None
+    ckpt.load_rng(resume, rank=dist.rank)
+    objective.step = int(resume.state["objective"]["step"])
+
+
+def _finish(logger, result: RunResult, info: RunInfo, out_dir: Path, *, failed: bool) -> None:
+    """``metrics.json`` into the run folder, the summary into the logger, and the logger closed."""
+    record = {"job": info.job_num, "name": info.name, **result.metrics, "choices": info.choices, "overrides": info.overrides}
+    if logger is not None:
+        record.update(logger.info)
+        logger.summary({k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))})
+        logger.finish(failed=failed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_atomic(out_dir / METRICS_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+class Loop:
+    """One run's optimisation state and the steps that move it (built by :func:`train`)."""
+
+    def __init__(self, cfg: DictConfig, *, settings: Settings, parts: Components, optimizer, optim, schedule, objective, out_dir: Path) -> None:
+        self.cfg, self.settings, self.parts, self.out_dir = cfg, settings, parts, out_dir
+        self.optimizer, self.optim, self.schedule, self.objective = optimizer, optim, schedule, objective
+        self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
+
+    def run(self, *, dist: Dist, autocast, logger, info: RunInfo, result: RunResult, resume: ckpt.Checkpoint | None) -> None:
+        s, model = self.settings, self.parts.model
+        if resume is not None:
+            self.step, self.tokens_seen = resume.step, int(resume.state["tokens_seen"])
+            self.train_time = float(resume.state.get("train_time", 0.0))
+        if s.activation_checkpointing:
+            checkpoint_blocks(model)
+        wrapper = wrap(model, dist)
+        if s.compile:
+            wrapper = torch.compile(wrapper)
+        view = ModelView(wrapper, model)
+        quiet = info.multirun if s.quiet is None else s.quiet
+        counts = count_parameters(model)
+        flops = flops_per_token(model, seq_len=s.seq_len)
+        result.metrics.update(
+            counts, flops_per_token=flops, max_steps=s.max_steps, corpus_fingerprint=_fingerprint(self.parts.data),
+            tokenizer=getattr(self.parts.tokenizer, "id", None), vocab_size=self.cfg.model.vocab_size,
+        )  # fmt: skip
+        if dist.main and not quiet:
+            print(f"zoo-train: {info.name}: {counts['parameters']:,} parameters, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
+        bar = _progress(s, initial=self.step, enabled=dist.main and not quiet)
+        batches = forever(self.parts.train_loader)
+        params = [p for p in model.parameters() if p.requires_grad]
+        try:
+            while self.step < s.max_steps:
+                t0 = time.perf_counter()
+                loss, grad_norm, lr = self.train_step(next(batches), view=view, wrapper=wrapper, params=params, dist=dist, autocast=autocast)
+                self.train_time += time.perf_counter() - t0
+                self.step += 1
+                self.tokens_seen += s.batch_size * s.seq_len
+                result.history.append(loss)
+                tokens_per_s = self.tokens_seen / max(self.train_time, 1e-9)
+                if not math.isfinite(loss) or not math.isfinite(grad_norm):
+                    self._diverged(result, loss=loss, grad_norm=grad_norm, dist=dist)
+                    return
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                if dist.main and s.log_every and self.step % s.log_every == 0:
+                    self._log(logger, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s, "train/tokens": self.tokens_seen})
+                if s.eval_every and self.step % s.eval_every == 0 and self.step < s.max_steps:
+                    values = self.evaluate(dist=dist, autocast=autocast, max_batches=s.eval_batches)
+                    self._report("val", values, logger=logger, bar=bar, quiet=quiet or not dist.main)
+                if s.ckpt_every and self.step % s.ckpt_every == 0 and self.step < s.max_steps:
+                    result.checkpoint = self.save(dist)
+        finally:
+            if bar is not None:
+                bar.close()
+        final = self.evaluate(dist=dist, autocast=autocast, max_batches=s.final_eval_batches)
+        self._report("val", final, logger=logger, bar=None, quiet=True)
+        result.checkpoint = self.save(dist)
+        text = None
+        if dist.main and can_sample(model, self.parts.tokenizer) and s.sample.max_new_tokens:
+            text = sample(model, self.parts.tokenizer, settings=s.sample, seed=s.seed)
+        if dist.main and not quiet:
+            print(f"final (step {self.step}): {_describe(final)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
+            if text is not None:
+                print(f"sample:\n{text}")
+        result.status = "ok"
+        result.metrics.update(
+            {f"val_{k}": v for k, v in final.items()}, train_loss=result.history[-1] if result.history else None, steps=self.step,
+            tokens_seen=self.tokens_seen, tokens_per_s=self.tokens_seen / self.train_time if self.train_time else None, sample=text,
+            checkpoint=str(result.checkpoint),
+        )  # fmt: skip
+
+    def train_step(self, batch, *, view, wrapper, params, dist: Dist, autocast) -> tuple[float, float, float]:
+        """One optimizer step on a global batch; returns its loss, the gradient norm before clipping, the learning rate."""
+        s = self.settings
+        micro = s.micro_batch(dist.world)
+        per_rank = micro * s.grad_accum
+        total = torch.zeros(5, dtype=torch.float64)
+        for i in range(s.grad_accum):
+            start = dist.rank * per_rank + i * micro
+            rows = {k: v[start : start + micro].to(dist.device, non_blocking=True) for k, v in batch.items()}
+            last = i == s.grad_accum - 1
+            with nullcontext() if last or dist.world == 1 else wrapper.no_sync():
+                with autocast():
+                    loss, metrics = self.objective(view, rows)
+                # summed over tokens here, divided by the step's token count below
+                (loss * metrics["n_tokens"]).backward()
+            total += sums_of(metrics)
+        total = all_reduce_sum(total.to(dist.device), dist).cpu()
+        scale = dist.world / max(float(total[1]), 1.0)  # DDP averaged over ranks; undo it, divide by tokens
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip or float("inf"))
+        lr = self.schedule.apply(self.optimizer, step=self.step, max_steps=s.max_steps, lr=self.optim.lr)
+        loss_value = summarise(total)["loss"]
+        if math.isfinite(loss_value) and math.isfinite(float(grad_norm)):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, float(grad_norm), lr
+
+    def evaluate(self, *, dist: Dist, autocast, max_batches: int | None) -> dict[str, float]:
+        loader = self.parts.val_loader
+        loader.reset()
+        return evaluate(self.parts.model, loader, objective=self.parts.make_objective(), dist=dist, max_batches=max_batches, autocast=autocast)
+
+    def save(self, dist: Dist) -> Path | None:
+        """A checkpoint of this step (rank 0 writes it; every rank contributes its RNG state)."""
+        states = all_gather_objects({k: v.tolist() for k, v in ckpt.rng_tensors().items()}, dist)
+        path = None
+        if dist.main:
+            rng = {f"rank{r}.{k}": torch.tensor(v, dtype=torch.uint8) for r, state in enumerate(states) for k, v in state.items()}
+            state = {
+                "tokens_seen": self.tokens_seen, "loader": self.parts.train_loader.state_dict(), "objective": self.objective.state_dict(),
+                "train_time": self.train_time, "world": dist.world,
+            }  # fmt: skip
+            path = ckpt.save(
+                self.out_dir / "checkpoints", step=self.step, model=self.parts.model, optimizer=self.optimizer, state=state, rng=rng,
+                config_yaml=OmegaConf.to_yaml(resolved_config(self.cfg)), tokenizer=self.parts.tokenizer, keep_last=self.settings.keep_last,
+            )  # fmt: skip
+        barrier(dist)
+        return path
+
+    def _diverged(self, result: RunResult, *, loss: float, grad_norm: float, dist: Dist) -> None:
+        last = ckpt.find(self.out_dir / "checkpoints").path if (self.out_dir / "checkpoints" / ckpt.LATEST).exists() else None
+        message = (
+            f"the loss became non-finite at step {self.step} (loss {loss}, gradient norm {grad_norm}); stopped without "
+            f"saving. Last good checkpoint: {last or 'none'}. Try a lower optim.lr or a longer sched.warmup_steps."
+        )
+        if dist.main:
+            print(f"zoo-train: {message}", file=sys.stderr)
+        result.status = "diverged"
+        result.checkpoint = last
+        result.metrics.update(error=message, steps=self.step, checkpoint=str(last) if last else None)
+
+    def _log(self, logger, metrics: dict[str, float]) -> None:
+        """To the logger, and a line of ``log.jsonl`` in the run folder (the record without W&B)."""
+        if logger is not None:
+            logger.log(metrics, step=self.step)
+        with (self.out_dir / LOG_FILE).open("a") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+
+    def _report(self, prefix: str, values: dict[str, float], *, logger, bar, quiet: bool) -> None:
+        if logger is not None:
+            self._log(logger, {f"{prefix}/{k}": v for k, v in values.items()})
+        if not quiet:
+            text = f"step {self.step}: {prefix} {_describe(values)}"
+            (partial(bar.write, file=sys.stderr) if bar is not None else partial(print, file=sys.stderr))(text)
+
+
+def _describe(values: dict[str, float]) -> str:
+    text = f"loss {values['loss']:.4f}, ppl {values['ppl']:.2f}, accuracy {values['accuracy']:.3f}"
+    return text + (f", bits per byte {values['bpb']:.4f}" if "bpb" in values else "")
+
+
+def _progress(settings: Settings, *, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=settings.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _fingerprint(data) -> str | None:
+    corpus = getattr(data, "corpus", None)
+    return getattr(corpus, "fingerprint", None) if corpus is not None else f"{type(data).__name__}"

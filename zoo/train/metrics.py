@@ -1,0 +1,100 @@
+"""What a run measures: validation loss, perplexity and bits per byte; parameters; FLOPs per token.
+
+Bits per byte (Gao et al. 2020, The Pile, arXiv:2101.00027) divides the total loss in nats by
+``ln 2`` times the UTF-8 bytes of the evaluated text, so a byte tokenizer and a BPE, whose tokens
+cover different amounts of text, are compared on the same footing.
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+from zoo.train.distributed import Dist, all_reduce_sum
+
+def sums_of(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(5,)`` float64 of one batch: nats, target tokens, target bytes, correct predictions, and 1
+    if the objective gave no byte count (no bits per byte then)."""
+    n = metrics["n_tokens"].detach().double().cpu()
+    n_bytes = metrics.get("n_bytes")
+    no_bytes = n_bytes is None
+    return torch.stack(
+        [
+            metrics["nll_sum"].detach().double().cpu(),
+            n,
+            n.new_zeros(()) if no_bytes else n_bytes.detach().double().cpu(),
+            metrics["accuracy"].detach().double().cpu() * n,
+            n.new_tensor(float(no_bytes)),
+        ]
+    )
+
+
+def summarise(sums: torch.Tensor) -> dict[str, float]:
+    """Loss (nats per target token), perplexity, accuracy, and bits per byte when every batch counted bytes."""
+    nll, n, n_bytes, correct, no_bytes = (float(v) for v in sums)
+    loss = nll / max(n, 1.0)
+    out = {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "accuracy": correct / max(n, 1.0), "tokens": n}
+    if no_bytes == 0 and n_bytes > 0:
+        out["bpb"] = nll / (math.log(2) * n_bytes)
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    objective: Callable,
+    dist: Dist,
+    max_batches: int | None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, float]:
+    """Validation metrics over ``max_batches`` batches (``None``: all), the rows shared among ranks.
+
+    Args:
+        model: the bare model (no DDP wrapper: ranks may see different numbers of rows).
+        batches: a validation loader, from its first batch.
+        objective: a fresh objective instance, so every pass draws the same masks.
+        dist: the process group; sums are reduced over it.
+        max_batches: how many batches to evaluate.
+        autocast: the mixed-precision context of the run.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(5, dtype=torch.float64)
+    try:
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            rows = {k: v[dist.rank :: dist.world].to(dist.device, non_blocking=True) for k, v in batch.items()}
+            if rows["tokens"].shape[0] == 0:  # a short last batch can leave a rank nothing
+                continue
+            with autocast():
+                _, metrics = objective(model, rows)
+            total += sums_of(metrics)
+    finally:
+        model.train(was_training)
+    return summarise(all_reduce_sum(total.to(dist.device), dist).cpu())
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Unique parameters (a tied matrix once), and those outside embedding tables."""
+    from zoo.train.optim import EMBEDDING_TYPES
+
+    total = sum(p.numel() for p in model.parameters())
+    embedding = {id(p): p.numel() for m in model.modules() if isinstance(m, EMBEDDING_TYPES) for p in m.parameters()}
+    return {"parameters": total, "parameters_non_embedding": total - sum(embedding.values())}
+
+
+def flops_per_token(model: nn.Module, *, seq_len: int) -> int:
+    """Training FLOPs per token: ``6 N`` for the matmul weights (forward 2, backward 4), plus
+    attention's ``12 L n d`` (scores and values, forward and backward; PaLM, arXiv:2204.02311, app. B).
+
+    ``N`` counts every linear layer's weight, the LM head included (a tied head is still a matmul)
+    and embedding lookups excluded; the attention term counts the full (not causal-halved) square.
+    """
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    n_layers = getattr(model, "n_layers", 0)
+    return int(6 * matmul + 12 * n_layers * getattr(model, "dim", 0) * seq_len)

@@ -1,0 +1,201 @@
+"""Runs and sweeps: readable run names, the W&B group of a multirun, and its summary table.
+
+Job folders and run names come from the overrides with the ``model/`` prefix dropped and ``/``
+made path-safe (``3-ffn=geglu,norm=layernorm``); Hydra's ``override_dirname`` alone would nest
+folders at every ``/`` of a group override. :class:`SweepSummary`, a Hydra callback, gathers every
+job's ``metrics.json`` when the sweep ends into ``summary.csv``, ``summary.md`` and a W&B table.
+Jobs record their own failures (and return), since Hydra skips ``on_multirun_end`` after a job raises.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.config import GROUPS
+
+#: groups of the training config, after the model's (``zoo.config.GROUPS``)
+TRAIN_GROUPS = ("data", "tokenizer", "objective", "optim", "sched", "logger", "trainer", "experiment")
+#: overrides that change where or how loudly a run goes, not what it trains: left out of names
+NAME_EXCLUDED = ("logger", "trainer.quiet", "trainer.resume", "trainer.device", "trainer.threads")
+#: the columns of the sweep summary, in order (then every group's choice)
+COLUMNS = (
+    "job", "variant", "status", "val_loss", "val_bpb", "val_ppl", "val_accuracy", "train_loss",
+    "steps", "tokens_per_s", "parameters", "flops_per_token", "wall_s", "error", "name",
+)  # fmt: skip
+
+
+def short_override(override: str) -> str:
+    """``model/ffn=geglu`` -> ``ffn=geglu``, ``model.dim=64`` -> ``dim=64``; other groups keep their prefix."""
+    return re.sub(r"^[+~]*model[./](?=[^=]*=)", "", override)
+
+
+def job_name(overrides: str | list[str]) -> str:
+    """A path-safe, readable name for a run from its overrides (``override_dirname`` or a list)."""
+    items = overrides.split(",") if isinstance(overrides, str) else list(overrides)
+    # a list value like [python,pydoc] was split at its commas above; glue its parts back on
+    merged: list[str] = []
+    for item in items:
+        if merged and "=" not in item:
+            merged[-1] += "," + item
+        elif item:
+            merged.append(item)
+    # the model's choices (ffn=geglu) say most and come first, then other groups' choices, then
+    # values (dim=64, then trainer.max_steps=5): a name cut for length loses the least telling part
+    merged.sort(key=_rank)
+    name = ",".join(short_override(o) for o in merged)
+    name = re.sub(r"[/\\\s:*?\"<>|']", ".", name)
+    if len(name) > 100:  # file systems cap a name at 255 bytes; keep it readable and unique
+        name = name[:90] + "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name
+
+
+def _rank(override: str) -> tuple[int, str]:
+    key = override.split("=", 1)[0].lstrip("+~")
+    is_model = key == "model" or key.startswith(("model/", "model."))
+    return ("." in key) * 2 + (not is_model), override
+
+
+def job_dir(num, overrides: str) -> str:
+    """The resolver behind ``hydra.sweep.subdir``: ``<job number>-<job name>``."""
+    name = job_name(overrides or "")
+    return f"{num}-{name}" if name else str(num)
+
+
+def register_resolvers() -> None:
+    """``${zoo.job_dir:num,override_dirname}`` for the job folders (idempotent)."""
+    if not OmegaConf.has_resolver("zoo.job_dir"):
+        OmegaConf.register_new_resolver("zoo.job_dir", job_dir)
+
+
+@dataclass
+class RunInfo:
+    """Who a run is: its name, its sweep group, its overrides and the chosen option of every group."""
+
+    name: str = "run"
+    group: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
+    job_num: int | None = None
+    multirun: bool = False
+
+    @classmethod
+    def from_hydra(cls, hydra: DictConfig) -> "RunInfo":
+        """From the ``hydra`` node: ``HydraConfig.get()`` in an app, ``cfg.hydra`` of ``zoo.compose``."""
+        from hydra.types import RunMode
+
+        overrides = [str(o) for o in (OmegaConf.select(hydra, "overrides.task", default=None) or [])]
+        excluded = set(NAME_EXCLUDED) | set(OmegaConf.select(hydra, "job.config.override_dirname.exclude_keys", default=None) or [])
+        named = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in excluded)
+        chosen = OmegaConf.select(hydra, "runtime.choices", default=None) or {}
+        choices = {g: str(chosen[g]) for g in (*GROUPS, *TRAIN_GROUPS) if chosen.get(g) is not None}
+        multirun = OmegaConf.select(hydra, "mode", default=None) == RunMode.MULTIRUN
+        job_num = OmegaConf.select(hydra, "job.num", default=None) if multirun else None
+        group = sweep_group(OmegaConf.select(hydra, "sweep.dir", default=None)) if multirun else None
+        name = job_name(named) or default_name(choices)
+        return cls(name=name, group=group, overrides=overrides, choices=choices, job_num=job_num, multirun=multirun)
+
+
+def default_name(choices: dict[str, str]) -> str:
+    """``causal-rmsnorm-pre-swiglu-rope-mha``: the architecture and its slots, for a run without overrides."""
+    return "-".join(choices[g] for g in GROUPS if g in choices and g not in ("model/init", "preset")) or "run"
+
+
+def sweep_group(sweep_dir: str | None) -> str | None:
+    """The W&B group of a multirun: the sweep folder's name (``multirun/<date_time>`` -> ``<date_time>``)."""
+    return Path(sweep_dir).name if sweep_dir else None
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """Every job's ``metrics.json`` under ``sweep_dir``, in job order; a job that left none is missing."""
+    rows = []
+    for path in sweep_dir.glob("*/metrics.json"):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            rows.append({"name": path.parent.name, "status": "unreadable", "error": str(e)})
+    return sorted(rows, key=lambda r: (r.get("job") is None, r.get("job") or 0, r.get("name", "")))
+
+
+def variants(rows: list[dict]) -> list[str]:
+    """Each job named by the overrides that differ between the jobs (``ffn=gelu``), not those all share."""
+    per_job = [dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides") or [] if "=" in o) for r in rows]
+    keys = dict.fromkeys(k for o in per_job for k in o)
+    varying = [k for k in keys if len({o.get(k) for o in per_job}) > 1]
+    names = [job_name([f"{k}={o[k]}" for k in varying if k in o]) for o in per_job]
+    if len(rows) < 2 or len(set(names)) < len(names):
+        return [r.get("name", "") for r in rows]
+    return names
+
+
+def table(rows: list[dict], *, rounded: bool = True) -> tuple[list[str], list[list]]:
+    """The summary's header and rows: :data:`COLUMNS`, then each group's choice (numbers to 4 digits if ``rounded``)."""
+    rows = [{**r, "variant": v} for r, v in zip(rows, variants(rows))]
+    groups = sorted({g for r in rows for g in r.get("choices", {})}, key=lambda g: ((*GROUPS, *TRAIN_GROUPS) + (g,)).index(g))
+    header = [*COLUMNS, *groups]
+    body = [[_cell(r.get(c), rounded=rounded) for c in COLUMNS] + [r.get("choices", {}).get(g, "") for g in groups] for r in rows]
+    return header, body
+
+
+def write_summary(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """``summary.csv`` and ``summary.md`` in ``sweep_dir``."""
+    csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
+    with csv_path.open("w", newline="") as f:
+        header, body = table(rows, rounded=False)
+        csv.writer(f).writerows([header, *body])
+    header, body = table(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in body]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _cell(value, *, rounded: bool = True):
+    if isinstance(value, float) and rounded:
+        return f"{value:.4g}"
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "..."
+    return "" if value is None else value
+
+
+class SweepSummary(Callback):
+    """Writes the sweep's summary table when a multirun ends (``hydra.callbacks.summary`` in conf/config.yaml)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        if not rows:
+            return
+        csv_path, md_path = write_summary(sweep_dir, rows)
+        failed = [r for r in rows if r.get("status") != "ok"]
+        print(f"zoo-train: sweep of {len(rows)} runs, {len(failed)} not ok; summary in {md_path}", file=sys.stderr)
+        if str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger"):
+            log_table(config, sweep_dir, rows)
+
+
+def log_table(config: DictConfig, sweep_dir: Path, rows: list[dict]) -> None:
+    """The summary as a W&B table, in a ``summary`` run of the sweep's group."""
+    from zoo.train.logger import import_wandb
+
+    wandb = import_wandb()
+    logger = OmegaConf.to_container(config.logger, resolve=True)
+    header, body = table(rows)
+    folder = logger.get("dir") or (None if "WANDB_DIR" in os.environ else str(sweep_dir))
+    with wandb.init(
+        project=logger.get("project", "zoo"),
+        entity=logger.get("entity"),
+        group=logger.get("group") or sweep_group(str(sweep_dir)),
+        name="summary",
+        job_type="summary",
+        dir=folder,
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off"),
+    ) as run:
+        run.log({"summary": wandb.Table(columns=header, data=[[str(c) for c in row] for row in body])})
