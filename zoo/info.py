@@ -110,6 +110,19 @@ def compatibility(options: list[Option]) -> dict[str, dict[str, str]]:
     return rows
 
 
+def kernels() -> tuple[list[str], list[list[str]]]:
+    """The attention kernels (``model.attention.kernel``) and what each declares it supports."""
+    from zoo.attention.kernels import KERNEL_SPECS
+
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    header = ["kernel", "score bias", "dropout", "backward on CPU", "CUDA only", "linear window", "what"]
+    rows = [
+        [name, yes(s.supports_bias), yes(s.supports_dropout), yes(s.supports_backward_on_cpu), yes(s.needs_cuda), yes(s.linear_window), s.summary]
+        for name, s in KERNEL_SPECS.items()
+    ]
+    return header, rows
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -131,6 +144,9 @@ def markdown(options: list[Option]) -> str:
     columns = list(dict.fromkeys(k for row in matrix.values() for k in row))
     out += ["## Compatibility", "", "Which option works with which architecture, from what each class declares.", ""]
     out += [_table(["option", *columns], [[f"`{k}`", *(v.get(c, "") for c in columns)] for k, v in matrix.items()]), ""]
+    header, rows = kernels()
+    out += ["## Attention kernels (`model.attention.kernel`)", "", "`auto` picks the fastest correct kernel for the device, mode and mask.", ""]
+    out += [_table(header, [[f"`{r[0]}`", *r[1:]] for r in rows]), ""]
     return "\n".join(out)
 
 
@@ -148,6 +164,9 @@ def text(options: list[Option]) -> str:
     out += ["", "compatibility".ljust(key_width) + "  ".join(f"{c:<10}" for c in columns)]
     for key, row in matrix.items():
         out.append(key.ljust(key_width) + "  ".join(f"{row.get(c, '').split(':')[0]:<10}" for c in columns))
+    header, rows = kernels()
+    out += ["", "  ".join(f"{h:<16}" for h in header[:-1])]
+    out += ["  ".join(f"{c:<16}" for c in row[:-1]) for row in rows]
     return "\n".join(out)
 
 

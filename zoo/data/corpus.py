@@ -99,7 +99,10 @@ class Corpus:
 
 #: folders of the standard library that are not the library itself, would swamp it with test data, or
 #: (``pydoc_data``) repeat the ``"pydoc"`` source as one huge Python dict
-STDLIB_EXCLUDED = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "pydoc_data"})
+# encodings/ is mostly generated code-page tables ("LATIN SMALL LETTER ..."), not prose or code.
+STDLIB_EXCLUDED = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "pydoc_data", "encodings"}
+)
 
 
 class StdlibCorpus(Corpus):
