@@ -89,7 +89,14 @@ class Stack(nn.Module):
         cache: list[LayerCache] | None = None,
     ) -> torch.Tensor:
         x = self.dropout(self.embed_norm(self.pos.embed(x, positions)))
-        ctx = Context(positions=positions, mask=mask, pos=self.pos, memory=memory, memory_valid=memory_valid)
+        ctx = Context(
+            positions=positions,
+            mask=mask,
+            pos=self.pos,
+            memory=memory,
+            memory_valid=memory_valid,
+            rotation=self.pos.rotation(positions),
+        )
         for i, layer in enumerate(self.layers):
             x = layer(x, ctx, None if cache is None else cache[i])
         return self.norm(x)

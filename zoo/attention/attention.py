@@ -26,6 +26,7 @@ class Context:
         pos: the stack's position scheme.
         memory: ``(b, m, dim)`` encoder output, for cross-attention.
         memory_valid: ``(b, m)`` padding flags of ``memory``.
+        rotation: ``pos.rotation(positions)``, so RoPE's tables are computed once, not once per layer.
     """
 
     positions: torch.Tensor
@@ -33,6 +34,7 @@ class Context:
     pos: Positions
     memory: torch.Tensor | None = None
     memory_valid: torch.Tensor | None = None
+    rotation: object | None = None
 
 
 class Attention(nn.Module):
@@ -95,7 +97,7 @@ class Attention(nn.Module):
         k = rearrange(self.k_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
         v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
         q_pos = k_pos = ctx.positions.expand(x.shape[0], -1)
-        q, k = ctx.pos.rotate(q, q_pos), ctx.pos.rotate(k, k_pos)
+        q, k = ctx.pos.rotate(q, q_pos, ctx.rotation), ctx.pos.rotate(k, k_pos, ctx.rotation)
         mask = ctx.mask.with_window(self.window)
         if cache is not None:
             k, v, k_pos, key_valid = cache.update(k, v, k_pos, mask.key_valid)

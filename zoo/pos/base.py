@@ -32,8 +32,12 @@ class Positions(nn.Module):
         """``x (b, n, dim)``, ``positions (b, n)`` -> ``(b, n, dim)``."""
         return x
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``x (b, h, n, d)``, ``positions (b, n)`` -> ``(b, h, n, d)``."""
+    def rotation(self, positions: torch.Tensor) -> object | None:
+        """What :meth:`rotate` needs for ``positions``, computed once per forward and shared by all layers."""
+        return None
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor, rotation: object | None = None) -> torch.Tensor:
+        """``x (b, h, n, d)``, ``positions (b, n)`` -> ``(b, h, n, d)``; ``rotation`` from :meth:`rotation`."""
         return x
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:

@@ -42,9 +42,16 @@ class RoPE(Positions):
         inv_freq = theta ** (-torch.arange(0, self.rot_dim, 2, dtype=torch.float32) / self.rot_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        angles = positions[:, None, :, None].float() * self.inv_freq  # (b, 1, n, r/2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``(b, 1, n, r/2)``, in float32."""
+        angles = positions[:, None, :, None].float() * self.inv_freq
+        return angles.cos(), angles.sin()
+
+    def rotate(
+        self, x: torch.Tensor, positions: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        cos, sin = self.rotation(positions) if rotation is None else rotation
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         x1, x2 = rot.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
