@@ -6,8 +6,8 @@ are stacked at each forward (a copy small next to the matmuls) and every expert'
 multiplied in one call:
 
 - :func:`batched_linear`: tokens laid out ``(e, c, d)``, padded to the busiest expert, one
-  ``torch.bmm``. On a CPU whose cores are shared it is the fastest (one parallel region for all
-  experts); padding costs compute, so it is used only when routing is nearly balanced.
+  ``torch.bmm``: measured the fastest on a busy shared CPU (where every kernel waits for all its
+  threads); padding costs compute, so it is used only when routing is nearly balanced.
 - :func:`grouped_linear`: tokens sorted by expert without padding, ``torch._grouped_mm`` (a loop
   of matmuls where that kernel cannot run).
 
@@ -65,22 +65,56 @@ def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     return False
 
 
+class _GroupedLinear(torch.autograd.Function):
+    # as _BatchedLinear: the weight gradient computed directly in the weights' (e, out, in) layout
+    # (CPU only: the CUDA kernel's layout rules for the transposed operand are left to torch's backward)
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, offs)
+        return torch._grouped_mm(x, weight.transpose(1, 2), offs=offs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, offs = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = torch._grouped_mm(grad, weight, offs=offs) if ctx.needs_input_grad[0] else None
+        grad_weight = torch._grouped_mm(grad.t(), x, offs=offs) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, None
+
+
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, *, counts: list[int]) -> torch.Tensor:
     """Rows of ``x (a, in)`` sorted by expert (``counts`` each), times their expert's ``weight (e, out, in)``^T.
 
     Returns: ``(a, out)``.
     """
     x, weight = _autocast(x, weight)
-    w_t = weight.transpose(1, 2)
-    if _grouped_mm_ok(x, w_t):
+    if _grouped_mm_ok(x, weight.transpose(1, 2)):
         offs = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
-        return torch._grouped_mm(x, w_t, offs=offs)
-    return torch.cat([chunk @ w for chunk, w in zip(x.split(counts), w_t.unbind(0))])
+        if x.device.type == "cpu":
+            return _GroupedLinear.apply(x, weight, offs)
+        return torch._grouped_mm(x, weight.transpose(1, 2), offs=offs)
+    return torch.cat([chunk @ w.t() for chunk, w in zip(x.split(counts), weight.unbind(0))])
+
+
+class _BatchedLinear(torch.autograd.Function):
+    # bmm's own backward gives the weight gradient as the transpose of a contiguous tensor, and
+    # accumulating that strided gradient into each expert's weight is a slow transposing copy
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.bmm(x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x (e, c, in)`` times each expert's ``weight (e, out, in)``^T -> ``(e, c, out)``."""
-    return torch.bmm(x, weight.transpose(1, 2))
+    return _BatchedLinear.apply(*_autocast(x, weight))
 
 
 def stacked_forward(experts: nn.ModuleList, x: torch.Tensor, linear: Linear) -> torch.Tensor:
