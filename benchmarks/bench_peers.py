@@ -1,0 +1,115 @@
+"""zoo side by side with its peers: training and inference tokens/s of one Llama-style model.
+
+The model of the benchmarks issue (vocab 8192, dim 256, 4 layers, 4 heads of 64, SwiGLU hidden 688,
+RMSNorm, RoPE, no biases, untied head; batch 8 x 256, float32 on CPU) built by zoo (eager and
+``torch.compile``), by a hand-written plain-PyTorch reference (``zoo/bench/reference.py``), by HF
+``transformers`` (``LlamaForCausalLM``, SDPA) and by ``x-transformers``. A training step is forward,
+cross-entropy, backward and AdamW; inference is a forward under ``torch.inference_mode``. Peers are
+timed in one process in interleaved rounds whose order rotates, so a shared machine's drift hits all
+alike; figures are medians over every round. MFU divides the model's FLOPs (LM head included,
+attention scores dense) by the fp32 matmul rate measured in the same run.
+
+    python benchmarks/bench_peers.py                          # every peer, 2 threads
+    python benchmarks/bench_peers.py --peers zoo reference --rounds 10
+    python benchmarks/bench_peers.py --check                  # first prove the peers compute zoo's function
+    python benchmarks/bench_peers.py --profile zoo reference  # where each step's time goes
+
+Targets (tokens/s ratios): zoo / reference >= 0.97, zoo / hf >= 1.0, zoo / x-transformers >= 1.05,
+zoo-compile / hf >= 1.10. Nothing is asserted: it prints the tables. ``zoo-bench study=peers`` runs
+the same comparison as a Hydra app.
+"""
+
+import argparse
+import json
+
+import torch
+
+from zoo.bench import peers
+from zoo.bench.timing import matmul_rate, pick_device
+
+ALL = ["zoo", "zoo-compile", "reference", "hf", "x-transformers"]
+
+
+def check(shape: peers.LlamaShape) -> None:
+    """The reference and HF, with zoo's weights copied in, give zoo's logits."""
+    zoo_model = peers.build_zoo(shape)
+    tokens = torch.randint(shape.vocab_size, (2, shape.seq_len))
+    with torch.no_grad():
+        expected = zoo_model(tokens)
+        for name in ("reference", "hf"):
+            try:
+                model = peers.build_reference(shape) if name == "reference" else peers.build_hf(shape)
+            except ImportError:
+                print(f"check: {name} skipped (not importable)")
+                continue
+            peers.copy_weights(zoo_model, name, model)
+            out = model(tokens) if name == "reference" else model(input_ids=tokens, use_cache=False).logits
+            print(f"check: {name} max |logits - zoo's| = {(out - expected).abs().max().item():.2e}")
+
+
+def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, steps: int) -> None:
+    """torch.profiler's top operators of a training step of each named peer."""
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    built, notes = peers.build_peers(names, shape, device=device)
+    print(*notes, sep="\n")
+    tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), device=device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    for peer in built:
+        optimizer = torch.optim.AdamW(peer.model.parameters(), lr=1e-4)
+
+        def step(peer=peer, optimizer=optimizer) -> None:
+            loss = F.cross_entropy(peer.logits(x).flatten(0, 1), y.flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        for _ in range(2):
+            step()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        print(f"\n## {peer.name}: {steps} training steps\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", nargs="+", default=ALL, choices=ALL)
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (the order rotates each round)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per peer per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per peer first (compilation included)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads, the same for every peer")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--xt-flash", action="store_true", help="x-transformers with attn_flash=True (its SDPA path)")
+    parser.add_argument("--check", action="store_true", help="prove the reference and HF compute zoo's function first")
+    parser.add_argument("--profile", nargs="*", metavar="PEER", help="profile a training step of these peers instead")
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    shape = peers.LlamaShape(batch=args.batch, seq_len=args.seq_len)
+    if args.check:
+        check(shape)
+    if args.profile is not None:
+        profile(args.profile or ["zoo", "reference"], shape, device=device, steps=3)
+        return
+    rate = matmul_rate(device=device)
+    report = peers.run(
+        names=args.peers, shape=shape, device=device, rounds=args.rounds, steps=args.steps, warmup=args.warmup,
+        matmul_flops=rate, xt_flash=args.xt_flash,
+    )  # fmt: skip
+    print(f"# peers on {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(peers.markdown(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""``zoo-bench`` end to end, as a user runs it: a sweep with its report and W&B runs; a config mistake."""
+
+import json
+import sys
+
+import pytest
+
+from zoo.bench import main
+
+TINY = [
+    "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "model.vocab_size=64", "trainer.seq_len=32",
+    "bench.quality=false", "bench.speed.steps=1", "bench.speed.warmup=0", "bench.speed.batch=2", "bench.speed.new_tokens=2",
+    "bench.speed.prompt_len=4", "bench.speed.matmul_size=64", "tokenizer=byte",
+]  # fmt: skip
+
+
+@pytest.fixture
+def zoo_bench(tmp_path, monkeypatch):
+    """``zoo-bench ARGS`` in this process (as the console script runs it), from ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def run(args: list[str]) -> int:
+        monkeypatch.setattr(sys, "argv", ["zoo-bench", *args])
+        try:
+            main()
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    return run
+
+
+def test_sweep_writes_one_report_and_logs_to_wandb(zoo_bench, tmp_path, capsys):
+    assert zoo_bench(["-m", "model/ffn=gelu,swiglu", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["ffn=gelu", "ffn=swiglu"]
+    assert rows[0]["choices"]["model/ffn"] == "gelu" and rows[0]["choices"]["tokenizer"] == "byte"
+    assert rows[1]["train_tokens_per_s"] > 0
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| ffn=gelu | 1/1 |" in summary and "plots/speed_vs_quality.png" not in summary  # no quality: no Pareto plot
+    out = capsys.readouterr()
+    assert "| ffn=gelu |" in out.out and "study=none" in out.err  # the console table; no study named
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 3  # a run per job and the summary, one group
+
+
+def test_config_mistake_is_one_line_and_exit_2(zoo_bench, capsys):
+    assert zoo_bench(["study=none", "bench.budget.kind=epochs", *TINY, "logger=none"]) == 2
+    err = capsys.readouterr().err
+    assert "bench.budget.kind='epochs'" in err and "Traceback" not in err
+
+
+def test_default_study_runs_and_reports_in_its_own_folder(zoo_bench, tmp_path):
+    # `zoo-bench` alone is study=quick, a sweep over positions; here at tiny sizes and without training
+    assert zoo_bench([*TINY, "bench.speed.seq_lens=[]", "logger=none"]) == 0
+    (summary,) = (tmp_path / "multirun" / "bench-quick").glob("*/summary.md")
+    text = summary.read_text()
+    assert all(f"| pos={p} | 1/1 |" in text for p in ("learned", "rope", "alibi")) and "Press et al. 2021" in text

@@ -1,0 +1,63 @@
+"""The peer comparison compares like with like, and produces its tables (tiny sizes, no timing asserted)."""
+
+import pytest
+import torch
+
+from zoo.bench import peers
+
+TINY = peers.LlamaShape(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=48, batch=2, seq_len=16)
+
+
+def test_reference_computes_zoos_function():
+    zoo_model, reference = peers.build_zoo(TINY), peers.build_reference(TINY)
+    assert sum(p.numel() for p in zoo_model.parameters()) == sum(p.numel() for p in reference.parameters())
+    peers.copy_weights(zoo_model, "reference", reference)
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(reference(tokens), zoo_model(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_hf_computes_zoos_function():
+    pytest.importorskip("transformers")
+    zoo_model, hf = peers.build_zoo(TINY), peers.build_hf(TINY)
+    peers.copy_weights(zoo_model, "hf", hf)
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=tokens, use_cache=False).logits, zoo_model(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_xtransformers_has_the_same_shape():
+    pytest.importorskip("x_transformers")
+    xt = peers.build_xtransformers(TINY)
+    zoo_params = sum(p.numel() for p in peers.build_zoo(TINY).parameters())
+    # its gated FFN's input projection always has a bias: hidden_dim * 2 per layer more
+    assert sum(p.numel() for p in xt.parameters()) == zoo_params + TINY.n_layers * 2 * TINY.hidden_dim
+    assert xt(torch.randint(0, 64, (2, 16))).shape == (2, 16, 64)
+
+
+def test_run_produces_results_ratios_and_tables():
+    report = peers.run(names=["zoo", "reference"], shape=TINY,
+                       device=torch.device("cpu"), rounds=2, steps=1, warmup=1, matmul_flops=1e10)  # fmt: skip
+    assert set(report["results"]) == {"zoo", "reference"}
+    for row in report["results"].values():
+        assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0 and row["mfu_train"] > 0
+    (ratio,) = report["ratios"]
+    assert ratio["ratio"] == "zoo / reference" and ratio["target"] == 0.97 and ratio["train"] > 0
+    text = peers.markdown(report)
+    assert "| zoo / reference | >= 0.97 |" in text and "MFU" in text
+
+
+def test_a_peer_that_does_not_import_is_skipped(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name.startswith("transformers"):
+            raise ImportError(name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    built, notes = peers.build_peers(["reference", "hf"], TINY, device=torch.device("cpu"))
+    assert [p.name for p in built] == ["reference"]
+    assert len(notes) == 1 and notes[0].startswith("hf skipped")

@@ -1,0 +1,129 @@
+"""Analytic parameter and FLOP counts of a built model, broken down per component.
+
+Counted from the built modules' weight shapes (so plugins count too), not traced: a matmul of an
+``(n, i)`` input by an ``(i, o)`` weight costs ``2 n i o`` FLOPs. Attention scores cost
+``2 * 2 * n * m * h * d`` (``q k^T`` and the weighted sum of ``v``) for ``n`` queries over ``m`` keys,
+counted dense as in PaLM's MFU (Chowdhery et al. 2022, arXiv:2204.02311, App. B) and as
+``torch.utils.flop_counter`` counts SDPA: a causal mask is not halved; a sliding window counts
+``min(window, n)`` keys. Norms, activations, softmax, biases and position schemes are elementwise and
+left out (< 1% at the sizes benchmarked). A backward pass costs twice the forward.
+
+A Mixture-of-Experts FFN that exposes ``active_params()`` (parameters one token passes through)
+is counted by its active parameters; its total parameters still count in ``params``.
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+COMPONENTS = ("attn_proj", "attn_scores", "ffn", "lm_head")
+
+
+@dataclass
+class FlopCount:
+    """Forward FLOPs of one sequence per component, and the tokens it covers.
+
+    Args:
+        attn_proj: query/key/value/output projections (self- and cross-attention).
+        attn_scores: ``q k^T`` and ``weights @ v``.
+        ffn: the feed-forward networks (MoE: active experts and router).
+        lm_head: the output projection to the vocabulary.
+        tokens: tokens the sequence holds (source plus target for an encoder-decoder).
+    """
+
+    attn_proj: float = 0.0
+    attn_scores: float = 0.0
+    ffn: float = 0.0
+    lm_head: float = 0.0
+    tokens: int = 1
+
+    @property
+    def total(self) -> float:
+        return self.attn_proj + self.attn_scores + self.ffn + self.lm_head
+
+    def per_token(self) -> dict[str, float]:
+        """Forward FLOPs per token, per component and ``total``."""
+        out = {name: getattr(self, name) / self.tokens for name in COMPONENTS}
+        out["total"] = self.total / self.tokens
+        return out
+
+
+def linear_weights(module: nn.Module | None) -> int:
+    """Weight entries of every ``nn.Linear`` inside ``module`` (biases left out)."""
+    if module is None:
+        return 0
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def ffn_weights(ffn: nn.Module) -> int:
+    """Matmul weights one token passes through: the active ones for a MoE that says so."""
+    active = getattr(ffn, "active_params", None)
+    return int(active()) if callable(active) else linear_weights(ffn)
+
+
+def attention_keys(attn: nn.Module, n_keys: int) -> int:
+    window = getattr(attn, "window", None)
+    return n_keys if window is None else min(window, n_keys)
+
+
+def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
+    heads, head_dim = getattr(attn, "n_heads", 0), getattr(attn, "head_dim", 0)
+    return 4.0 * n_queries * attention_keys(attn, n_keys) * heads * head_dim
+
+
+def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> FlopCount:
+    """Forward FLOPs of a :class:`~zoo.arch.Stack` over ``n`` tokens (cross-attending to ``memory_len``)."""
+    count = FlopCount(tokens=n)
+    for layer in stack.layers:
+        attn, cross = layer.attn, getattr(layer, "cross_attn", None)
+        count.attn_proj += 2.0 * n * linear_weights(attn)
+        count.attn_scores += score_flops(attn, n, n)
+        if cross is not None:
+            # queries and the output projection run on the decoder's tokens, keys and values on the memory's
+            q_o = cross.q_proj.weight.numel() + cross.o_proj.weight.numel()
+            count.attn_proj += 2.0 * (n * q_o + memory_len * (linear_weights(cross) - q_o))
+            count.attn_scores += score_flops(cross, n, memory_len)
+        count.ffn += 2.0 * n * ffn_weights(layer.ffn)
+    return count
+
+
+def forward_flops(model: nn.Module, *, seq_len: int, src_len: int | None = None) -> FlopCount:
+    """Forward FLOPs of one sequence of ``seq_len`` tokens (an encoder-decoder also reads ``src_len``,
+    default ``seq_len``, source tokens; its per-token figures divide by source plus target tokens)."""
+    head = 2.0 * model.lm_head.weight.numel()
+    if hasattr(model, "encoder"):
+        src_len = seq_len if src_len is None else src_len
+        enc = stack_flops(model.encoder, n=src_len)
+        dec = stack_flops(model.decoder, n=seq_len, memory_len=src_len)
+        parts = {name: getattr(enc, name) + getattr(dec, name) for name in ("attn_proj", "attn_scores", "ffn")}
+        return FlopCount(**parts, lm_head=head * seq_len, tokens=src_len + seq_len)
+    count = stack_flops(model.stack, n=seq_len)
+    count.lm_head = head * seq_len
+    return count
+
+
+def training_flops_per_token(model: nn.Module, *, seq_len: int) -> float:
+    """Forward plus backward (twice the forward) FLOPs per token."""
+    return 3.0 * forward_flops(model, seq_len=seq_len).per_token()["total"]
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """``params`` (unique, tied weights once), ``active_params`` (MoE: the experts a token uses) and
+    ``embedding_params`` (token embedding and an untied head)."""
+    total = sum(p.numel() for p in model.parameters())
+    inactive = 0
+    for module in model.modules():
+        active = getattr(module, "active_params", None)
+        if callable(active):
+            inactive += sum(p.numel() for p in module.parameters()) - int(active())
+    embedding = model.embed.weight.numel()
+    if model.lm_head.weight is not model.embed.weight:
+        embedding += model.lm_head.weight.numel()
+    return {"params": total, "active_params": total - inactive, "embedding_params": embedding}
+
+
+def flop_report(model: nn.Module, *, seq_len: int) -> dict[str, float]:
+    """Parameters and per-token forward FLOPs per component, flat, for a results row."""
+    out = dict(param_counts(model))
+    out.update({f"flops_{k}": v for k, v in forward_flops(model, seq_len=seq_len).per_token().items()})
+    return out

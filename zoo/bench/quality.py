@@ -1,0 +1,140 @@
+"""Quality at a fixed budget, over seeds: validation loss and bits per byte, length extrapolation, MQAR.
+
+Every run goes through the training loop's Python API (:func:`zoo.train.train`) with the variant's
+composed config, so a benchmark trains exactly as ``zoo-train`` does. Per seed it records the final
+validation figures and the loss curve; :mod:`zoo.bench.stats` turns seeds into means and intervals.
+
+- **Extrapolation** (Press et al. 2021, ALiBi, arXiv:2108.12409): the model trained at length ``L``
+  is evaluated on the validation split cut into rows of ``k L`` tokens for each factor ``k``; a
+  position scheme that cannot encode the length (learned positions) reports ``"n/a (max length)"``.
+- **MQAR** (multi-query associative recall; Arora et al. 2023, Zoology, arXiv:2312.04927): a fresh
+  model of the same composition trained on ``data=mqar`` per (sequence length, pairs) case; the
+  validation accuracy on the queried values is the recall.
+"""
+
+import copy
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from zoo.bench.speed import NA_LENGTH
+
+NA_SPLIT = "n/a (validation split too short)"
+
+
+def seed_config(cfg: DictConfig, *, seed: int, steps: int | None = None) -> DictConfig:
+    """A copy of ``cfg`` for one quiet training run: its seed, no logger of its own, no sample text."""
+    run = copy.deepcopy(cfg)
+    with open_dict(run):
+        run.trainer.seed = seed
+        run.trainer.quiet = True
+        run.trainer.sample.max_new_tokens = 0
+        if steps is not None:
+            run.trainer.max_steps = steps
+        run.logger = OmegaConf.create({"_target_": "zoo.train.logger.NoLogger"})
+    return run
+
+
+def curve(history: list[float], *, tokens_per_step: int, points: int = 100) -> list[list[float]]:
+    """``[[tokens, loss], ...]``: the per-step training loss, averaged over windows to at most ``points``."""
+    if not history:
+        return []
+    width = max(1, len(history) // points)
+    out = []
+    for start in range(0, len(history), width):
+        window = history[start : start + width]
+        out.append([(start + len(window)) * tokens_per_step, sum(window) / len(window)])
+    return out
+
+
+def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None = None) -> dict:
+    """Train one seed; the final validation figures, the loss curve and where the weights are."""
+    from zoo.train import train
+
+    run = seed_config(cfg, seed=seed, steps=steps)
+    result = train(run, out_dir=out_dir)
+    m = result.metrics
+    tokens_per_step = int(run.trainer.batch_size) * int(run.trainer.seq_len)
+    row = {
+        "seed": seed,
+        "status": result.status,
+        "steps": m.get("steps"),
+        "tokens": m.get("tokens_seen"),
+        "val_loss": m.get("val_loss"),
+        "val_bpb": m.get("val_bpb"),
+        "val_accuracy": m.get("val_accuracy"),
+        "train_loss": m.get("train_loss"),
+        "vocab_size": m.get("vocab_size"),
+        "curve": curve(result.history, tokens_per_step=tokens_per_step),
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+    }
+    if result.status != "ok":
+        row["error"] = m.get("error")
+    return row
+
+
+def load_trained(cfg: DictConfig, *, checkpoint: str, vocab_size: int):
+    """The trained model, its data, tokenizer and a fresh objective, from a run's checkpoint."""
+    from hydra.utils import instantiate
+
+    from zoo.config import instantiate_model
+    from zoo.tokenizer import load_tokenizer
+    from zoo.train.checkpoint import find, load_weights
+
+    found = find(checkpoint)
+    tokenizer = load_tokenizer(found.path / "tokenizer") if (found.path / "tokenizer").exists() else None
+    model_cfg = copy.deepcopy(cfg.model)
+    with open_dict(model_cfg):
+        model_cfg.vocab_size = vocab_size
+    model = instantiate_model(model_cfg)
+    load_weights(found, model)
+    data = instantiate(cfg.data)
+    objective = instantiate(cfg.objective)(tokenizer=tokenizer)
+    return model, data, tokenizer, objective
+
+
+def extrapolation(
+    model: torch.nn.Module,
+    *,
+    data,
+    tokenizer,
+    objective,
+    train_len: int,
+    factors: list[float],
+    eval_tokens: int,
+) -> dict[str, float | str]:
+    """Validation loss at ``factor x train_len`` for each factor, over about ``eval_tokens`` tokens each."""
+    from zoo.bench.speed import max_length
+    from zoo.errors import ConfigError
+    from zoo.train.distributed import Dist
+    from zoo.train.metrics import evaluate
+
+    limit = max_length(model)
+    out: dict[str, float | str] = {}
+    for factor in factors:
+        length = int(round(factor * train_len))
+        key = f"{factor:g}x"
+        if limit is not None and length > limit:
+            out[key] = NA_LENGTH
+            continue
+        batch = max(1, eval_tokens // (4 * length))
+        try:
+            loader = data.loader(split="validation", seq_len=length, batch_size=batch, seed=0, tokenizer=tokenizer)
+        except ConfigError:
+            out[key] = NA_SPLIT
+            continue
+        figures = evaluate(model, loader, objective=objective, dist=Dist(), max_batches=4)
+        out[key] = figures["loss"]
+    return out
+
+
+def mqar_overrides(*, seq_len: int, n_pairs: int, vocab_size: int) -> list[str]:
+    """The overrides that turn a composition into an MQAR run of one case."""
+    return [
+        "data=mqar",
+        f"data.n_pairs={n_pairs}",
+        f"data.vocab_size={vocab_size}",
+        f"trainer.seq_len={seq_len}",
+        f"model.max_seq_len={seq_len}",
+    ]

@@ -1,0 +1,231 @@
+"""Reports of a benchmark: ``results.jsonl``, ``summary.md`` (best value per column in bold), plots,
+the console table, and W&B.
+
+``results.jsonl`` holds one line per variant and seed with every figure and the full choice of
+components. The summary aggregates seeds: mean and 95% CI (t distribution) for trained figures, with
+``†`` on a value that differs from the column's best beyond seed noise (Welch's t-test at 5%);
+speed figures are measured once per variant. :class:`BenchSummary` (a Hydra callback) does it for a
+whole ``-m`` sweep when it ends, from every job's ``results.jsonl``.
+"""
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.bench.plots import all_plots, by_variant, is_number
+from zoo.bench.stats import exceeds_noise, summarize
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.md"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the summary: a (dotted) key of the rows, a title, which way is better, and
+    whether it varies with the seed (then it is aggregated with a CI)."""
+
+    key: str
+    title: str
+    better: str | None = None  # "min" | "max" | None (a descriptor: never bold)
+    seeded: bool = False
+    scale: float = 1.0
+    digits: str = ".4g"
+
+
+FIXED = (
+    Column("active_params", "params (active)", scale=1e-6, digits=".3g"),
+    Column("flops_total", "MFLOP/token", scale=1e-6, digits=".3g"),
+    Column("val_loss", "val loss", "min", True),
+    Column("val_bpb", "bits/byte", "min", True),
+    Column("train_tokens_per_s", "train tok/s", "max", digits=",.0f"),
+    Column("prefill_tokens_per_s", "prefill tok/s", "max", digits=",.0f"),
+    Column("decode_tokens_per_s", "decode tok/s", "max", digits=",.0f"),
+    Column("decode_latency_s", "decode ms/token", "min", scale=1e3, digits=".3g"),
+    Column("kv_cache_bytes", "KV cache KiB", "min", scale=1 / 1024, digits=",.0f"),
+    Column("peak_memory_bytes", "peak MiB", "min", scale=1 / 2**20, digits=",.0f"),
+    Column("mfu_train", "MFU train", "max", scale=100, digits=".1f"),
+)
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def lookup(row: dict, key: str):
+    value = row
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def columns(rows: list[dict]) -> list[Column]:
+    """The fixed columns that hold a number somewhere, then extrapolation and MQAR columns as found."""
+    cols = [c for c in FIXED if any(is_number(lookup(r, c.key)) for r in rows)]
+    factors = sorted({k for r in rows for k in (r.get("extrapolation") or {})}, key=lambda k: float(k.rstrip("x")))
+    cols += [Column(f"extrapolation.{f}", f"loss @{f}", "min", True) for f in factors]
+    cases = list(dict.fromkeys(k for r in rows for k in (r.get("mqar") or {})))
+    cols += [Column(f"mqar.{c}", f"MQAR {c}", "max", True, digits=".3f") for c in cases]
+    return cols
+
+
+def cell_values(rows: list[dict], column: Column) -> list[float]:
+    values = [lookup(r, column.key) for r in rows]
+    numbers = [v for v in values if is_number(v)]
+    return numbers if column.seeded else numbers[:1]
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The Markdown table: one line per variant, best value per column in bold, ``†`` beyond noise."""
+    groups = by_variant(rows)
+    cols = columns(rows)
+    values = {v: {c.key: cell_values(rs, c) for c in cols} for v, rs in groups.items()}
+    best = {}
+    for c in cols:
+        means = {v: sum(x) / len(x) for v, vals in values.items() if (x := vals[c.key])}
+        if c.better and means:
+            best[c.key] = (min if c.better == "min" else max)(means, key=means.get)
+    header = ["variant", "seeds", *(c.title for c in cols)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for variant, rs in groups.items():
+        ok = [r for r in rs if r.get("status", "ok") == "ok"]
+        cells = [variant.replace("|", "\\|"), f"{len(ok)}/{len(rs)}"]
+        for c in cols:
+            vals = values[variant][c.key]
+            if not vals:
+                raw = next((lookup(r, c.key) for r in rs if isinstance(lookup(r, c.key), str)), None)
+                cells.append("n/a" if raw and raw.startswith("n/a") else "")
+                continue
+            s = summarize([v * c.scale for v in vals])
+            text = f"{s.mean:{c.digits}}" + (f" ± {s.half_width:.2g}" if c.seeded and s.n > 1 else "")
+            winner = best.get(c.key)
+            if winner == variant:
+                text = f"**{text}**"
+            elif c.seeded and winner is not None and exceeds_noise(vals, values[winner][c.key]):
+                text += " †"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def failures(rows: list[dict]) -> list[str]:
+    return [f"- {r['variant']} (seed {r.get('seed')}): {r.get('status')}: {r.get('error', '')}" for r in rows if r.get("status", "ok") != "ok"]
+
+
+def write_report(rows: list[dict], folder: Path, *, title: str, command: str | None = None, notes: list[str] = ()) -> dict[str, Path]:
+    """``results.jsonl``, ``summary.md`` and the plots in ``folder``; returns their paths."""
+    folder = Path(folder)
+    paths = {"results": write_jsonl(rows, folder / RESULTS)}
+    images = all_plots(rows, folder / "plots")
+    parts = [f"# {title}", ""]
+    if command:
+        parts += [f"Command: `{command}`", ""]
+    env = next((r.get("env") for r in rows if r.get("env")), None)
+    if env:
+        parts += ["Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    parts += [summary_table(rows), "", "Mean ± 95% CI half-width over seeds (t distribution) for trained figures; "
+              "**bold**: best of the column; †: differs from the best beyond seed noise (Welch's t-test, 5%). "
+              "Speed is measured once per variant (median of repeated steps).", ""]  # fmt: skip
+    budgets = {r["variant"]: r.get("budget") for r in rows if r.get("budget")}
+    matches = {r["variant"]: r.get("match") for r in rows if r.get("match")}
+    if matches:
+        parts += ["Size matching: " + "; ".join(f"{v}: {m}" for v, m in matches.items()), ""]
+    if budgets:
+        parts += ["Training budget: " + "; ".join(f"{v}: {b}" for v, b in budgets.items()), ""]
+    parts += [f"- {n}" for n in notes] + failures(rows)
+    parts += ["", *(f"![{name}](plots/{p.name})" for name, p in images.items())]
+    paths["summary"] = folder / SUMMARY
+    paths["summary"].write_text("\n".join(parts).rstrip() + "\n")
+    paths.update(images)
+    return paths
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """The rows of every job's ``results.jsonl`` under ``sweep_dir``, in job order."""
+    files = sorted(Path(sweep_dir).glob(f"*/{RESULTS}"), key=lambda p: (int(p.parent.name.split("-")[0]) if p.parent.name.split("-")[0].isdigit() else 1 << 30, p.parent.name))
+    return [row for f in files for row in read_jsonl(f)]
+
+
+def relabel(rows: list[dict]) -> list[dict]:
+    """Name each variant of a sweep by the overrides that differ between its jobs (``pos=alibi``),
+    not by those every job shares (``trainer.max_steps=5``)."""
+    from zoo.bench.cli import short
+    from zoo.train.sweep import job_name
+
+    def split(override: str) -> tuple[str, str]:
+        key, _, value = override.partition("=")
+        return key.lstrip("+~"), value
+
+    per_job = {r["variant"]: dict(split(o) for o in r.get("overrides") or []) for r in rows}
+    if len(per_job) < 2:
+        return rows
+    keys = dict.fromkeys(k for o in per_job.values() for k in o)
+    varying = [k for k in keys if len({o.get(k) for o in per_job.values()}) > 1]
+    names = {v: job_name([short(f"{k}={o[k]}") for k in varying if k in o]) or v for v, o in per_job.items()}
+    if len(set(names.values())) < len(names):  # two jobs differ only in what was dropped: keep the full names
+        return rows
+    return [{**r, "variant": names[r["variant"]]} for r in rows]
+
+
+def wandb_enabled(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger")
+
+
+def log_wandb(config: DictConfig, *, rows: list[dict], paths: dict[str, Path], name: str, group: str | None, folder: Path) -> None:
+    """A W&B run (offline unless ``WANDB_MODE`` says otherwise) with the summary table and the plots."""
+    table = [line.strip("|").split("|") for line in summary_table(rows).splitlines()]
+    header, body = [h.strip() for h in table[0]], [[c.strip() for c in r] for r in table[2:]]
+    images = {f"plots/{k}": p for k, p in paths.items() if str(p).endswith(".png")}
+    log_table(config, header=header, body=body, images=images, name=name, group=group, folder=folder)
+
+
+def log_table(config: DictConfig, *, header: list[str], body: list[list], images: dict[str, Path], name: str, group: str | None, folder: Path) -> None:
+    """One W&B run holding a table (and images), with the ``logger`` group's project and entity."""
+    from zoo.train.logger import import_wandb
+
+    wandb = import_wandb()
+    logger = OmegaConf.to_container(config.logger, resolve=True)
+    with wandb.init(
+        project=logger.get("project", "zoo"), entity=logger.get("entity"), group=logger.get("group") or group, name=name,
+        job_type="bench", dir=logger.get("dir") or os.environ.get("WANDB_DIR") or str(folder), reinit="finish_previous",
+        settings=wandb.Settings(console="off"),
+    ) as run:  # fmt: skip
+        run.log({"summary": wandb.Table(columns=header, data=[[str(c) for c in row] for row in body])}
+                | {k: wandb.Image(str(p)) for k, p in images.items()})  # fmt: skip
+
+
+class BenchSummary(Callback):
+    """When a ``zoo-bench -m`` sweep ends: one report over all its jobs, printed and logged."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = relabel(collect(sweep_dir))
+        if not rows:
+            print(f"zoo-bench: no results under {sweep_dir}", file=sys.stderr)
+            return
+        study = OmegaConf.select(config, "hydra.runtime.choices.study", default=None) or "sweep"
+        paths = write_report(rows, sweep_dir, title=f"zoo-bench: {study}", command=" ".join(sys.argv), notes=study_notes(config))
+        print(summary_table(rows))
+        print(f"zoo-bench: {len(by_variant(rows))} variants; report in {paths['summary']}", file=sys.stderr)
+        if wandb_enabled(config):
+            log_wandb(config, rows=rows, paths=paths, name=f"summary-{study}", group=sweep_dir.name, folder=sweep_dir)
+
+
+def study_notes(config: DictConfig) -> list[str]:
+    """The study's published expectation (``bench.expectation``), to read the table against."""
+    expectation = OmegaConf.select(config, "bench.expectation", default=None)
+    return [f"Expectation: {expectation}"] if expectation else []

@@ -1,0 +1,165 @@
+"""One benchmark job: a composed variant measured for parameters, FLOPs, speed and quality.
+
+:func:`run_variant` is what each ``zoo-bench`` job (and the Python API) calls; it returns one row
+per seed for ``results.jsonl``. Order: size matching (so every later figure is of the matched
+model), FLOPs and speed (a fresh model; speed also prices a wall-time budget), then the trained
+figures per seed, extrapolation, MQAR.
+"""
+
+import copy
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from zoo.bench import quality
+from zoo.bench.budget import match_knob, measure
+from zoo.bench.flops import flop_report, training_flops_per_token
+from zoo.bench.settings import BenchSettings
+from zoo.bench.speed import measure as measure_speed
+from zoo.bench.speed import fill_batch, scaling
+from zoo.bench.timing import matmul_rate, pick_device
+
+
+def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:
+    """Compose another config while a Hydra app runs, leaving the app's global Hydra state as it was."""
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    from zoo.config import compose
+
+    backup = get_gh_backup()
+    try:
+        return compose(list(overrides), config_name=config_name)
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def expected_vocab(cfg: DictConfig) -> int:
+    """The vocabulary the trainer will give the model: the task's, the tokenizer's, or the model's own."""
+    from hydra.utils import instantiate
+
+    for key in ("data.vocab_size", "tokenizer.vocab_size"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value:
+            return int(value)
+    try:
+        return int(instantiate(cfg.tokenizer)(corpus=None).vocab_size)  # a byte tokenizer needs no corpus
+    except Exception:
+        return int(cfg.model.vocab_size)
+
+
+def environment(device: torch.device) -> dict:
+    """The machine a row was measured on."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "device": f"{device.type} ({name})",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def apply_match(cfg: DictConfig, s: BenchSettings, *, overrides: list[str]) -> dict | None:
+    """Solve ``model.<knob>`` so the variant's count equals the reference composition's; record how."""
+    if s.match.by is None:
+        return None
+    seq_len = int(cfg.trainer.seq_len)
+    reference = compose_aside([*overrides, *s.match.reference]).model if s.match.reference else cfg.model
+    target = measure(reference, by=s.match.by, seq_len=seq_len)
+    value = match_knob(cfg.model, target=target, by=s.match.by, knob=s.match.knob, seq_len=seq_len)
+    with open_dict(cfg):
+        OmegaConf.update(cfg.model, s.match.knob, value)
+    achieved = measure(cfg.model, by=s.match.by, seq_len=seq_len)
+    return {"by": s.match.by, "knob": f"model.{s.match.knob}", "value": value, "target": target, "achieved": achieved, "reference": list(s.match.reference)}
+
+
+def speed_figures(cfg: DictConfig, s: BenchSettings, *, device: torch.device, vocab_size: int) -> dict:
+    """FLOPs per component, parameters, and (when enabled) every speed figure of a fresh model."""
+    from zoo.config import instantiate_model
+
+    model_cfg = copy.deepcopy(cfg.model)
+    with open_dict(model_cfg):
+        model_cfg.vocab_size = vocab_size
+    torch.manual_seed(0)
+    model = instantiate_model(model_cfg, device=device)
+    seq_len = s.speed.seq_len or int(cfg.trainer.seq_len)
+    out = flop_report(model, seq_len=seq_len)
+    out["train_flops_per_token"] = training_flops_per_token(model, seq_len=seq_len)
+    if not s.speed.enabled:
+        return out
+    rate = matmul_rate(device=device, size=s.speed.matmul_size)
+    run = torch.compile(model) if cfg.trainer.compile else model
+    sp = s.speed
+    batch = fill_batch(run, seq_len=seq_len, device=device, start=sp.batch) if sp.fill_gpu else sp.batch
+    out.update(
+        measure_speed(
+            run, device=device, batch=batch, seq_len=seq_len, steps=sp.steps, warmup=sp.warmup,
+            decode_batch=sp.decode_batch, prompt_len=sp.prompt_len, new_tokens=sp.new_tokens, matmul_flops=rate,
+        )
+    )  # fmt: skip
+    out["matmul_flops"] = rate
+    if sp.seq_lens:
+        out["scaling"] = scaling(model, device=device, seq_lens=list(sp.seq_lens), tokens_per_batch=sp.tokens_per_batch, steps=sp.steps, warmup=1)
+    return out
+
+
+def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides: list[str] = (), choices: dict | None = None) -> list[dict]:
+    """Benchmark the composition ``cfg`` (a ``bench`` config); one result row per seed.
+
+    Args:
+        cfg: a composed ``bench`` config (``zoo.compose([...], config_name="bench")`` or Hydra's).
+        out_dir: where the training runs of each seed go.
+        variant: the label of this variant in tables and plots.
+        overrides: the overrides that made ``cfg`` (the reference of size matching composes from them).
+        choices: the option chosen in each group, recorded with every row.
+    """
+    s = BenchSettings.from_config(cfg.get("bench"))
+    cfg = copy.deepcopy(cfg)
+    out_dir = Path(out_dir)
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    device = pick_device(str(cfg.trainer.device))
+    base = {"variant": variant, "choices": choices or {}, "overrides": list(overrides), "env": environment(device)}
+    base["match"] = apply_match(cfg, s, overrides=list(overrides))
+    figures = speed_figures(cfg, s, device=device, vocab_size=expected_vocab(cfg))
+    tokens_per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.seq_len)
+    steps = s.budget.steps(
+        default_steps=int(cfg.trainer.max_steps), tokens_per_step=tokens_per_step,
+        train_flops_per_token=figures["train_flops_per_token"], train_tokens_per_s=figures.get("train_tokens_per_s"),
+    )  # fmt: skip
+    base["budget"] = {"kind": s.budget.kind, "value": s.budget.value, "steps": steps, "tokens": steps * tokens_per_step}
+    base.update(figures)
+    if not s.quality:
+        return [{**base, "seed": None, "status": "ok"}]
+    rows = []
+    for seed in s.seeds:
+        row = {**base, **quality.train_seed(cfg, seed=seed, out_dir=out_dir / f"seed{seed}", steps=steps)}
+        if row["status"] == "ok" and s.extrapolation.enabled:
+            model, data, tokenizer, objective = quality.load_trained(cfg, checkpoint=row["checkpoint"], vocab_size=row["vocab_size"])
+            row["extrapolation"] = quality.extrapolation(
+                model.to(device), data=data, tokenizer=tokenizer, objective=objective, train_len=int(cfg.trainer.seq_len),
+                factors=list(s.extrapolation.factors), eval_tokens=s.extrapolation.eval_tokens,
+            )  # fmt: skip
+        if s.mqar.enabled:
+            row["mqar"] = mqar(cfg, s, seed=seed, overrides=list(overrides), out_dir=out_dir / f"seed{seed}" / "mqar")
+        rows.append(row)
+    return rows
+
+
+def mqar(cfg: DictConfig, s: BenchSettings, *, seed: int, overrides: list[str], out_dir: Path) -> dict:
+    """Recall (validation accuracy on the queried values) per ``[seq_len, n_pairs]`` case."""
+    out = {}
+    # the text data's own settings do not apply to the task
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("data.", "data=", "tokenizer"))]
+    for seq_len, n_pairs in s.mqar.cases:
+        case = compose_aside([*kept, *quality.mqar_overrides(seq_len=seq_len, n_pairs=n_pairs, vocab_size=s.mqar.vocab_size)])
+        if s.match.by is not None:  # the matched size carries over to the task
+            with open_dict(case):
+                OmegaConf.update(case.model, s.match.knob, OmegaConf.select(cfg.model, s.match.knob))
+        row = quality.train_seed(case, seed=seed, out_dir=out_dir / f"n{seq_len}_p{n_pairs}", steps=s.mqar.steps)
+        out[f"n{seq_len}_p{n_pairs}"] = row["val_accuracy"] if row["status"] == "ok" else row["status"]
+    return out

@@ -1,0 +1,148 @@
+"""The ``bench`` node of ``conf/bench.yaml`` as typed, validated records.
+
+An unknown key or a bad value fails with its dotted name (``bench.speed.stpes``) before any model is
+built. Where a benchmark trains, it trains with the ``trainer``, ``optim``, ``sched`` and ``data``
+groups as ``zoo-train`` would; device, threads and ``torch.compile`` come from ``trainer`` too.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.bench.budget import MATCH_BY, Budget
+from zoo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Speed figures of each variant (:mod:`zoo.bench.speed`).
+
+    Args:
+        enabled: measure speed at all.
+        batch: sequences per training step and prefill.
+        fill_gpu: on CUDA, double ``batch`` while a training step fits (a fill-the-GPU batch); off CUDA, ignored.
+        seq_len: tokens per sequence; ``None``: ``trainer.seq_len``.
+        steps: timed calls per figure (the median is kept).
+        warmup: untimed calls first (``torch.compile`` compiles here).
+        decode_batch, prompt_len, new_tokens: the cached greedy decode.
+        seq_lens: lengths of the scaling curve (empty: none), at ``tokens_per_batch`` tokens a batch.
+        tokens_per_batch: batch size times length in the scaling curve.
+        matmul_size: side of the square matmul whose rate is the MFU's denominator; ``None``: per device.
+    """
+
+    enabled: bool = True
+    batch: int = 8
+    fill_gpu: bool = True
+    seq_len: int | None = None
+    steps: int = 5
+    warmup: int = 2
+    decode_batch: int = 1
+    prompt_len: int = 32
+    new_tokens: int = 64
+    seq_lens: tuple[int, ...] = ()
+    tokens_per_batch: int = 4096
+    matmul_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtrapolationSettings:
+    """Validation loss at multiples of the training length (Press et al. 2021, arXiv:2108.12409).
+
+    Args:
+        enabled: evaluate it.
+        factors: multiples of ``trainer.seq_len``.
+        eval_tokens: about this many tokens evaluated per length.
+    """
+
+    enabled: bool = False
+    factors: tuple[float, ...] = (1, 2, 4, 8)
+    eval_tokens: int = 16384
+
+
+@dataclass(frozen=True)
+class MQARSettings:
+    """Associative recall (Zoology, arXiv:2312.04927): one fresh training run per case and seed.
+
+    Args:
+        enabled: run it.
+        cases: ``[seq_len, n_pairs]`` pairs.
+        vocab_size: the task's vocabulary (keys in the lower half, values in the upper).
+        steps: training steps per case; ``None``: ``trainer.max_steps``.
+    """
+
+    enabled: bool = False
+    cases: tuple[tuple[int, int], ...] = ((64, 4), (128, 8))
+    vocab_size: int = 256
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """Size matching (:func:`zoo.bench.budget.match_knob`).
+
+    Args:
+        by: ``params``, ``active_params``, ``flops`` or ``None`` (no matching).
+        knob: the model key solved for, relative to ``model``.
+        reference: overrides composing the reference (added to the run's own), e.g. ``[model/ffn=gelu]``.
+    """
+
+    by: str | None = None
+    knob: str = "ffn.hidden_dim"
+    reference: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything ``bench.*`` sets.
+
+    Args:
+        seeds: training seeds of the quality figures (>= 3 for an interval worth the name).
+        quality: train and evaluate at all (off: speed and FLOPs only).
+        speed, extrapolation, mqar, match, budget: the sections above.
+        peers: run the side-by-side peer comparison instead of a variant (``study=peers``); its
+            keys are :func:`zoo.bench.peers.run`'s.
+        expectation: the published finding a study reproduces, printed with its report.
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    quality: bool = True
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    extrapolation: ExtrapolationSettings = field(default_factory=ExtrapolationSettings)
+    mqar: MQARSettings = field(default_factory=MQARSettings)
+    match: MatchSettings = field(default_factory=MatchSettings)
+    budget: Budget = field(default_factory=Budget)
+    peers: dict | None = None
+    expectation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.quality and not self.seeds:
+            raise ConfigError("bench.seeds", list(self.seeds), "at least one seed (three or more for a confidence interval)")
+        if self.match.by is not None and self.match.by not in MATCH_BY:
+            raise ConfigError("bench.match.by", self.match.by, f"one of {', '.join(MATCH_BY)}, or null")
+        for key, value in (("speed.batch", self.speed.batch), ("speed.steps", self.speed.steps), ("extrapolation.eval_tokens", self.extrapolation.eval_tokens)):
+            if value <= 0:
+                raise ConfigError(f"bench.{key}", value, "> 0")
+        for case in self.mqar.cases:
+            if len(case) != 2:
+                raise ConfigError("bench.mqar.cases", list(case), "pairs [seq_len, n_pairs]")
+
+    @classmethod
+    def from_config(cls, node: DictConfig | dict | None) -> "BenchSettings":
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        return _build(cls, values, "bench")
+
+
+def _build(cls, values: dict, prefix: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}", value, f"not a setting; known: {', '.join(sorted(known))}")
+        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _build(type(default), value, f"{prefix}.{key}")
+        elif isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,211 @@
+"""Speed of one built model: training, prefill and cached-decode tokens/s, latency, memory, MFU,
+and how training and prefill scale with the sequence length.
+
+Every architecture is driven through :func:`workload`, which knows how each ``arch`` is called
+(a prefix decoder needs ``prefix_len``; an encoder-decoder reads a source and a target, both counted
+as tokens). Speeds never enter a test's assertions.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.bench.flops import forward_flops
+from zoo.bench.timing import autocast, median, peak_memory, reset_peak_memory, synchronize, time_calls
+
+NA_LENGTH = "n/a (max length)"
+
+
+@dataclass
+class Workload:
+    """One batch of random tokens and how to run the model on it.
+
+    Args:
+        forward: ``() -> logits (b, n, vocab)``.
+        targets: ``(b, n)`` next-token targets for the loss.
+        tokens: tokens one call processes (source plus target for an encoder-decoder).
+    """
+
+    forward: Callable[[], torch.Tensor]
+    targets: torch.Tensor
+    tokens: int
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under ``torch.compile``'s wrapper, for its attributes."""
+    return getattr(model, "_orig_mod", model)
+
+
+def max_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's position scheme can encode, or ``None`` when unlimited."""
+    base = unwrap(model)
+    stacks = [getattr(base, name, None) for name in ("stack", "encoder", "decoder")]
+    limits = [s.pos.max_positions for s in stacks if s is not None and s.pos.max_positions is not None]
+    return min(limits) if limits else None
+
+
+def workload(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, seed: int = 0) -> Workload:
+    """Random tokens shaped for ``model``'s architecture."""
+    base = unwrap(model)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(base.vocab_size, (batch, seq_len + 1), generator=gen).to(device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    arch = getattr(base, "arch", "causal")
+    if arch == "encdec":
+        src = torch.randint(base.vocab_size, (batch, seq_len), generator=gen).to(device)
+        return Workload(lambda: model(src, x), y, 2 * batch * seq_len)
+    if arch == "prefix":
+        prefix_len = torch.full((batch,), seq_len // 2, device=device)
+        return Workload(lambda: model(x, prefix_len=prefix_len), y, batch * seq_len)
+    return Workload(lambda: model(x), y, batch * seq_len)
+
+
+def train_step(model: nn.Module, work: Workload, optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:
+    """One optimizer step on ``work``: forward, cross-entropy, backward, AdamW, zero grads."""
+
+    def step() -> None:
+        with autocast(device):
+            logits = work.forward()
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), work.targets.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def training_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
+    """Training tokens/s and seconds per step (median of ``steps``)."""
+    model.train()
+    work = workload(model, batch=batch, seq_len=seq_len, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = time_calls(train_step(model, work, optimizer, device), device=device, repeats=steps, warmup=warmup)
+    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times)}
+
+
+def prefill_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
+    """Inference forward (prefill) tokens/s and seconds per forward."""
+    model.eval()
+    work = workload(model, batch=batch, seq_len=seq_len, device=device)
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast(device):
+            work.forward()
+
+    times = time_calls(forward, device=device, repeats=steps, warmup=warmup)
+    return {"prefill_tokens_per_s": work.tokens / median(times), "prefill_s": median(times)}
+
+
+@torch.inference_mode()
+def decode_once(model: nn.Module, *, batch: int, prompt_len: int, new_tokens: int, device: torch.device) -> tuple[float, int]:
+    """Seconds to greedily decode ``new_tokens`` after a ``prompt_len`` prefill, and the cache's bytes."""
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(model.vocab_size, (batch, prompt_len), generator=gen).to(device)
+    cache = model.new_cache()
+    with autocast(device):
+        if model.arch == "encdec":
+            memory = model.encode(prompt)
+            step = lambda t: model.decode(t, memory, cache=cache)  # noqa: E731
+            logits = step(prompt[:, :1])
+        else:
+            prefix_len = torch.full((batch,), prompt_len, device=device) if model.arch == "prefix" else None
+            step = lambda t: model(t, cache=cache, prefix_len=prefix_len)  # noqa: E731
+            logits = step(prompt)
+        token = logits[:, -1:].argmax(-1)
+        synchronize(device)
+        t0 = time.perf_counter()  # wall clock on every device: a decode step's Python overhead is real cost
+        for _ in range(new_tokens):
+            token = step(token)[:, -1:].argmax(-1)
+        synchronize(device)
+        elapsed = time.perf_counter() - t0
+    return elapsed, sum(c.nbytes() for c in cache)
+
+
+def decode_speed(model: nn.Module, *, batch: int, prompt_len: int, new_tokens: int, device: torch.device, repeats: int) -> dict:
+    """Cached greedy decode tokens/s, latency per token, KV-cache bytes; ``None`` figures for an encoder."""
+    model = unwrap(model)
+    limit = max_length(model)
+    if not getattr(model, "can_generate", False):
+        return {"decode_tokens_per_s": None, "decode_latency_s": None, "kv_cache_bytes": None}
+    if limit is not None:
+        new_tokens = min(new_tokens, limit - prompt_len)
+    model.eval()
+    runs = [decode_once(model, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, device=device) for _ in range(repeats + 1)]
+    seconds = median([r[0] for r in runs[1:]])  # the first run warms the allocator and caches
+    return {
+        "decode_tokens_per_s": batch * new_tokens / seconds,
+        "decode_latency_s": seconds / new_tokens,
+        "kv_cache_bytes": runs[-1][1],
+    }
+
+
+def fill_batch(model: nn.Module, *, seq_len: int, device: torch.device, start: int, limit: int = 1024) -> int:
+    """The largest batch (doubling from ``start``, up to ``limit``) whose training step fits on a CUDA
+    device with a tenth of its memory to spare; ``start`` on any other device."""
+    if device.type != "cuda":
+        return start
+    total = torch.cuda.get_device_properties(device).total_memory
+    batch, fits = start, start
+    while batch <= limit:
+        try:
+            training_speed(model, batch=batch, seq_len=seq_len, device=device, steps=1, warmup=0)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        if peak_memory(device) > 0.9 * total:
+            break
+        fits, batch = batch, 2 * batch
+        reset_peak_memory(device)
+    return fits
+
+
+def measure(
+    model: nn.Module,
+    *,
+    device: torch.device,
+    batch: int,
+    seq_len: int,
+    steps: int,
+    warmup: int,
+    decode_batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    matmul_flops: float,
+) -> dict:
+    """Every speed figure of one model, with MFU against ``matmul_flops`` (FLOP/s of the device)."""
+    reset_peak_memory(device)
+    out = {"batch": batch, "seq_len": seq_len}
+    out |= training_speed(model, batch=batch, seq_len=seq_len, device=device, steps=steps, warmup=warmup)
+    out.update(prefill_speed(model, batch=batch, seq_len=seq_len, device=device, steps=steps, warmup=warmup))
+    out["peak_memory_bytes"] = peak_memory(device)
+    out.update(decode_speed(model, batch=decode_batch, prompt_len=prompt_len, new_tokens=new_tokens, device=device, repeats=max(1, steps // 2)))
+    flops = forward_flops(unwrap(model), seq_len=seq_len).per_token()["total"]
+    out["mfu_train"] = 3 * flops * out["train_tokens_per_s"] / matmul_flops
+    out["mfu_prefill"] = flops * out["prefill_tokens_per_s"] / matmul_flops
+    return out
+
+
+def scaling(
+    model: nn.Module, *, device: torch.device, seq_lens: list[int], tokens_per_batch: int, steps: int, warmup: int
+) -> list[dict]:
+    """Training and prefill tokens/s per sequence length at a fixed number of tokens per batch.
+
+    A length past what the position scheme encodes is reported as ``"n/a (max length)"``.
+    """
+    limit = max_length(model)
+    rows = []
+    for n in seq_lens:
+        if limit is not None and n > limit:
+            rows.append({"seq_len": n, "train_tokens_per_s": NA_LENGTH, "prefill_tokens_per_s": NA_LENGTH})
+            continue
+        batch = max(1, tokens_per_batch // n)
+        row = {"seq_len": n}
+        row.update(training_speed(model, batch=batch, seq_len=n, device=device, steps=steps, warmup=warmup))
+        row.update(prefill_speed(model, batch=batch, seq_len=n, device=device, steps=steps, warmup=warmup))
+        rows.append(row)
+    return rows
