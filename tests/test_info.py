@@ -1,0 +1,53 @@
+"""zoo-info lists every option the issue names, and docs/components.md is its current output."""
+
+from pathlib import Path
+
+import pytest
+
+from zoo.info import catalogue, compatibility, main, markdown
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "components.md"
+REQUIRED = {
+    "model": ["causal", "prefix", "encdec", "encoder"],
+    "model/norm": ["layernorm", "rmsnorm"],
+    "model/residual": ["pre", "post", "sandwich", "deepnorm", "parallel"],
+    "model/ffn": ["relu", "gelu", "swiglu", "geglu", "reglu", "moe"],
+    "model/pos": ["learned", "sinusoidal", "rope", "alibi", "t5", "none"],
+    "model/attention": ["mha", "mqa", "gqa", "sliding_window"],
+    "preset": ["gpt2", "llama", "t5", "bloom", "palm"],
+}
+
+
+@pytest.fixture(scope="module")
+def options():
+    return catalogue()
+
+
+def test_every_required_option_is_listed(options):
+    listed = {(o.group, o.name) for o in options}
+    missing = [(g, n) for g, names in REQUIRED.items() for n in names if (g, n) not in listed]
+    assert not missing
+
+
+def test_every_option_has_a_summary(options):
+    assert [f"{o.group}={o.name}" for o in options if not o.summary] == []
+
+
+def test_compatibility_reads_declarations(options):
+    matrix = compatibility(options)
+    assert matrix["model/residual=parallel"]["encdec"].startswith("no")
+    assert matrix["model/pos=learned"]["past max_seq_len"] == "no"
+    assert matrix["model/pos=none"]["encoder"].startswith("no")
+    assert matrix["objective=span_corruption"]["encdec"] == "yes"
+    assert matrix["objective=span_corruption"]["causal"] == "no"
+
+
+def test_cli_prints_the_catalogue(capsys):
+    main([])
+    out = capsys.readouterr().out
+    assert "sliding_window" in out and "compatibility" in out
+
+
+def test_components_doc_is_up_to_date(options):
+    expected = markdown([o for o in options if o.provider == "zoo"]) + "\n"
+    assert DOC.read_text() == expected, "regenerate it: zoo-info --markdown > docs/components.md"
