@@ -52,6 +52,9 @@ class RoPE(Positions):
     ) -> torch.Tensor:
         cos, sin = self.rotation(positions) if rotation is None else rotation
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if self.rot_dim == x.shape[-1]:
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         x1, x2 = rot.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
