@@ -12,7 +12,7 @@ SIZES = dict(n_heads=4, head_dim=16, max_seq_len=32, causal=True)
 
 def test_rope_scores_depend_only_on_relative_offset():
     rope = RoPE(64, **SIZES)
-    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 4, 1, 16)
+    q, k = torch.randn(1, 1, 4, 16), torch.randn(1, 1, 4, 16)
 
     def score(i, j):
         qi = rope.rotate(q, torch.tensor([[i]]))
@@ -26,7 +26,7 @@ def test_rope_scores_depend_only_on_relative_offset():
 
 def test_rope_preserves_norm_and_position_zero_is_identity():
     rope = RoPE(64, **SIZES)
-    x = torch.randn(2, 4, 7, 16)
+    x = torch.randn(2, 7, 4, 16)
     pos = torch.arange(7)[None].expand(2, 7)
     torch.testing.assert_close(rope.rotate(x, pos).norm(dim=-1), x.norm(dim=-1))
     torch.testing.assert_close(rope.rotate(x, torch.zeros(2, 7, dtype=torch.long)), x)
@@ -34,7 +34,7 @@ def test_rope_preserves_norm_and_position_zero_is_identity():
 
 def test_partial_rope_leaves_the_rest_untouched():
     rope = RoPE(64, **SIZES, fraction=0.25)
-    x = torch.randn(1, 4, 5, 16)
+    x = torch.randn(1, 5, 4, 16)
     y = rope.rotate(x, torch.arange(5)[None])
     torch.testing.assert_close(y[..., 4:], x[..., 4:])
     assert not torch.allclose(y[..., :4], x[..., :4])

@@ -93,11 +93,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
-        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", d=self.head_dim)
-        k = rearrange(self.k_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
+        q = rearrange(self.q_proj(x), "b n (h d) -> b n h d", d=self.head_dim)
+        k = rearrange(self.k_proj(x), "b n (k d) -> b n k d", d=self.head_dim)
         v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
         q_pos = k_pos = ctx.positions.expand(x.shape[0], -1)
-        q, k = ctx.pos.rotate(q, q_pos, ctx.rotation), ctx.pos.rotate(k, k_pos, ctx.rotation)
+        # rotated in the projections' layout, heads inside tokens: the kernels' output keeps that
+        # layout, so merging the heads back below is a view rather than a copy
+        q = rearrange(ctx.pos.rotate(q, q_pos, ctx.rotation), "b n h d -> b h n d")
+        k = rearrange(ctx.pos.rotate(k, k_pos, ctx.rotation), "b n k d -> b k n d")
         mask = ctx.mask.with_window(self.window)
         if cache is not None:
             k, v, k_pos, key_valid = cache.update(k, v, k_pos, mask.key_valid)

@@ -34,10 +34,15 @@ class GLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate's nonlinearity; returns a new tensor (inference multiplies into it in place)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.dropout(self.activation(self.gate_proj(x)) * self.up_proj(x)))
+        gate, up = self.activation(self.gate_proj(x)), self.up_proj(x)
+        # without autograd nothing keeps the activation's output: multiplying into it saves a large
+        # buffer, ~5% of the FFN's inference time on CPU
+        hidden = gate * up if torch.is_grad_enabled() else gate.mul_(up)
+        return self.down_proj(self.dropout(hidden))
 
 
 class SwiGLU(GLU):

@@ -37,7 +37,7 @@ class Positions(nn.Module):
         return None
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor, rotation: object | None = None) -> torch.Tensor:
-        """``x (b, h, n, d)``, ``positions (b, n)`` -> ``(b, h, n, d)``; ``rotation`` from :meth:`rotation`."""
+        """``x (b, n, h, d)``, ``positions (b, n)`` -> ``(b, n, h, d)``; ``rotation`` from :meth:`rotation`."""
         return x
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:

@@ -43,8 +43,8 @@ class RoPE(Positions):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each ``(b, 1, n, r/2)``, in float32."""
-        angles = positions[:, None, :, None].float() * self.inv_freq
+        """``(cos, sin)``, each ``(b, n, 1, r/2)``, in float32."""
+        angles = positions[:, :, None, None].float() * self.inv_freq
         return angles.cos(), angles.sin()
 
     def rotate(
