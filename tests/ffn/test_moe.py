@@ -195,6 +195,21 @@ def test_stacked_experts_equal_one_by_one(expert, hidden, layout, monkeypatch):
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["padded", "sorted"])
+def test_moe_runs_under_torch_compile(layout, monkeypatch):
+    """torch.compile traces the grouped kernel with its meta function, which takes bf16 only."""
+    moe = make_moe()
+    set_layout(moe, monkeypatch, layout)
+    x = torch.randn(2, 5, DIM, requires_grad=True)
+    expected = moe(x)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    torch._dynamo.reset()
+    out = torch.compile(moe, backend="eager")(x)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
 def test_experts_with_biases_run_one_by_one():
     torch.manual_seed(0)
     moe = MoE(DIM, expert=functools.partial(ReLUMLP, hidden_dim=8, bias=True), router=TopKRouter, n_experts=3)
