@@ -6,18 +6,20 @@ batch 8 x 256 in float32 on CPU (bf16 autocast on CUDA). A step is forward, cros
 router losses, backward and an AdamW update. Models are timed in interleaved rounds (each round
 rotates the order) so a shared machine's drift hits all of them alike; figures are medians.
 
-Peers: ``zoo`` (the MoE), ``hf`` (``MixtralForCausalLM`` with its router loss on, as one trains it;
-its default grouped-matmul experts), ``hf-noaux`` (the same without the router loss), ``hf-eager``
+Peers: ``zoo`` (the MoE), ``zoo-compile`` (the same under ``torch.compile``, as zoo's
+``compile=true``), ``hf`` (``MixtralForCausalLM`` with its router loss on, as one trains it; its
+default grouped-matmul experts), ``hf-noaux`` (the same without the router loss), ``hf-eager``
 (its loop over experts, ``experts_implementation="eager"``, as in transformers 4), ``dense``
 (zoo with one SwiGLU of hidden ``top_k * 688``: the MoE's active parameters).
 
     python benchmarks/bench_moe.py                      # zoo, hf, dense
-    python benchmarks/bench_moe.py --peers zoo hf hf-noaux dense --rounds 5
+    python benchmarks/bench_moe.py --peers zoo zoo-compile hf hf-eager dense --rounds 5
 
-No assertion on speed: it prints tokens/s and the ratios (target: zoo / hf >= 1.2), from wall-clock
-medians; ``dense / hf`` is the ceiling of that ratio, as no MoE outruns a dense model doing its
-active FLOPs in bigger matmuls without routing; and "CPU work": the process's CPU seconds per step (all threads), which a busy shared
-machine disturbs less than the wall clock (with ``--threads 1`` it is the work done).
+No assertion on speed: it prints tokens/s and the ratios (target: zoo / hf >= 1.2) from
+wall-clock medians. ``dense / hf`` is the ceiling of that ratio: no MoE outruns a dense model that
+does its active FLOPs in bigger matmuls and without routing. "CPU work" is the process's CPU
+seconds per step (all threads), which a busy shared machine disturbs less than the wall clock
+(with ``--threads 1`` it is the work done).
 """
 
 import argparse
@@ -110,9 +112,12 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def zoo_loss(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def zoo_loss(model: torch.nn.Module, run: Callable | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy plus the router losses; ``run`` calls the model (``torch.compile(model)``: zoo's ``compile=true``)."""
+    run = run or model
+
     def loss(x, y):
-        logits = model(x)
+        logits = run(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) + model.aux_loss()
 
     return loss
@@ -133,9 +138,10 @@ def build_peer(name: str, args: argparse.Namespace) -> Peer:
     from zoo.ffn.moe import active_parameters
 
     kw = dict(seq_len=args.seq_len, top_k=args.top_k)
-    if name == "zoo":
+    if name in ("zoo", "zoo-compile"):
         model = build_zoo_moe(n_experts=args.n_experts, **kw)
-        return Peer(name, model, zoo_loss(model), active_parameters(model))
+        run = torch.compile(model) if name == "zoo-compile" else model
+        return Peer(name, model, zoo_loss(model, run), active_parameters(model))
     if name == "dense":
         model = build_zoo_dense(**kw)
         return Peer(name, model, zoo_loss(model), active_parameters(model))
@@ -143,7 +149,7 @@ def build_peer(name: str, args: argparse.Namespace) -> Peer:
         experts = "eager" if name == "hf-eager" else None
         model = build_hf_mixtral(n_experts=args.n_experts, aux=name != "hf-noaux", experts=experts, **kw)
         return Peer(name, model, hf_loss(model), hf_active_params(model, n_experts=args.n_experts, top_k=args.top_k))
-    raise SystemExit(f"unknown peer {name!r}: zoo, hf, hf-noaux, hf-eager, dense")
+    raise SystemExit(f"unknown peer {name!r}: zoo, zoo-compile, hf, hf-noaux, hf-eager, dense")
 
 
 def peer_versions() -> str:
@@ -204,18 +210,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"device {device}, torch {torch.__version__}, {peer_versions()}, threads {torch.get_num_threads()}, "
           f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}" if device.type == "cpu" else f"device {device}")
     print(f"batch {args.batch} x {args.seq_len}, {args.n_experts} experts top-{args.top_k}, {args.rounds} rounds x {args.steps} steps, medians")
-    print(f"{'model':10s} {'params':>11s} {'active':>11s} {'step ms':>9s} {'tokens/s':>9s} {'CPU s/step':>11s}")
+    print(f"{'model':12s} {'params':>11s} {'active':>11s} {'step ms':>9s} {'tokens/s':>9s} {'CPU s/step':>11s}")
     speed, cpu = {}, {}
     for p in peers:
         step = statistics.median(p.times)
         speed[p.name], cpu[p.name] = n_tokens / step, statistics.median(p.cpu_times)
-        print(f"{p.name:10s} {n_params(p.model):11,d} {p.active:11,d} {step * 1e3:9.1f} {speed[p.name]:9.0f} {cpu[p.name]:11.2f}")
+        print(f"{p.name:12s} {n_params(p.model):11,d} {p.active:11,d} {step * 1e3:9.1f} {speed[p.name]:9.0f} {cpu[p.name]:11.2f}")
     notes = {
         ("zoo", "hf"): " (target >= 1.2)",
         # the dense model does the MoE's active FLOPs in bigger matmuls, with no routing: no MoE beats it
         ("dense", "hf"): " (the ceiling of any MoE with these active parameters)",
     }
-    pairs = [("zoo", "hf"), ("zoo", "hf-noaux"), ("zoo", "hf-eager"), ("zoo", "dense"), ("dense", "hf")]
+    pairs = [("zoo", "hf"), ("zoo-compile", "hf"), ("zoo", "hf-noaux"), ("zoo", "hf-eager"), ("zoo", "dense"), ("dense", "hf")]
     for num, den in pairs:
         if num in speed and den in speed:
             note = notes.get((num, den), "")
