@@ -8,7 +8,7 @@ import torch
 import zoo
 from zoo.errors import ConfigError
 from zoo.train import run
-from zoo.train.loop import METRICS_FILE
+from zoo.train.loop import LOG_FILE, METRICS_FILE
 
 
 def test_training_reduces_the_loss_on_the_default_corpus(tmp_path, tiny):
@@ -96,6 +96,24 @@ def test_objectives_train_their_architectures(tmp_path, tiny):
         assert result.status == "ok" and all(torch.isfinite(torch.tensor(result.history)))
         # bits per byte where the targets are the text itself; sentinels and masked picks are not
         assert ("val_bpb" in result.metrics) == (arch == "prefix")
+
+
+def test_moe_router_losses_and_load_are_logged(tmp_path, tiny):
+    result = run([*tiny, "model/ffn=moe", "model.ffn.n_experts=4", "model.ffn.router.capacity_factor=1.0", "trainer.max_steps=2"], out_dir=tmp_path)
+    assert result.status == "ok"
+    lines = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    train = [line for line in lines if "train/loss" in line]
+    assert len(train) == 2
+    for line in train:
+        assert line["train/moe/load_balance"] > 0 and line["train/moe/z_loss"] > 0
+        assert 0 <= line["train/moe/dropped"] < 1 and line["train/moe/max_load"] >= 1
+        loads = [line[f"train/moe/load_{i}"] for i in range(4)]
+        assert sum(loads) == pytest.approx(1.0) and max(loads) * 4 <= line["train/moe/max_load"] + 1e-6
+
+
+def test_dense_runs_log_no_routing(tmp_path, tiny):
+    run([*tiny, "trainer.max_steps=1"], out_dir=tmp_path)
+    assert not any("moe/" in key for line in (tmp_path / LOG_FILE).read_text().splitlines() for key in json.loads(line))
 
 
 def test_synthetic_task_needs_no_tokenizer(tmp_path, tiny):

@@ -24,7 +24,7 @@ from zoo.errors import ConfigError
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
-from zoo.train.metrics import count_parameters, evaluate, flops_per_token, sums_of, summarise
+from zoo.train.metrics import count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
 from zoo.train.sample import can_sample, sample
 from zoo.train.settings import Settings
 from zoo.train.sweep import RunInfo
@@ -226,7 +226,8 @@ class Loop:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                 if dist.main and s.log_every and self.step % s.log_every == 0:
-                    self._log(logger, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s, "train/tokens": self.tokens_seen})
+                    routing = {f"train/{k}": v for k, v in routing_metrics(model).items()}  # of the step's last forward
+                    self._log(logger, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s, "train/tokens": self.tokens_seen, **routing})
                 if s.eval_every and self.step % s.eval_every == 0 and self.step < s.max_steps:
                     values = self.evaluate(dist=dist, autocast=autocast, max_batches=s.eval_batches)
                     self._report("val", values, logger=logger, bar=bar, quiet=quiet or not dist.main)

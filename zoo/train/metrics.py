@@ -12,7 +12,9 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from zoo.ffn.moe.losses import aux_losses, moe_stats
 from zoo.train.distributed import Dist, all_reduce_sum
+
 
 def sums_of(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
     """``(5,)`` float64 of one batch: nats, target tokens, target bytes, correct predictions, and 1
@@ -77,6 +79,22 @@ def evaluate(
     finally:
         model.train(was_training)
     return summarise(all_reduce_sum(total.to(dist.device), dist).cpu())
+
+
+def routing_metrics(model: nn.Module) -> dict[str, float]:
+    """The MoE layers' router losses and routing statistics of the latest forward, for the log.
+
+    ``moe/load_balance`` and ``moe/z_loss`` (summed over layers, scaled as in the training loss),
+    ``moe/dropped``, ``moe/max_load`` and ``moe/load_<i>`` per expert (:func:`~zoo.ffn.moe.moe_stats`);
+    empty for a dense model.
+    """
+    out = {}
+    for name, value in {**aux_losses(model), **moe_stats(model)}.items():
+        if value.dim() == 0:
+            out[f"moe/{name}"] = float(value)
+        else:
+            out.update({f"moe/{name}_{i}": float(v) for i, v in enumerate(value.tolist())})
+    return out
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -73,14 +73,18 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
 def moe_stats(model: nn.Module) -> dict[str, torch.Tensor]:
     """Routing statistics of the latest forward, for logging (detached 0-dim tensors).
 
-    Returns: ``dropped`` (mean over MoE layers of the dropped fraction) and ``max_load`` (over
-    layers, the busiest expert's share times the number of experts: 1 is perfectly balanced);
-    empty without MoE layers.
+    Returns: ``dropped`` (mean over MoE layers of the dropped fraction), ``max_load`` (over
+    layers, the busiest expert's share times the number of experts: 1 is perfectly balanced) and,
+    when every layer has as many experts, ``load`` (``(e,)``, each expert's share averaged over
+    layers); empty without MoE layers.
     """
     stats = [m.stats for m in moe_modules(model) if getattr(m, "stats", None)]
     if not stats:
         return {}
-    return {
+    out = {
         "dropped": torch.stack([s["dropped"] for s in stats]).mean(),
         "max_load": torch.stack([s["load"].max() * s["load"].numel() for s in stats]).max(),
     }
+    if len({s["load"].numel() for s in stats}) == 1:
+        out["load"] = torch.stack([s["load"] for s in stats]).mean(0)
+    return out
