@@ -53,3 +53,23 @@ def test_report_of_the_job(rows, tmp_path):
     paths = write_report(rows, tmp_path, title="job")
     assert "loss_vs_tokens" in paths and "extrapolation" in paths
     assert "| pos=learned | 2/2 |" in summary_table(rows)
+
+
+@pytest.mark.parametrize("study", ["attention"])
+def test_a_study_mqar_case_trains_on_the_task_alone(study):
+    """A study's text-data settings (data.corpus...) stay with the text: the task's config takes none."""
+    from hydra.utils import instantiate
+
+    from zoo.bench.run import mqar_case
+    from zoo.bench.settings import BenchSettings
+
+    overrides = [f"study={study}", "logger=none"]
+    cfg = zoo.compose(overrides, config_name="bench")
+    s = BenchSettings.from_config(cfg.bench)
+    assert s.mqar.enabled and "corpus" in cfg.data
+    for seq_len, n_pairs in s.mqar.cases:
+        case = mqar_case(cfg, s, overrides=overrides, seq_len=seq_len, n_pairs=n_pairs)
+        task = instantiate(case.data)
+        assert (task.n_pairs, task.vocab_size) == (n_pairs, s.mqar.vocab_size)
+        assert case.trainer.seq_len == seq_len and case.model.dim == cfg.model.dim
+        assert case.model.ffn.hidden_dim == cfg.model.ffn.hidden_dim  # the matched size carries over

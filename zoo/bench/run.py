@@ -153,13 +153,21 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
 def mqar(cfg: DictConfig, s: BenchSettings, *, seed: int, overrides: list[str], out_dir: Path) -> dict:
     """Recall (validation accuracy on the queried values) per ``[seq_len, n_pairs]`` case."""
     out = {}
-    # the text data's own settings do not apply to the task
-    kept = [o for o in overrides if not o.lstrip("+~").startswith(("data.", "data=", "tokenizer"))]
     for seq_len, n_pairs in s.mqar.cases:
-        case = compose_aside([*kept, *quality.mqar_overrides(seq_len=seq_len, n_pairs=n_pairs, vocab_size=s.mqar.vocab_size)])
-        if s.match.by is not None:  # the matched size carries over to the task
-            with open_dict(case):
-                OmegaConf.update(case.model, s.match.knob, OmegaConf.select(cfg.model, s.match.knob))
+        case = mqar_case(cfg, s, overrides=overrides, seq_len=seq_len, n_pairs=n_pairs)
         row = quality.train_seed(case, seed=seed, out_dir=out_dir / f"n{seq_len}_p{n_pairs}", steps=s.mqar.steps)
         out[f"n{seq_len}_p{n_pairs}"] = row["val_accuracy"] if row["status"] == "ok" else row["status"]
     return out
+
+
+def mqar_case(cfg: DictConfig, s: BenchSettings, *, overrides: list[str], seq_len: int, n_pairs: int) -> DictConfig:
+    """The config of one MQAR case: the variant's composition, trained on the task instead of text."""
+    task = quality.mqar_overrides(seq_len=seq_len, n_pairs=n_pairs, vocab_size=s.mqar.vocab_size)
+    # the text data's own settings, from the command line or a study, do not apply to the task
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("data.", "data=", "tokenizer"))]
+    case = compose_aside([*kept, *task])
+    with open_dict(case):
+        case.data = compose_aside([*task, "study=none"]).data
+        if s.match.by is not None:  # the matched size carries over to the task
+            OmegaConf.update(case.model, s.match.knob, OmegaConf.select(cfg.model, s.match.knob))
+    return case
