@@ -90,6 +90,7 @@ def routing_metrics(model: nn.Module) -> dict[str, float]:
     """
     out = {}
     for name, value in {**aux_losses(model), **moe_stats(model)}.items():
+        value = value.detach()
         if value.dim() == 0:
             out[f"moe/{name}"] = float(value)
         else:
