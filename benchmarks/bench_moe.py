@@ -10,7 +10,8 @@ Peers: ``zoo`` (the MoE), ``zoo-compile`` (the same under ``torch.compile``, as 
 ``compile=true``), ``hf`` (``MixtralForCausalLM`` with its router loss on, as one trains it; its
 default grouped-matmul experts), ``hf-noaux`` (the same without the router loss), ``hf-eager``
 (its loop over experts, ``experts_implementation="eager"``, as in transformers 4), ``dense``
-(zoo with one SwiGLU of hidden ``top_k * 688``: the MoE's active parameters).
+(zoo with one SwiGLU of hidden ``top_k * 688``: the MoE's active parameters), ``dense-compile``
+(the same under ``torch.compile``).
 
     python benchmarks/bench_moe.py                      # zoo, hf, dense
     python benchmarks/bench_moe.py --peers zoo zoo-compile hf hf-eager dense --rounds 5
@@ -114,7 +115,7 @@ def autocast(device: torch.device):
 
 def zoo_loss(model: torch.nn.Module, run: Callable | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Cross-entropy plus the router losses; ``run`` calls the model (``torch.compile(model)``: zoo's ``compile=true``)."""
-    run = run or model
+    run = model if run is None else run
 
     def loss(x, y):
         logits = run(x)
@@ -142,14 +143,15 @@ def build_peer(name: str, args: argparse.Namespace) -> Peer:
         model = build_zoo_moe(n_experts=args.n_experts, **kw)
         run = torch.compile(model) if name == "zoo-compile" else model
         return Peer(name, model, zoo_loss(model, run), active_parameters(model))
-    if name == "dense":
+    if name in ("dense", "dense-compile"):
         model = build_zoo_dense(**kw)
-        return Peer(name, model, zoo_loss(model), active_parameters(model))
+        run = torch.compile(model) if name == "dense-compile" else model
+        return Peer(name, model, zoo_loss(model, run), active_parameters(model))
     if name in ("hf", "hf-noaux", "hf-eager"):
         experts = "eager" if name == "hf-eager" else None
         model = build_hf_mixtral(n_experts=args.n_experts, aux=name != "hf-noaux", experts=experts, **kw)
         return Peer(name, model, hf_loss(model), hf_active_params(model, n_experts=args.n_experts, top_k=args.top_k))
-    raise SystemExit(f"unknown peer {name!r}: zoo, zoo-compile, hf, hf-noaux, hf-eager, dense")
+    raise SystemExit(f"unknown peer {name!r}: zoo, zoo-compile, hf, hf-noaux, hf-eager, dense, dense-compile")
 
 
 def peer_versions() -> str:
@@ -220,8 +222,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ("zoo", "hf"): " (target >= 1.2)",
         # the dense model does the MoE's active FLOPs in bigger matmuls, with no routing: no MoE beats it
         ("dense", "hf"): " (the ceiling of any MoE with these active parameters)",
+        ("dense-compile", "hf"): " (the ceiling under torch.compile)",
     }
-    pairs = [("zoo", "hf"), ("zoo-compile", "hf"), ("zoo", "hf-noaux"), ("zoo", "hf-eager"), ("zoo", "dense"), ("dense", "hf")]
+    pairs = [
+        ("zoo", "hf"), ("zoo-compile", "hf"), ("zoo", "hf-noaux"), ("zoo", "hf-eager"), ("zoo", "dense"),
+        ("dense", "hf"), ("zoo-compile", "dense-compile"), ("dense-compile", "hf"),
+    ]  # fmt: skip
     for num, den in pairs:
         if num in speed and den in speed:
             note = notes.get((num, den), "")

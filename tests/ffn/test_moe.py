@@ -197,7 +197,7 @@ def test_stacked_experts_equal_one_by_one(expert, hidden, layout, monkeypatch):
 
 @pytest.mark.parametrize("layout", ["padded", "sorted"])
 def test_moe_runs_under_torch_compile(layout, monkeypatch):
-    """torch.compile traces the grouped kernel with its meta function, which takes bf16 only."""
+    """Compiled, the MoE equals itself eager, forward and gradients."""
     moe = make_moe()
     set_layout(moe, monkeypatch, layout)
     x = torch.randn(2, 5, DIM, requires_grad=True)
@@ -208,6 +208,20 @@ def test_moe_runs_under_torch_compile(layout, monkeypatch):
     (grad,) = torch.autograd.grad(out.square().sum(), x)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_a_compiled_moe_does_not_recompile_for_each_routing():
+    moe = make_moe()
+    compiled = torch.compile(moe, backend="eager")
+    torch._dynamo.reset()
+    compiled(torch.randn(2, 5, DIM))
+    counts = set()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(1, 6):
+            x = torch.randn(2, 5, DIM, generator=torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(compiled(x), moe(x))
+            counts.add(tuple(moe.router(x.flatten(0, 1)).counts))
+    assert len(counts) > 1  # the routings differed
 
 
 def test_experts_with_biases_run_one_by_one():

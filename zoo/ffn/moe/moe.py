@@ -88,6 +88,9 @@ class MoE(nn.Module):
         self.record(routing)
         return out.view(x.shape)
 
+    # the routing's counts are data: traced, each new routing is a guard failure and a recompilation
+    # (torch.compile of a model compiles all around this); eager here, the experts' matmuls run as they are
+    @torch.compiler.disable
     def run_experts(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """``(t, dim)`` -> the gate-weighted sum of each token's experts, ``(t, dim)``.
 
