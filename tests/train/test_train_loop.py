@@ -1,6 +1,7 @@
 """The training loop in process: it learns, resumes exactly, accumulates exactly, stops on NaN, refuses bad configs."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -127,3 +128,15 @@ def test_compose_knows_every_training_group():
     cfg = zoo.compose([])
     assert {"data", "tokenizer", "objective", "optim", "sched", "logger", "trainer"} <= set(cfg)
     assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.weight_decay == 0.1 and cfg.optim.grad_clip == 1.0
+
+
+def test_compiled_training_matches_eager(tmp_path, tiny):
+    """``trainer.compile=true`` (inductor) trains the same model: equal losses, a checkpoint of the plain model."""
+    common = [*tiny, "model/ffn=moe", "model.ffn.n_experts=2", "trainer.max_steps=3", "trainer.ckpt_every=3"]
+    if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        pytest.skip("torch.compile's inductor needs a C++ compiler")
+    compiled = run([*common, "trainer.compile=true"], out_dir=tmp_path / "compiled")
+    eager = run(common, out_dir=tmp_path / "eager")
+    assert compiled.status == eager.status == "ok"
+    assert compiled.history == pytest.approx(eager.history, rel=1e-4)
+    assert (tmp_path / "compiled" / "checkpoints" / "step_00000003" / "model.safetensors").exists()
