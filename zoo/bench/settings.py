@@ -28,7 +28,7 @@ class SpeedSettings:
         decode_batch, prompt_len, new_tokens: the cached greedy decode.
         seq_lens: lengths of the scaling curve (empty: none), at ``tokens_per_batch`` tokens a batch.
         tokens_per_batch: batch size times length in the scaling curve.
-        matmul_size: side of the square matmul whose rate is the MFU's denominator; ``None``: per device.
+        matmul_size: side of the square matmul whose rate is the MFU's denominator; ``None``: the fastest of a few sizes per device.
     """
 
     enabled: bool = True
