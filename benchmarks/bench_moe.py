@@ -32,6 +32,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from zoo.bench.speed import adamw
+
 VOCAB, DIM, LAYERS, HEADS, HIDDEN, THETA, EPS = 8192, 256, 4, 4, 688, 10000.0, 1e-6
 
 
@@ -95,7 +97,7 @@ class Peer:
 
     def __init__(self, name: str, model: torch.nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], active: int) -> None:
         self.name, self.model, self.loss, self.active = name, model, loss, active
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.optimizer = adamw(model)
         self.times: list[float] = []  # wall-clock seconds per step
         self.cpu_times: list[float] = []  # CPU seconds of the process (all threads) per step
 

@@ -25,6 +25,7 @@ import json
 import torch
 
 from zoo.bench import peers
+from zoo.bench.speed import adamw
 from zoo.bench.timing import matmul_rate, pick_device
 
 ALL = ["zoo", "zoo-compile", "reference", "hf", "x-transformers"]
@@ -58,7 +59,7 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
     tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
     for peer in built:
-        optimizer = torch.optim.AdamW(peer.model.parameters(), lr=1e-4)
+        optimizer = adamw(peer.model)
 
         def step(peer=peer, optimizer=optimizer) -> None:
             loss = F.cross_entropy(peer.logits(x).flatten(0, 1), y.flatten())

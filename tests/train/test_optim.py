@@ -84,3 +84,19 @@ def test_weight_decay_leaves_exempt_params_alone():
     opt.step()
     assert torch.equal(norm, norm_before)  # zero gradient and no decay: unchanged
     assert torch.allclose(proj, proj_before * (1 - 0.1 * 0.5))  # decoupled decay: w <- w (1 - lr wd)
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu_and_steps_as_the_loop_does():
+    model = zoo.build(TINY)
+    fused, loop = AdamW().build(model), AdamW(fused=False).build(model)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    twin = zoo.build(TINY)
+    twin.load_state_dict(model.state_dict())
+    loop = AdamW(fused=False).build(twin)
+    for m, opt in ((model, fused), (twin, loop)):
+        for _ in range(3):
+            m(torch.arange(12)[None] % 61).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

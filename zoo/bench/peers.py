@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from zoo.bench.flops import forward_flops
-from zoo.bench.speed import Workload, train_step
+from zoo.bench.speed import Workload, adamw, train_step
 from zoo.bench.timing import autocast, median, time_calls
 
 
@@ -192,8 +192,7 @@ def compare(
     train, infer = {}, {}
     for p in peers:
         work = Workload(lambda p=p: p.logits(x), y, n_tokens)
-        optimizer = torch.optim.AdamW(p.model.parameters(), lr=1e-4)
-        train[p.name] = train_step(p.model, work, optimizer, device)
+        train[p.name] = train_step(p.model, work, adamw(p.model), device)
 
         def forward(p=p) -> None:
             with torch.inference_mode(), autocast(device):

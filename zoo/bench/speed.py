@@ -64,6 +64,15 @@ def workload(model: nn.Module, *, batch: int, seq_len: int, device: torch.device
     return Workload(lambda: model(x), y, batch * seq_len)
 
 
+def adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of every timed training step, for every variant and peer alike: AdamW with torch's
+    fused kernel where the device has one (as zoo-train and HF's Trainer use it)."""
+    from zoo.train.optim import FUSED_DEVICES
+
+    fused = next(model.parameters()).device.type in FUSED_DEVICES
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
+
+
 def train_step(model: nn.Module, work: Workload, optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:
     """One optimizer step on ``work``: forward, cross-entropy, backward, AdamW, zero grads."""
 
@@ -82,8 +91,7 @@ def training_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.
     """Training tokens/s and seconds per step (median of ``steps``)."""
     model.train()
     work = workload(model, batch=batch, seq_len=seq_len, device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = time_calls(train_step(model, work, optimizer, device), device=device, repeats=steps, warmup=warmup)
+    times = time_calls(train_step(model, work, adamw(model), device), device=device, repeats=steps, warmup=warmup)
     return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times)}
 
 
