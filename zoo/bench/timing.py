@@ -63,9 +63,8 @@ def matmul_rate(*, device: torch.device, size: int | None = None, repeats: int =
     """FLOP/s of square matmuls in the dtype the benchmarks compute in (fp32 CPU, bf16 CUDA).
 
     The MFU denominator, measured in the same process and under the same thread count as the model:
-    the fastest of a few sizes (or of ``size`` alone), since a BLAS can be slower at one size than at
-    the model's own shapes (on an AMD EPYC fp32 2048 ran at half the rate of 512), which would put
-    MFU above 100%.
+    the fastest of a few sizes (or of ``size`` alone), as a BLAS's rate varies with the shape and MFU
+    is against the peak.
     """
     sizes = [size] if size else [8192] if device.type == "cuda" else [512, 1024, 2048]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
