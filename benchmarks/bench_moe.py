@@ -141,13 +141,10 @@ def build_peer(name: str, args: argparse.Namespace) -> Peer:
     from zoo.ffn.moe import active_parameters
 
     kw = dict(seq_len=args.seq_len, top_k=args.top_k)
-    if name in ("zoo", "zoo-compile"):
-        model = build_zoo_moe(n_experts=args.n_experts, **kw)
-        run = torch.compile(model) if name == "zoo-compile" else model
-        return Peer(name, model, zoo_loss(model, run), active_parameters(model))
-    if name in ("dense", "dense-compile"):
-        model = build_zoo_dense(**kw)
-        run = torch.compile(model) if name == "dense-compile" else model
+    family = name.removesuffix("-compile")
+    if family in ("zoo", "dense"):
+        model = build_zoo_moe(n_experts=args.n_experts, **kw) if family == "zoo" else build_zoo_dense(**kw)
+        run = torch.compile(model) if family != name else model
         return Peer(name, model, zoo_loss(model, run), active_parameters(model))
     if name in ("hf", "hf-noaux", "hf-eager"):
         experts = "eager" if name == "hf-eager" else None

@@ -87,12 +87,10 @@ def test_weight_decay_leaves_exempt_params_alone():
 
 
 def test_adamw_uses_the_fused_kernel_on_cpu_and_steps_as_the_loop_does():
-    model = zoo.build(TINY)
-    fused, loop = AdamW().build(model), AdamW(fused=False).build(model)
-    assert fused.defaults["fused"] and not loop.defaults["fused"]
-    twin = zoo.build(TINY)
+    model, twin = zoo.build(TINY), zoo.build(TINY)
     twin.load_state_dict(model.state_dict())
-    loop = AdamW(fused=False).build(twin)
+    fused, loop = AdamW().build(model), AdamW(fused=False).build(twin)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
     for m, opt in ((model, fused), (twin, loop)):
         for _ in range(3):
             m(torch.arange(12)[None] % 61).square().mean().backward()

@@ -67,10 +67,9 @@ def workload(model: nn.Module, *, batch: int, seq_len: int, device: torch.device
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of every timed training step, for every variant and peer alike: AdamW with torch's
     fused kernel where the device has one (as zoo-train and HF's Trainer use it)."""
-    from zoo.train.optim import FUSED_DEVICES
+    from zoo.train.optim import fused_by_default
 
-    fused = next(model.parameters()).device.type in FUSED_DEVICES
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_by_default(model) or None)
 
 
 def train_step(model: nn.Module, work: Workload, optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:

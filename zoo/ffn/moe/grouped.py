@@ -58,8 +58,6 @@ def _aligned(t: torch.Tensor) -> bool:
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     if not hasattr(torch, "_grouped_mm") or x.dtype != w.dtype:
         return False
-    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
-        return False  # torch.compile traces the kernel with its meta function, which takes bf16 only
     if x.device.type == "cpu":
         return _aligned(x) and _aligned(w)
     if x.device.type == "cuda":
