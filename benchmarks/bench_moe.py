@@ -115,15 +115,16 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def zoo_loss(model: torch.nn.Module, run: Callable | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy plus the router losses; ``run`` calls the model (``torch.compile(model)``: zoo's ``compile=true``)."""
-    run = model if run is None else run
+def zoo_loss(model: torch.nn.Module, *, compile: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy plus the router losses (a dense model has none); ``compile``: the forward and the
+    loss as one ``torch.compile`` graph, as zoo-train's ``trainer.compile=true``."""
 
     def loss(x, y):
-        logits = run(x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) + model.aux_loss()
+        ce = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        aux = model.aux_loss()
+        return ce if aux is None else ce + aux
 
-    return loss
+    return torch.compile(loss) if compile else loss
 
 
 def hf_loss(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -144,8 +145,7 @@ def build_peer(name: str, args: argparse.Namespace) -> Peer:
     family = name.removesuffix("-compile")
     if family in ("zoo", "dense"):
         model = build_zoo_moe(n_experts=args.n_experts, **kw) if family == "zoo" else build_zoo_dense(**kw)
-        run = torch.compile(model) if family != name else model
-        return Peer(name, model, zoo_loss(model, run), active_parameters(model))
+        return Peer(name, model, zoo_loss(model, compile=family != name), active_parameters(model))
     if name in ("hf", "hf-noaux", "hf-eager"):
         experts = "eager" if name == "hf-eager" else None
         model = build_hf_mixtral(n_experts=args.n_experts, aux=name != "hf-noaux", experts=experts, **kw)

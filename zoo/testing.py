@@ -68,9 +68,9 @@ def check_gradients(model: nn.Module) -> None:
     model.zero_grad()
     inputs = sample_batch(model, batch=4, length=16)
     loss = run(model, **inputs).float().logsumexp(-1).mean()
-    aux = getattr(model, "aux_loss", None)
+    aux = model.aux_loss() if callable(getattr(model, "aux_loss", None)) else None
     if aux is not None:
-        loss = loss + aux()
+        loss = loss + aux
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"no gradient reaches {name}"

@@ -130,12 +130,18 @@ def test_compose_knows_every_training_group():
     assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.weight_decay == 0.1 and cfg.optim.grad_clip == 1.0
 
 
-def test_compiled_training_matches_eager(tmp_path, tiny):
-    """``trainer.compile=true`` (inductor) trains the same model: equal losses, a checkpoint of the plain model."""
-    common = [*tiny, "model/ffn=moe", "model.ffn.n_experts=2", "trainer.max_steps=3", "trainer.ckpt_every=3"]
+@pytest.mark.parametrize("ffn", [["model/ffn=swiglu"], ["model/ffn=moe", "model.ffn.n_experts=2"]], ids=["dense", "moe"])
+def test_compiled_training_matches_eager(tmp_path, tiny, ffn):
+    """``trainer.compile=true`` (inductor) compiles the forward with the loss and trains the same model:
+    equal losses, a checkpoint of the plain model."""
+    from torch._dynamo.utils import counters
+
+    common = [*tiny, *ffn, "trainer.max_steps=3", "trainer.ckpt_every=3"]
     if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
         pytest.skip("torch.compile's inductor needs a C++ compiler")
+    counters.clear()
     compiled = run([*common, "trainer.compile=true"], out_dir=tmp_path / "compiled")
+    assert counters["stats"]["unique_graphs"] >= 1
     eager = run(common, out_dir=tmp_path / "eager")
     assert compiled.status == eager.status == "ok"
     assert compiled.history == pytest.approx(eager.history, rel=1e-4)

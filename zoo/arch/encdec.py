@@ -128,8 +128,8 @@ class EncoderDecoder(nn.Module):
         memory = self.encode(src, src_valid=src_valid)
         return self.decode(tgt, memory, src_valid=src_valid, tgt_valid=tgt_valid)
 
-    def aux_loss(self) -> torch.Tensor:
-        """The mixture-of-experts losses of the latest forward, summed over layers (zero without MoE)."""
+    def aux_loss(self) -> torch.Tensor | None:
+        """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""
         return moe_losses.aux_loss(self)
 
     def aux_losses(self) -> dict[str, torch.Tensor]:

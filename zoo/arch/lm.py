@@ -115,8 +115,8 @@ class TransformerLM(nn.Module):
         x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
         return self.lm_head(x)
 
-    def aux_loss(self) -> torch.Tensor:
-        """The mixture-of-experts losses of the latest forward, summed over layers (zero without MoE)."""
+    def aux_loss(self) -> torch.Tensor | None:
+        """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""
         return moe_losses.aux_loss(self)
 
     def aux_losses(self) -> dict[str, torch.Tensor]:

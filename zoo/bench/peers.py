@@ -35,11 +35,13 @@ class LlamaShape:
 
 @dataclass
 class Peer:
-    """A built model and how to get logits ``(b, n, vocab)`` from tokens ``(b, n)``."""
+    """A built model and how to get logits ``(b, n, vocab)`` from tokens ``(b, n)``; a ``compiled`` peer
+    trains with the loss in its graph."""
 
     name: str
     model: nn.Module
     logits: Callable[[torch.Tensor], torch.Tensor]
+    compiled: bool = False
 
 
 #: ``(numerator, denominator, target)`` of the ratios the issue asks for, on tokens/s
@@ -153,8 +155,9 @@ def copy_weights(zoo_model: nn.Module, name: str, peer_model: nn.Module) -> None
 def _peer(name: str, shape: LlamaShape, *, xt_flash: bool) -> Peer:
     if name in ("zoo", "zoo-compile"):
         model = build_zoo(shape)
-        run = torch.compile(model) if name == "zoo-compile" else model
-        return Peer(name, model, run)
+        if name == "zoo-compile":
+            return Peer(name, model, torch.compile(model), compiled=True)
+        return Peer(name, model, model)
     if name == "reference":
         model = build_reference(shape)
         return Peer(name, model, model)
@@ -192,7 +195,7 @@ def compare(
     train, infer = {}, {}
     for p in peers:
         work = Workload(lambda p=p: p.logits(x), y, n_tokens)
-        train[p.name] = train_step(p.model, work, adamw(p.model), device)
+        train[p.name] = train_step(p.model, work, adamw(p.model), device, compile=p.compiled)
 
         def forward(p=p) -> None:
             with torch.inference_mode(), autocast(device):

@@ -72,14 +72,25 @@ def adamw(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_by_default(model) or None)
 
 
-def train_step(model: nn.Module, work: Workload, optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:
-    """One optimizer step on ``work``: forward, cross-entropy, backward, AdamW, zero grads."""
+def train_step(
+    model: nn.Module, work: Workload, optimizer: torch.optim.Optimizer, device: torch.device, *, compile: bool = False
+) -> Callable[[], None]:
+    """One optimizer step on ``work``: forward, cross-entropy, backward, AdamW, zero grads.
 
-    def step() -> None:
+    ``compile``: the forward and the loss as one ``torch.compile`` graph, as zoo-train's
+    ``trainer.compile=true`` (a compiled model called inside is inlined into it).
+    """
+
+    def loss() -> torch.Tensor:
         with autocast(device):
             logits = work.forward()
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), work.targets.flatten())
-        loss.backward()
+        return F.cross_entropy(logits.flatten(0, 1).float(), work.targets.flatten())
+
+    if compile:
+        loss = torch.compile(loss)
+
+    def step() -> None:
+        loss().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -87,10 +98,11 @@ def train_step(model: nn.Module, work: Workload, optimizer: torch.optim.Optimize
 
 
 def training_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
-    """Training tokens/s and seconds per step (median of ``steps``)."""
+    """Training tokens/s and seconds per step (median of ``steps``); a compiled model trains with its loss compiled too."""
     model.train()
     work = workload(model, batch=batch, seq_len=seq_len, device=device)
-    times = time_calls(train_step(model, work, adamw(model), device), device=device, repeats=steps, warmup=warmup)
+    step = train_step(model, work, adamw(model), device, compile=unwrap(model) is not model)
+    times = time_calls(step, device=device, repeats=steps, warmup=warmup)
     return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times)}
 
 

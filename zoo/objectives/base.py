@@ -26,10 +26,10 @@ class Objective:
     """Base of the objectives: turns a batch into model inputs, runs the model, returns the loss.
 
     ``objective(model, batch) -> (loss, metrics)``: ``loss`` is the scalar to minimise (plus
-    ``model.aux_loss()`` when the model has one); ``metrics`` are detached 0-dim tensors: ``loss``
-    (the objective's own, mean per target token), ``nll_sum`` (nats summed over target tokens),
-    ``n_tokens``, ``accuracy`` (argmax at target tokens), ``aux_loss`` when present, and ``n_bytes``
-    (UTF-8 bytes of the target tokens, for bits per byte) where the objective predicts text.
+    ``model.aux_loss()`` unless the model has none or it is ``None``); ``metrics`` are detached 0-dim
+    tensors: ``loss`` (the objective's own, mean per target token), ``nll_sum`` (nats summed over
+    target tokens), ``n_tokens``, ``accuracy`` (argmax at target tokens), ``aux_loss`` when present,
+    and ``n_bytes`` (UTF-8 bytes of the target tokens, for bits per byte) where the objective predicts text.
 
     Randomness (prefix lengths, masks, spans) comes from a generator seeded with ``(seed, step)``;
     ``step`` counts calls, so :meth:`state_dict` is two plain ints. Give evaluation its own instance,
@@ -104,7 +104,7 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torc
 
 
 def add_aux_loss(model, loss: torch.Tensor, metrics: Metrics) -> torch.Tensor:
-    """``loss + model.aux_loss()`` (mixture-of-experts balancing, summed over layers) when the model has one."""
+    """``loss + model.aux_loss()`` (mixture-of-experts balancing, summed over layers) when there is one."""
     aux = model.aux_loss() if callable(getattr(model, "aux_loss", None)) else None
     if aux is None:
         return loss

@@ -195,9 +195,10 @@ class Loop:
         if s.activation_checkpointing:
             checkpoint_blocks(model)
         wrapper = wrap(model, dist)
-        if s.compile:
-            wrapper = torch.compile(wrapper)
         view = ModelView(wrapper, model)
+        # compiled, the forward and the loss are one graph: the cross-entropy over the vocabulary fuses
+        # into a kernel or two (about a tenth of a small model's step, eager)
+        objective = torch.compile(self.objective) if s.compile else self.objective
         quiet = info.multirun if s.quiet is None else s.quiet
         counts = count_parameters(model)
         flops = flops_per_token(model, seq_len=s.seq_len)
@@ -213,7 +214,7 @@ class Loop:
         try:
             while self.step < s.max_steps:
                 t0 = time.perf_counter()
-                loss, grad_norm, lr = self.train_step(next(batches), view=view, wrapper=wrapper, params=params, dist=dist, autocast=autocast)
+                loss, grad_norm, lr = self.train_step(next(batches), objective=objective, view=view, wrapper=wrapper, params=params, dist=dist, autocast=autocast)
                 self.train_time += time.perf_counter() - t0
                 self.step += 1
                 self.tokens_seen += s.batch_size * s.seq_len
@@ -253,7 +254,7 @@ class Loop:
             checkpoint=str(result.checkpoint),
         )  # fmt: skip
 
-    def train_step(self, batch, *, view, wrapper, params, dist: Dist, autocast) -> tuple[float, float, float]:
+    def train_step(self, batch, *, objective, view, wrapper, params, dist: Dist, autocast) -> tuple[float, float, float]:
         """One optimizer step on a global batch; returns its loss, the gradient norm before clipping, the learning rate."""
         s = self.settings
         micro = s.micro_batch(dist.world)
@@ -265,7 +266,7 @@ class Loop:
             last = i == s.grad_accum - 1
             with nullcontext() if last or dist.world == 1 else wrapper.no_sync():
                 with autocast():
-                    loss, metrics = self.objective(view, rows)
+                    loss, metrics = objective(view, rows)
                 # summed over tokens here, divided by the step's token count below
                 (loss * metrics["n_tokens"]).backward()
             total += sums_of(metrics)

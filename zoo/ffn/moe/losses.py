@@ -58,16 +58,15 @@ def aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     return totals
 
 
-def aux_loss(model: nn.Module) -> torch.Tensor:
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
     """The sum of every auxiliary loss of the latest forward over ``model``'s layers.
 
-    A 0-dim tensor to add to the training loss; zero (on the model's device) without MoE layers.
+    A 0-dim tensor to add to the training loss; ``None`` without MoE layers: nothing to add. (Not a
+    constant zero: torch 2.13's inductor folds ``loss + 0`` into ``loss`` and, when the compiled
+    objective also returns ``loss.detach()``, hands back the sum without its gradient.)
     """
-    total = sum(aux_losses(model).values())
-    if isinstance(total, torch.Tensor):
-        return total
-    device = next((p.device for p in model.parameters()), None)
-    return torch.zeros((), device=device)
+    losses = aux_losses(model)
+    return sum(losses.values()) if losses else None
 
 
 def moe_stats(model: nn.Module) -> dict[str, torch.Tensor]:
