@@ -47,6 +47,20 @@ def test_run_produces_results_ratios_and_tables():
     assert "| zoo / reference | >= 0.97 |" in text and "MFU" in text
 
 
+def test_ratios_pair_each_round():
+    """A ratio is the median of the rounds' ratios: a stretch where the machine runs 2x slower cancels
+    in each pair; hand-made seconds per step (HF 10% slower to train, 10% faster to infer)."""
+    zoo_s = [1.0, 2.0, 2.0, 2.0, 1.0, 3.0]
+    results = {
+        "zoo": {"train_rounds_s": zoo_s, "infer_rounds_s": zoo_s},
+        "hf": {"train_rounds_s": [1.1 * s for s in zoo_s], "infer_rounds_s": [0.9 * s for s in zoo_s[:-1]] + [9.0]},
+    }
+    (row,) = peers.ratios(results)
+    assert row["ratio"] == "zoo / hf" and row["target"] == 1.0
+    assert row["train"] == pytest.approx(1.1) and row["train_met"]
+    assert row["infer"] == pytest.approx(0.9) and not row["infer_met"]  # one outlier round moves no median
+
+
 def test_a_peer_that_does_not_import_is_skipped(monkeypatch):
     import builtins
 

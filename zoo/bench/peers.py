@@ -187,7 +187,11 @@ def build_peers(names: list[str], shape: LlamaShape, *, device: torch.device, xt
 def compare(
     peers: list[Peer], *, shape: LlamaShape, device: torch.device, rounds: int, steps: int, warmup: int
 ) -> dict[str, dict[str, float]]:
-    """Training and inference tokens/s of each peer, interleaved over ``rounds`` rounds of ``steps``."""
+    """Training and inference tokens/s of each peer, interleaved over ``rounds`` rounds of ``steps``.
+
+    Each peer's row holds the medians over every round, and its median step of each round
+    (``train_rounds_s``, ``infer_rounds_s``) for the paired ratios of :func:`ratios`.
+    """
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), generator=gen).to(device)
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -202,7 +206,7 @@ def compare(
                 p.logits(x)
 
         infer[p.name] = forward
-    times = {p.name: {"train": [], "infer": []} for p in peers}
+    times = {p.name: {"train": [], "infer": []} for p in peers}  # per round: the steps' seconds
     for p in peers:  # warm-up, alternating modes as the rounds do: torch.compile compiles both graphs here
         for _ in range(warmup):
             p.model.train()
@@ -212,18 +216,18 @@ def compare(
     for r in range(rounds):
         for p in peers[r % len(peers):] + peers[: r % len(peers)]:
             p.model.train()
-            times[p.name]["train"] += time_calls(train[p.name], device=device, repeats=steps)
+            times[p.name]["train"].append(time_calls(train[p.name], device=device, repeats=steps))
             p.model.eval()
-            times[p.name]["infer"] += time_calls(infer[p.name], device=device, repeats=steps)
-    return {
-        name: {
-            "train_tokens_per_s": n_tokens / median(t["train"]),
-            "infer_tokens_per_s": n_tokens / median(t["infer"]),
-            "train_step_s": median(t["train"]),
-            "infer_step_s": median(t["infer"]),
-        }
-        for name, t in times.items()
-    }
+            times[p.name]["infer"].append(time_calls(infer[p.name], device=device, repeats=steps))
+    out = {}
+    for name, t in times.items():
+        row = out[name] = {}
+        for mode in ("train", "infer"):
+            every = [s for round_steps in t[mode] for s in round_steps]
+            row[f"{mode}_tokens_per_s"] = n_tokens / median(every)
+            row[f"{mode}_step_s"] = median(every)
+            row[f"{mode}_rounds_s"] = [median(round_steps) for round_steps in t[mode]]
+    return out
 
 
 def add_mfu(results: dict[str, dict[str, float]], *, flops_per_token: float, matmul_flops: float) -> None:
@@ -233,14 +237,20 @@ def add_mfu(results: dict[str, dict[str, float]], *, flops_per_token: float, mat
         row["mfu_infer"] = flops_per_token * row["infer_tokens_per_s"] / matmul_flops
 
 
-def ratios(results: dict[str, dict[str, float]]) -> list[dict]:
-    """The target ratios that both sides of were measured: value per mode and whether it meets the target."""
+def ratios(results: dict[str, dict]) -> list[dict]:
+    """The target ratios that both sides of were measured: value per mode and whether it meets the target.
+
+    A ratio is the median over rounds of the round's ratio (the two peers' median steps in that round):
+    paired within a round, the machine's drift between rounds cancels, which it does not in the ratio
+    of the peers' overall medians.
+    """
     rows = []
     for num, den, target in TARGETS:
         if num in results and den in results:
             row = {"ratio": f"{num} / {den}", "target": target}
             for mode in ("train", "infer"):
-                value = results[num][f"{mode}_tokens_per_s"] / results[den][f"{mode}_tokens_per_s"]
+                pairs = zip(results[num][f"{mode}_rounds_s"], results[den][f"{mode}_rounds_s"], strict=True)
+                value = median([den_s / num_s for num_s, den_s in pairs])
                 row[mode] = value
                 row[f"{mode}_met"] = value >= target
             rows.append(row)
