@@ -5,8 +5,9 @@ RMSNorm, RoPE, no biases, untied head; batch 8 x 256, float32 on CPU) built by z
 ``torch.compile``), by a hand-written plain-PyTorch reference (``zoo/bench/reference.py``), by HF
 ``transformers`` (``LlamaForCausalLM``, SDPA) and by ``x-transformers``. A training step is forward,
 cross-entropy, backward and AdamW; inference is a forward under ``torch.inference_mode``. Peers are
-timed in one process in interleaved rounds whose order rotates, so a shared machine's drift hits all
-alike; figures are medians over every round. MFU divides the model's FLOPs (LM head included,
+timed in one process in interleaved rounds (a step of each in turn, in an order shuffled each round),
+so a shared machine's drift hits all alike; figures are medians over every round, ratios the medians of
+the rounds' ratios. MFU divides the model's FLOPs (LM head included,
 attention scores dense) by the fp32 matmul rate measured in the same run.
 
     python benchmarks/bench_peers.py                          # every peer, 2 threads
@@ -79,7 +80,7 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", nargs="+", default=ALL, choices=ALL)
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (the order rotates each round)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (the order is shuffled each round)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per peer per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per peer first (compilation included)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads, the same for every peer")

@@ -1,12 +1,14 @@
 """Side by side with the peers: one Llama-style model built by zoo, by a plain-PyTorch reference,
 by HF ``transformers`` and by ``x-transformers``, timed in one process, interleaved.
 
-Interleaving (every round runs each peer a few steps, the order rotating per round) makes the drift
-of a shared machine hit every peer alike; each figure is the median over all rounds. The peers are
+Interleaving (every round runs a step of each peer in turn, a few times, in an order drawn afresh
+each round) makes the drift of a shared machine hit every peer alike; each figure is the median over
+all rounds, and each ratio the median of the rounds' ratios. The peers are
 optional: one that does not import is skipped with a note. All are built from configs with random
 weights (nothing is downloaded).
 """
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -189,8 +191,9 @@ def compare(
 ) -> dict[str, dict[str, float]]:
     """Training and inference tokens/s of each peer, interleaved over ``rounds`` rounds of ``steps``.
 
-    Each peer's row holds the medians over every round, and its median step of each round
-    (``train_rounds_s``, ``infer_rounds_s``) for the paired ratios of :func:`ratios`.
+    A round times ``steps`` steps of each peer in turn, training then inference, in an order drawn
+    afresh each round. Each peer's row holds the medians over every round, and its median step of
+    each round (``train_rounds_s``, ``infer_rounds_s``) for the paired ratios of :func:`ratios`.
     """
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), generator=gen).to(device)
@@ -213,12 +216,16 @@ def compare(
             time_calls(train[p.name], device=device, repeats=0, warmup=1)
             p.model.eval()
             time_calls(infer[p.name], device=device, repeats=0, warmup=1)
-    for r in range(rounds):
-        for p in peers[r % len(peers):] + peers[: r % len(peers)]:
-            p.model.train()
-            times[p.name]["train"].append(time_calls(train[p.name], device=device, repeats=steps))
-            p.model.eval()
-            times[p.name]["infer"].append(time_calls(infer[p.name], device=device, repeats=steps))
+    shuffle = random.Random(0)
+    for _ in range(rounds):
+        order = shuffle.sample(peers, len(peers))  # not a rotation: under one, a peer always follows the same one
+        for mode, calls in (("train", train), ("infer", infer)):
+            for p in order:
+                times[p.name][mode].append([])
+            for _ in range(steps):  # one step of each peer in turn: a pair is seconds apart, not a round
+                for p in order:
+                    p.model.train(mode == "train")
+                    times[p.name][mode][-1] += time_calls(calls[p.name], device=device, repeats=1)
     out = {}
     for name, t in times.items():
         row = out[name] = {}
