@@ -14,6 +14,7 @@ attention scores dense) by the fp32 matmul rate measured in the same run.
     python benchmarks/bench_peers.py --peers zoo reference --rounds 10
     python benchmarks/bench_peers.py --check                  # first prove the peers compute zoo's function
     python benchmarks/bench_peers.py --profile zoo reference  # where each step's time goes
+    python benchmarks/bench_peers.py --profile zoo hf --profile-mode infer
 
 Targets (tokens/s ratios): zoo / reference >= 0.97, zoo / hf >= 1.0, zoo / x-transformers >= 1.05,
 zoo-compile / hf >= 1.10. Nothing is asserted: it prints the tables. ``zoo-bench study=peers`` runs
@@ -49,8 +50,8 @@ def check(shape: peers.LlamaShape) -> None:
             print(f"check: {name} max |logits - zoo's| = {(out - expected).abs().max().item():.2e}")
 
 
-def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, steps: int) -> None:
-    """torch.profiler's top operators of a training step of each named peer."""
+def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, steps: int, mode: str = "train") -> None:
+    """torch.profiler's top operators of ``steps`` training steps (or inference forwards) of each named peer."""
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -60,9 +61,14 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
     tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
     for peer in built:
+        peer.model.train(mode == "train")
         optimizer = adamw(peer.model)
 
         def step(peer=peer, optimizer=optimizer) -> None:
+            if mode == "infer":
+                with torch.inference_mode():
+                    peer.logits(x)
+                return
             loss = F.cross_entropy(peer.logits(x).flatten(0, 1), y.flatten())
             loss.backward()
             optimizer.step()
@@ -73,7 +79,7 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 step()
-        print(f"\n## {peer.name}: {steps} training steps\n")
+        print(f"\n## {peer.name}: {steps} {'training steps' if mode == 'train' else 'inference forwards'}\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
 
 
@@ -90,6 +96,7 @@ def main() -> None:
     parser.add_argument("--xt-flash", action="store_true", help="x-transformers with attn_flash=True (its SDPA path)")
     parser.add_argument("--check", action="store_true", help="prove the reference and HF compute zoo's function first")
     parser.add_argument("--profile", nargs="*", metavar="PEER", help="profile a training step of these peers instead")
+    parser.add_argument("--profile-mode", choices=["train", "infer"], default="train", help="what --profile runs")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     args = parser.parse_args()
 
@@ -99,7 +106,7 @@ def main() -> None:
     if args.check:
         check(shape)
     if args.profile is not None:
-        profile(args.profile or ["zoo", "reference"], shape, device=device, steps=3)
+        profile(args.profile or ["zoo", "reference"], shape, device=device, steps=3, mode=args.profile_mode)
         return
     rate = matmul_rate(device=device)
     report = peers.run(
