@@ -32,6 +32,18 @@ def test_rope_preserves_norm_and_position_zero_is_identity():
     torch.testing.assert_close(rope.rotate(x, torch.zeros(2, 7, dtype=torch.long)), x)
 
 
+def test_rope_without_autograd_rotates_as_with_it():
+    """Inference writes both halves into one buffer; the rotation is the differentiable one's."""
+    rope = RoPE(64, **SIZES)
+    x = torch.randn(2, 7, 64).view(2, 7, 4, 16)  # the projection's layout, as attention passes it
+    pos = torch.arange(3, 10)[None].expand(2, 7)
+    with torch.no_grad():
+        fast = rope.rotate(x, pos)
+    slow = rope.rotate(x.clone().requires_grad_(), pos)
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach())
+
+
 def test_partial_rope_leaves_the_rest_untouched():
     rope = RoPE(64, **SIZES, fraction=0.25)
     x = torch.randn(1, 5, 4, 16)
