@@ -54,10 +54,11 @@ class RoPE(Positions):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if self.rot_dim == x.shape[-1]:
             x1, x2 = x.chunk(2, dim=-1)
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or torch.compiler.is_compiling():
                 return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-            # without autograd, each half is written into one buffer: no temporaries, no concatenation
-            # (half the time of the expression above on CPU; inference and decoding)
+            # eager without autograd, each half is written into one buffer: no temporaries, no
+            # concatenation (half the time of the expression above on CPU; inference and decoding).
+            # Compiled, the expression fuses into one kernel, and out= would split the graph.
             out = torch.empty_like(x)
             out1, out2 = out.chunk(2, dim=-1)
             torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
