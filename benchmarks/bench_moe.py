@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.bench.speed import adamw
+from zoo.objectives import add_aux_loss
 
 VOCAB, DIM, LAYERS, HEADS, HIDDEN, THETA, EPS = 8192, 256, 4, 4, 688, 10000.0, 1e-6
 
@@ -120,9 +121,7 @@ def zoo_loss(model: torch.nn.Module, *, compile: bool = False) -> Callable[[torc
     loss as one ``torch.compile`` graph, as zoo-train's ``trainer.compile=true``."""
 
     def loss(x, y):
-        ce = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
-        aux = model.aux_loss()
-        return ce if aux is None else ce + aux
+        return add_aux_loss(model, F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()), {})
 
     return torch.compile(loss) if compile else loss
 

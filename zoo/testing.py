@@ -15,6 +15,8 @@ import tempfile
 import torch
 from torch import nn
 
+from zoo.objectives import add_aux_loss
+
 #: small sizes so a contract run takes well under a second per option
 TINY = ["model.dim=32", "model.n_layers=2", "model.n_heads=4", "model.vocab_size=61", "model.max_seq_len=32"]
 
@@ -68,10 +70,7 @@ def check_gradients(model: nn.Module) -> None:
     model.zero_grad()
     inputs = sample_batch(model, batch=4, length=16)
     loss = run(model, **inputs).float().logsumexp(-1).mean()
-    aux = model.aux_loss() if callable(getattr(model, "aux_loss", None)) else None
-    if aux is not None:
-        loss = loss + aux
-    loss.backward()
+    add_aux_loss(model, loss, {}).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"no gradient reaches {name}"
         assert torch.isfinite(p.grad).all(), f"non-finite gradient at {name}"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from zoo.bench.flops import forward_flops
-from zoo.bench.speed import Workload, adamw, train_step
+from zoo.bench.speed import Workload, adamw, train_step, unwrap
 from zoo.bench.timing import autocast, median, time_calls
 
 
@@ -43,7 +43,10 @@ class Peer:
     name: str
     model: nn.Module
     logits: Callable[[torch.Tensor], torch.Tensor]
-    compiled: bool = False
+
+    @property
+    def compiled(self) -> bool:
+        return unwrap(self.logits) is not self.logits
 
 
 #: ``(numerator, denominator, target)`` of the ratios the issue asks for, on tokens/s
@@ -157,9 +160,7 @@ def copy_weights(zoo_model: nn.Module, name: str, peer_model: nn.Module) -> None
 def _peer(name: str, shape: LlamaShape, *, xt_flash: bool) -> Peer:
     if name in ("zoo", "zoo-compile"):
         model = build_zoo(shape)
-        if name == "zoo-compile":
-            return Peer(name, model, torch.compile(model), compiled=True)
-        return Peer(name, model, model)
+        return Peer(name, model, torch.compile(model) if name == "zoo-compile" else model)
     if name == "reference":
         model = build_reference(shape)
         return Peer(name, model, model)
