@@ -7,7 +7,8 @@ RMSNorm, RoPE, no biases, untied head; batch 8 x 256, float32 on CPU) built by z
 cross-entropy, backward and AdamW; inference is a forward under ``torch.inference_mode``. Peers are
 timed in one process in interleaved rounds (a step of each in turn, in an order shuffled each round),
 so a shared machine's drift hits all alike; figures are medians over every round, ratios the medians of
-the rounds' ratios. MFU divides the model's FLOPs (LM head included,
+the rounds' ratios. Every peer runs on the system's ``malloc``, as a fresh process of any of them does,
+unless ``--keep-freed-memory`` sets zoo-train's default for all of them (``zoo/malloc.py``). MFU divides the model's FLOPs (LM head included,
 attention scores dense) by the fp32 matmul rate measured in the same run.
 
     python benchmarks/bench_peers.py                          # every peer, 2 threads
@@ -15,6 +16,7 @@ attention scores dense) by the fp32 matmul rate measured in the same run.
     python benchmarks/bench_peers.py --check                  # first prove the peers compute zoo's function
     python benchmarks/bench_peers.py --profile zoo reference  # where each step's time goes
     python benchmarks/bench_peers.py --profile zoo hf --profile-mode infer
+    python benchmarks/bench_peers.py --keep-freed-memory      # every peer on zoo-train's malloc setting
 
 Targets (tokens/s ratios): zoo / reference >= 0.97, zoo / hf >= 1.0, zoo / x-transformers >= 1.05,
 zoo-compile / hf >= 1.10. Nothing is asserted: it prints the tables. ``zoo-bench study=peers`` runs
@@ -29,6 +31,7 @@ import torch
 from zoo.bench import peers
 from zoo.bench.speed import adamw
 from zoo.bench.timing import matmul_rate, pick_device
+from zoo.malloc import keep_freed_memory
 
 ALL = ["zoo", "zoo-compile", "reference", "hf", "x-transformers"]
 
@@ -97,10 +100,13 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="prove the reference and HF compute zoo's function first")
     parser.add_argument("--profile", nargs="*", metavar="PEER", help="profile a training step of these peers instead")
     parser.add_argument("--profile-mode", choices=["train", "infer"], default="train", help="what --profile runs")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory for reuse, for every peer (zoo.malloc; zoo-train's default)")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    kept = args.keep_freed_memory and keep_freed_memory()
     device = pick_device(args.device)
     shape = peers.LlamaShape(batch=args.batch, seq_len=args.seq_len)
     if args.check:
@@ -113,6 +119,7 @@ def main() -> None:
         names=args.peers, shape=shape, device=device, rounds=args.rounds, steps=args.steps, warmup=args.warmup,
         matmul_flops=rate, xt_flash=args.xt_flash,
     )  # fmt: skip
+    report["keep_freed_memory"] = kept
     print(f"# peers on {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print(peers.markdown(report))
     if args.json:

@@ -23,7 +23,7 @@ from zoo.errors import ConfigError
 
 EXIT_CONFIG = 2
 #: overrides that pick where or how a job runs, not what it is: left out of variant names
-NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.quiet")
+NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
 
 
 def short(override: str) -> str:
@@ -46,13 +46,16 @@ def run_peers(cfg: DictConfig, out_dir: Path) -> None:
     from zoo.bench import peers
     from zoo.bench.report import log_table, wandb_enabled
     from zoo.bench.timing import matmul_rate, pick_device
+    from zoo.malloc import keep_freed_memory
 
     options = dict(OmegaConf.to_container(cfg.bench.peers, resolve=True))
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
+    kept = bool(cfg.trainer.keep_freed_memory) and keep_freed_memory()
     device = pick_device(str(cfg.trainer.device))
     shape = peers.LlamaShape(**options.pop("shape", {}))
     report = peers.run(shape=shape, device=device, matmul_flops=matmul_rate(device=device), **options)
+    report["keep_freed_memory"] = kept
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "peers.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = peers.markdown(report)

@@ -308,6 +308,7 @@ def markdown(report: dict) -> str:
             f"{r['infer']:.3f} ({mark[r['infer_met']]}) |"
         )
     lines += ["", f"matmul rate: {report['matmul_flops'] / 1e9:.0f} GFLOP/s; "
-              f"model: {report['flops_per_token'] / 1e6:.1f} MFLOP/token forward (LM head included)"]
+              f"model: {report['flops_per_token'] / 1e6:.1f} MFLOP/token forward (LM head included); "
+              f"malloc: {'freed memory kept for reuse (zoo.malloc)' if report.get('keep_freed_memory') else 'the system default'}"]
     lines += [f"- {note}" for note in report["notes"]]
     return "\n".join(lines)

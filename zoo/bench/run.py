@@ -22,6 +22,7 @@ from zoo.bench.settings import BenchSettings
 from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
 from zoo.bench.timing import matmul_rate, pick_device
+from zoo.malloc import keep_freed_memory
 
 
 def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:
@@ -122,8 +123,10 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     out_dir = Path(out_dir)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
+    kept = bool(cfg.trainer.keep_freed_memory) and keep_freed_memory()
     device = pick_device(str(cfg.trainer.device))
-    base = {"variant": variant, "choices": choices or {}, "overrides": list(overrides), "env": environment(device)}
+    env = environment(device) | {"keep_freed_memory": kept}
+    base = {"variant": variant, "choices": choices or {}, "overrides": list(overrides), "env": env}
     base["match"] = apply_match(cfg, s, overrides=list(overrides))
     figures = speed_figures(cfg, s, device=device, vocab_size=expected_vocab(cfg))
     tokens_per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.seq_len)

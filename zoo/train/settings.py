@@ -57,6 +57,7 @@ class Settings:
     activation_checkpointing: bool = False
     quiet: bool | None = None
     threads: int | None = None
+    keep_freed_memory: bool = True
     sample: SampleSettings = field(default_factory=SampleSettings)
 
     def __post_init__(self) -> None:
