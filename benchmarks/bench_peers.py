@@ -30,7 +30,7 @@ import torch
 
 from zoo.bench import peers
 from zoo.bench.speed import adamw
-from zoo.bench.timing import matmul_rate, pick_device
+from zoo.bench.timing import pick_device
 from zoo.malloc import keep_freed_memory
 
 ALL = ["zoo", "zoo-compile", "reference", "hf", "x-transformers"]
@@ -89,8 +89,9 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", nargs="+", default=ALL, choices=ALL)
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (the order is shuffled each round)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per peer per round")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes the comparison runs in, one after the other (medians over them)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per process (the order is shuffled each round)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per peer per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per peer first (compilation included)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads, the same for every peer")
     parser.add_argument("--device", default="auto")
@@ -106,20 +107,19 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    kept = args.keep_freed_memory and keep_freed_memory()
     device = pick_device(args.device)
     shape = peers.LlamaShape(batch=args.batch, seq_len=args.seq_len)
     if args.check:
         check(shape)
     if args.profile is not None:
+        if args.keep_freed_memory:
+            keep_freed_memory()
         profile(args.profile or ["zoo", "reference"], shape, device=device, steps=3, mode=args.profile_mode)
         return
-    rate = matmul_rate(device=device)
-    report = peers.run(
-        names=args.peers, shape=shape, device=device, rounds=args.rounds, steps=args.steps, warmup=args.warmup,
-        matmul_flops=rate, xt_flash=args.xt_flash,
+    report = peers.run_in_processes(
+        args.processes, threads=args.threads, keep_memory=args.keep_freed_memory, names=args.peers, shape=shape,
+        device=device, rounds=args.rounds, steps=args.steps, warmup=args.warmup, xt_flash=args.xt_flash,
     )  # fmt: skip
-    report["keep_freed_memory"] = kept
     print(f"# peers on {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print(peers.markdown(report))
     if args.json:

@@ -75,3 +75,30 @@ def test_a_peer_that_does_not_import_is_skipped(monkeypatch):
     built, notes = peers.build_peers(["reference", "hf"], TINY, device=torch.device("cpu"))
     assert [p.name for p in built] == ["reference"]
     assert len(notes) == 1 and notes[0].startswith("hf skipped")
+
+
+def test_merge_takes_medians_over_processes():
+    """Three processes' hand-made reports: a figure is the median of the processes' figures, a ratio
+    the median of their ratios (not a ratio of medians), with each process's ratio kept."""
+
+    def report(zoo_tps: float, ratio: float, rate: float) -> dict:
+        row = {"train_tokens_per_s": zoo_tps, "infer_tokens_per_s": 2 * zoo_tps, "mfu_train": 0.5, "mfu_infer": 0.5, "train_rounds_s": [1.0]}
+        ratios = [{"ratio": "zoo / hf", "target": 1.0, "train": ratio, "infer": ratio + 0.1}]
+        return {"results": {"zoo": row}, "ratios": ratios, "matmul_flops": rate, "notes": []}
+
+    merged = peers.merge([report(100.0, 0.97, 1e9), report(300.0, 1.02, 3e9), report(200.0, 1.10, 2e9)])
+    assert merged["processes"] == 3 and merged["matmul_flops"] == 2e9
+    assert merged["results"]["zoo"] == {"train_tokens_per_s": 200.0, "infer_tokens_per_s": 400.0, "mfu_train": 0.5, "mfu_infer": 0.5}
+    (row,) = merged["ratios"]
+    assert row["train"] == 1.02 and row["train_met"] and row["train_runs"] == [0.97, 1.02, 1.10]
+    assert row["infer"] == pytest.approx(1.12) and row["infer_met"]
+    assert "processes: 0.970, 1.020, 1.100" in peers.markdown(merged | {"params": {"zoo": 1}, "flops_per_token": 1.0})
+
+
+def test_run_in_processes_runs_each_in_a_fresh_process():
+    report = peers.run_in_processes(2, threads=1, names=["zoo", "reference"], shape=TINY,
+                                    device=torch.device("cpu"), rounds=1, steps=1, warmup=0)  # fmt: skip
+    assert report["processes"] == 2 and set(report["results"]) == {"zoo", "reference"}
+    (ratio,) = report["ratios"]
+    assert len(ratio["train_runs"]) == 2 and ratio["train"] > 0
+    assert report["keep_freed_memory"] is False

@@ -45,21 +45,20 @@ def run_peers(cfg: DictConfig, out_dir: Path) -> None:
 
     from zoo.bench import peers
     from zoo.bench.report import log_table, wandb_enabled
-    from zoo.bench.timing import matmul_rate, pick_device
-    from zoo.malloc import keep_freed_memory
+    from zoo.bench.timing import pick_device
 
     options = dict(OmegaConf.to_container(cfg.bench.peers, resolve=True))
-    if cfg.trainer.threads:
-        torch.set_num_threads(int(cfg.trainer.threads))
-    kept = bool(cfg.trainer.keep_freed_memory) and keep_freed_memory()
+    threads = int(cfg.trainer.threads or torch.get_num_threads())
     device = pick_device(str(cfg.trainer.device))
     shape = peers.LlamaShape(**options.pop("shape", {}))
-    report = peers.run(shape=shape, device=device, matmul_flops=matmul_rate(device=device), **options)
-    report["keep_freed_memory"] = kept
+    report = peers.run_in_processes(
+        options.pop("processes"), threads=threads, keep_memory=bool(cfg.trainer.keep_freed_memory), shape=shape,
+        device=device, **options,
+    )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "peers.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = peers.markdown(report)
-    (out_dir / "peers.md").write_text(f"# zoo-bench: peers ({device.type}, {torch.get_num_threads()} threads)\n\n{text}\n")
+    (out_dir / "peers.md").write_text(f"# zoo-bench: peers ({device.type}, {threads} threads)\n\n{text}\n")
     print(text)
     if wandb_enabled(cfg):
         header = ["peer", *next(iter(report["results"].values()))]

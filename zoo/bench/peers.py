@@ -3,11 +3,14 @@ by HF ``transformers`` and by ``x-transformers``, timed in one process, interlea
 
 Interleaving (every round runs a step of each peer in turn, a few times, in an order drawn afresh
 each round) makes the drift of a shared machine hit every peer alike; each figure is the median over
-all rounds, and each ratio the median of the rounds' ratios. The peers are
-optional: one that does not import is skipped with a note. All are built from configs with random
-weights (nothing is downloaded).
+all rounds, and each ratio the median of the rounds' ratios. A process's own state moves the ratios
+too (where its weights and buffers land in memory: a few percent on CPU, more than the drift that
+pairing cancels), so :func:`run_in_processes` repeats the comparison in fresh processes and reports
+the medians over them. The peers are optional: one that does not import is skipped with a note. All
+are built from configs with random weights (nothing is downloaded).
 """
 
+import multiprocessing
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +20,8 @@ from torch import nn
 
 from zoo.bench.flops import forward_flops
 from zoo.bench.speed import Workload, adamw, train_step, unwrap
-from zoo.bench.timing import autocast, median, time_calls
+from zoo.bench.timing import autocast, matmul_rate, median, time_calls
+from zoo.malloc import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,49 @@ def run(
     }
 
 
+def run_in_processes(processes: int, *, threads: int | None = None, keep_memory: bool = False, **kwargs) -> dict:
+    """:func:`run` in ``processes`` fresh processes, one after the other, merged by :func:`merge`.
+
+    Each process sets ``threads`` and, with ``keep_memory``, :func:`~zoo.malloc.keep_freed_memory`,
+    and measures its own matmul rate; ``kwargs`` are :func:`run`'s other arguments.
+    """
+    spawn = multiprocessing.get_context("spawn")  # a fork would inherit the parent's heap
+    reports = []
+    for _ in range(processes):
+        with spawn.Pool(1) as pool:
+            reports.append(pool.apply(_fresh_run, (threads, keep_memory, kwargs)))
+    return merge(reports)
+
+
+def _fresh_run(threads: int | None, keep_memory: bool, kwargs: dict) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    kept = keep_memory and keep_freed_memory()
+    return run(**kwargs, matmul_flops=matmul_rate(device=kwargs["device"])) | {"keep_freed_memory": kept}
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report from several processes' reports of the same comparison.
+
+    Every number of a peer's row is the median over the processes; a ratio is the median of the
+    processes' ratios, each process's value kept in ``train_runs`` and ``infer_runs``.
+    """
+    first = reports[0]
+    results = {}
+    for name, row in first["results"].items():
+        rows = [r["results"][name] for r in reports]
+        results[name] = {k: median([x[k] for x in rows]) for k, v in row.items() if isinstance(v, float)}
+    ratios = []
+    for i, row in enumerate(first["ratios"]):
+        out = {"ratio": row["ratio"], "target": row["target"]}
+        for mode in ("train", "infer"):
+            runs = [r["ratios"][i][mode] for r in reports]
+            out |= {mode: median(runs), f"{mode}_met": median(runs) >= row["target"], f"{mode}_runs": runs}
+        ratios.append(out)
+    return first | {"results": results, "ratios": ratios, "processes": len(reports),
+                    "matmul_flops": median([r["matmul_flops"] for r in reports])}  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     """The peers' table and the ratios' table, in Markdown."""
     lines = ["| peer | params | train tok/s | infer tok/s | MFU train | MFU infer |", "|---|---:|---:|---:|---:|---:|"]
@@ -301,12 +348,17 @@ def markdown(report: dict) -> str:
             f"{row['infer_tokens_per_s']:,.0f} | {row['mfu_train']:.1%} | {row['mfu_infer']:.1%} |"
         )
     lines += ["", "| ratio | target | train | infer |", "|---|---:|---:|---:|"]
+    mark = {True: "ok", False: "MISSED"}
+
+    def cell(r: dict, mode: str) -> str:
+        runs = r.get(f"{mode}_runs")
+        spread = f"; processes: {', '.join(f'{x:.3f}' for x in runs)}" if runs and len(runs) > 1 else ""
+        return f"{r[mode]:.3f} ({mark[r[f'{mode}_met']]}{spread})"
+
     for r in report["ratios"]:
-        mark = {True: "ok", False: "MISSED"}
-        lines.append(
-            f"| {r['ratio']} | >= {r['target']:.2f} | {r['train']:.3f} ({mark[r['train_met']]}) | "
-            f"{r['infer']:.3f} ({mark[r['infer_met']]}) |"
-        )
+        lines.append(f"| {r['ratio']} | >= {r['target']:.2f} | {cell(r, 'train')} | {cell(r, 'infer')} |")
+    if report.get("processes", 1) > 1:
+        lines += ["", f"Medians over {report['processes']} processes, each paired within its rounds."]
     lines += ["", f"matmul rate: {report['matmul_flops'] / 1e9:.0f} GFLOP/s; "
               f"model: {report['flops_per_token'] / 1e6:.1f} MFLOP/token forward (LM head included); "
               f"malloc: {'freed memory kept for reuse (zoo.malloc)' if report.get('keep_freed_memory') else 'the system default'}"]
