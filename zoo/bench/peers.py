@@ -13,6 +13,7 @@ are built from configs with random weights (nothing is downloaded).
 import multiprocessing
 import random
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -305,8 +306,8 @@ def run_in_processes(processes: int, *, threads: int | None = None, keep_memory:
     spawn = multiprocessing.get_context("spawn")  # a fork would inherit the parent's heap
     reports = []
     for _ in range(processes):
-        with spawn.Pool(1) as pool:
-            reports.append(pool.apply(_fresh_run, (threads, keep_memory, kwargs)))
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            reports.append(pool.submit(_fresh_run, threads, keep_memory, kwargs).result())
     return merge(reports)
 
 
