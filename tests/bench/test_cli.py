@@ -58,3 +58,16 @@ def test_default_study_runs_and_reports_in_its_own_folder(zoo_bench, tmp_path):
     (summary,) = (tmp_path / "multirun" / "bench-quick").glob("*/summary.md")
     text = summary.read_text()
     assert all(f"| pos={p} | 1/1 |" in text for p in ("learned", "rope", "alibi")) and "Press et al. 2021" in text
+
+
+def test_peers_study_runs_in_fresh_processes(zoo_bench, tmp_path):
+    shape = "{vocab_size: 64, dim: 32, n_layers: 1, n_heads: 2, hidden_dim: 48, batch: 2, seq_len: 16}"
+    args = ["study=peers", "bench.peers.processes=2", "bench.peers.rounds=1", "bench.peers.steps=1", "bench.peers.warmup=0",
+            "bench.peers.names=[zoo,reference]", f"bench.peers.shape={shape}", "trainer.threads=1", "logger=none",
+            f"hydra.run.dir={tmp_path / 'peers'}"]  # fmt: skip
+    assert zoo_bench(args) == 0
+    report = json.loads((tmp_path / "peers" / "peers.json").read_text())
+    assert report["processes"] == 2 and report["keep_freed_memory"] is False  # the study's malloc: the system's
+    (ratio,) = report["ratios"]
+    assert ratio["ratio"] == "zoo / reference" and len(ratio["train_runs"]) == 2
+    assert "Medians over 2 processes" in (tmp_path / "peers" / "peers.md").read_text()
