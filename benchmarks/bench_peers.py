@@ -29,7 +29,7 @@ import json
 import torch
 
 from zoo.bench import peers
-from zoo.bench.speed import adamw
+from zoo.bench.speed import Workload, adamw, train_step
 from zoo.bench.timing import pick_device
 from zoo.malloc import keep_freed_memory
 
@@ -53,9 +53,9 @@ def check(shape: peers.LlamaShape) -> None:
             print(f"check: {name} max |logits - zoo's| = {(out - expected).abs().max().item():.2e}")
 
 
-def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, steps: int, mode: str = "train") -> None:
-    """torch.profiler's top operators of ``steps`` training steps (or inference forwards) of each named peer."""
-    import torch.nn.functional as F
+def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, steps: int, mode: str = "train", rows: int = 18) -> None:
+    """torch.profiler's top ``rows`` operators (-1: all) of ``steps`` training steps (or inference
+    forwards) of each named peer: the steps the comparison times (a compiled peer's loss compiled with it)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -65,17 +65,15 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
     x, y = tokens[:, :-1], tokens[:, 1:]
     for peer in built:
         peer.model.train(mode == "train")
-        optimizer = adamw(peer.model)
+        work = Workload(lambda peer=peer: peer.logits(x), y, x.numel())
+        train = train_step(peer.model, work, adamw(peer.model), device, compile=peer.compiled)
 
-        def step(peer=peer, optimizer=optimizer) -> None:
+        def step(peer=peer, train=train) -> None:
             if mode == "infer":
                 with torch.inference_mode():
                     peer.logits(x)
-                return
-            loss = F.cross_entropy(peer.logits(x).flatten(0, 1), y.flatten())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            else:
+                train()
 
         for _ in range(2):
             step()
@@ -83,7 +81,7 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
             for _ in range(steps):
                 step()
         print(f"\n## {peer.name}: {steps} {'training steps' if mode == 'train' else 'inference forwards'}\n")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:

@@ -21,3 +21,15 @@ def test_bench_optim_times_every_adamw_variant():
 def test_bench_moe_trains_the_moe_and_its_dense_ceiling():
     speed = script("bench_moe").main(["--peers", "zoo", "dense", "--seq-len", "16", "--batch", "2", "--rounds", "1", "--steps", "1", "--warmup", "0", "--threads", "1"])
     assert set(speed) == {"zoo", "dense"} and all(v > 0 for v in speed.values())
+
+
+def test_bench_peers_profiles_the_step_it_times(capsys):
+    """A compiled peer's profiled step has its loss in the compiled graph, as the timed one does:
+    no eager log-softmax in its operators."""
+    import torch
+
+    bench_peers = script("bench_peers")
+    tiny = bench_peers.peers.LlamaShape(vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=48, batch=2, seq_len=16)
+    bench_peers.profile(["zoo", "zoo-compile"], tiny, device=torch.device("cpu"), steps=1, rows=-1)
+    eager, compiled = capsys.readouterr().out.split("## zoo-compile")
+    assert "aten::_log_softmax" in eager and "aten::_log_softmax" not in compiled and "CompiledFxGraph" in compiled
