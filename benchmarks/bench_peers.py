@@ -29,7 +29,6 @@ import json
 import torch
 
 from zoo.bench import peers
-from zoo.bench.speed import Workload, adamw, train_step
 from zoo.bench.timing import pick_device
 from zoo.malloc import keep_freed_memory
 
@@ -65,8 +64,7 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
     x, y = tokens[:, :-1], tokens[:, 1:]
     for peer in built:
         peer.model.train(mode == "train")
-        work = Workload(lambda peer=peer: peer.logits(x), y, x.numel())
-        train = train_step(peer.model, work, adamw(peer.model), device, compile=peer.compiled)
+        train = peers.training_step(peer, x, y, device)
 
         def step(peer=peer, train=train) -> None:
             if mode == "infer":

@@ -192,6 +192,13 @@ def build_peers(names: list[str], shape: LlamaShape, *, device: torch.device, xt
     return peers, notes
 
 
+def training_step(peer: Peer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """One timed training step of ``peer`` on tokens ``x`` and targets ``y``: forward, cross-entropy,
+    backward, AdamW (a compiled peer's loss compiled with its model)."""
+    work = Workload(lambda: peer.logits(x), y, x.numel())
+    return train_step(peer.model, work, adamw(peer.model), device, compile=peer.compiled)
+
+
 def compare(
     peers: list[Peer], *, shape: LlamaShape, device: torch.device, rounds: int, steps: int, warmup: int
 ) -> dict[str, dict[str, float]]:
@@ -207,8 +214,7 @@ def compare(
     n_tokens = shape.batch * shape.seq_len
     train, infer = {}, {}
     for p in peers:
-        work = Workload(lambda p=p: p.logits(x), y, n_tokens)
-        train[p.name] = train_step(p.model, work, adamw(p.model), device, compile=p.compiled)
+        train[p.name] = training_step(p, x, y, device)
 
         def forward(p=p) -> None:
             with torch.inference_mode(), autocast(device):
@@ -334,7 +340,8 @@ def merge(reports: list[dict]) -> dict:
         out = {"ratio": row["ratio"], "target": row["target"]}
         for mode in ("train", "infer"):
             runs = [r["ratios"][i][mode] for r in reports]
-            out |= {mode: median(runs), f"{mode}_met": median(runs) >= row["target"], f"{mode}_runs": runs}
+            value = median(runs)
+            out |= {mode: value, f"{mode}_met": value >= row["target"], f"{mode}_runs": runs}
         ratios.append(out)
     return first | {"results": results, "ratios": ratios, "processes": len(reports),
                     "matmul_flops": median([r["matmul_flops"] for r in reports])}  # fmt: skip

@@ -22,7 +22,7 @@ from zoo.bench.settings import BenchSettings
 from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
 from zoo.bench.timing import matmul_rate, pick_device
-from zoo.malloc import keep_freed_memory
+from zoo.train.settings import Settings
 
 
 def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:
@@ -121,9 +121,7 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     s = BenchSettings.from_config(cfg.get("bench"))
     cfg = copy.deepcopy(cfg)
     out_dir = Path(out_dir)
-    if cfg.trainer.threads:
-        torch.set_num_threads(int(cfg.trainer.threads))
-    kept = bool(cfg.trainer.keep_freed_memory) and keep_freed_memory()
+    kept = Settings.from_config(cfg.trainer).configure_process()
     device = pick_device(str(cfg.trainer.device))
     env = environment(device) | {"keep_freed_memory": kept}
     base = {"variant": variant, "choices": choices or {}, "overrides": list(overrides), "env": env}

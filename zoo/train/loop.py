@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.malloc import keep_freed_memory
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
@@ -103,10 +102,7 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()  # a caller's group stays up
     try:
         settings = Settings.from_config(cfg.trainer)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        if settings.keep_freed_memory:
-            keep_freed_memory()
+        settings.configure_process()
         dist = setup(device=settings.device)
         out_dir = result.out_dir = Path(broadcast_object(str(out_dir), dist))  # ranks may have started in different seconds
         autocast = autocast_for(settings, dist.device)

@@ -93,6 +93,17 @@ class Settings:
                 raise ConfigError(f"trainer.sample.{key}", sample[key], f"not a sample setting; known: {', '.join(sorted(sample_known))}")
         return cls(**values, sample=SampleSettings(**sample))
 
+    def configure_process(self) -> bool:
+        """Set the process-wide knobs: torch's CPU threads and glibc keeping freed memory
+        (:func:`zoo.malloc.keep_freed_memory`); returns whether freed memory is kept."""
+        import torch
+
+        from zoo.malloc import keep_freed_memory
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return self.keep_freed_memory and keep_freed_memory()
+
     def micro_batch(self, world: int) -> int:
         """Rows per micro-batch on one rank."""
         per_step = world * self.grad_accum
