@@ -33,3 +33,8 @@ def test_bench_peers_profiles_the_step_it_times(capsys):
     bench_peers.profile(["zoo", "zoo-compile"], tiny, device=torch.device("cpu"), steps=1, rows=-1)
     eager, compiled = capsys.readouterr().out.split("## zoo-compile")
     assert "aten::_log_softmax" in eager and "aten::_log_softmax" not in compiled and "CompiledFxGraph" in compiled
+
+
+def test_bench_malloc_pairs_fresh_processes():
+    ratios = script("bench_malloc").main(["--pairs", "1", "--steps", "1", "--batch", "2", "--seq-len", "16", "--threads", "1"])
+    assert set(ratios) == {"train_tokens_per_s", "prefill_tokens_per_s"} and all(v > 0 for v in ratios.values())
