@@ -54,7 +54,10 @@ def check(shape: peers.LlamaShape) -> None:
 
 def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, steps: int, mode: str = "train", rows: int = 18) -> None:
     """torch.profiler's top ``rows`` operators (-1: all) of ``steps`` training steps (or inference
-    forwards) of each named peer: the steps the comparison times (a compiled peer's loss compiled with it)."""
+    forwards) of each named peer: the steps the comparison times (a compiled peer's loss compiled with it).
+    On CPU a compiled peer's fused kernels are rows of their own (``graph_0_cpp_fused_...``), not one
+    opaque row per graph."""
+    from torch._inductor import config as inductor_config
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -73,11 +76,12 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
             else:
                 train()
 
-        for _ in range(2):
-            step()
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
+        with inductor_config.patch({"cpp.enable_kernel_profile": device.type == "cpu"}):  # compiles in the first step
+            for _ in range(2):
                 step()
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    step()
         print(f"\n## {peer.name}: {steps} {'training steps' if mode == 'train' else 'inference forwards'}\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 

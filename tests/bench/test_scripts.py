@@ -25,7 +25,7 @@ def test_bench_moe_trains_the_moe_and_its_dense_ceiling():
 
 def test_bench_peers_profiles_the_step_it_times(capsys):
     """A compiled peer's profiled step has its loss in the compiled graph, as the timed one does:
-    no eager log-softmax in its operators."""
+    no eager log-softmax in its operators, but a fused kernel of its own row that computes it."""
     import torch
 
     bench_peers = script("bench_peers")
@@ -33,6 +33,7 @@ def test_bench_peers_profiles_the_step_it_times(capsys):
     bench_peers.profile(["zoo", "zoo-compile"], tiny, device=torch.device("cpu"), steps=1, rows=-1)
     eager, compiled = capsys.readouterr().out.split("## zoo-compile")
     assert "aten::_log_softmax" in eager and "aten::_log_softmax" not in compiled and "CompiledFxGraph" in compiled
+    assert "cpp_fused__log_softmax" in compiled
 
 
 def test_bench_malloc_pairs_fresh_processes():
