@@ -41,10 +41,11 @@ def test_run_produces_results_ratios_and_tables():
     assert set(report["results"]) == {"zoo", "reference"}
     for row in report["results"].values():
         assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0 and row["mfu_train"] > 0
+        assert row["train_page_faults"] >= 0 and row["infer_page_faults"] >= 0
     (ratio,) = report["ratios"]
     assert ratio["ratio"] == "zoo / reference" and ratio["target"] == 0.97 and ratio["train"] > 0
     text = peers.markdown(report)
-    assert "| zoo / reference | >= 0.97 |" in text and "MFU" in text
+    assert "| zoo / reference | >= 0.97 |" in text and "MFU" in text and "page faults / step" in text
 
 
 def test_ratios_pair_each_round():
@@ -82,13 +83,15 @@ def test_merge_takes_medians_over_processes():
     the median of their ratios (not a ratio of medians), with each process's ratio kept."""
 
     def report(zoo_tps: float, ratio: float, rate: float) -> dict:
-        row = {"train_tokens_per_s": zoo_tps, "infer_tokens_per_s": 2 * zoo_tps, "mfu_train": 0.5, "mfu_infer": 0.5, "train_rounds_s": [1.0]}
+        row = {"train_tokens_per_s": zoo_tps, "infer_tokens_per_s": 2 * zoo_tps, "mfu_train": 0.5, "mfu_infer": 0.5,
+               "train_page_faults": zoo_tps / 100, "infer_page_faults": 0.0, "train_rounds_s": [1.0]}
         ratios = [{"ratio": "zoo / hf", "target": 1.0, "train": ratio, "infer": ratio + 0.1}]
         return {"results": {"zoo": row}, "ratios": ratios, "matmul_flops": rate, "notes": []}
 
     merged = peers.merge([report(100.0, 0.97, 1e9), report(300.0, 1.02, 3e9), report(200.0, 1.10, 2e9)])
     assert merged["processes"] == 3 and merged["matmul_flops"] == 2e9
-    assert merged["results"]["zoo"] == {"train_tokens_per_s": 200.0, "infer_tokens_per_s": 400.0, "mfu_train": 0.5, "mfu_infer": 0.5}
+    assert merged["results"]["zoo"] == {"train_tokens_per_s": 200.0, "infer_tokens_per_s": 400.0, "mfu_train": 0.5, "mfu_infer": 0.5,
+                                        "train_page_faults": 2.0, "infer_page_faults": 0.0}
     (row,) = merged["ratios"]
     assert row["train"] == 1.02 and row["train_met"] and row["train_runs"] == [0.97, 1.02, 1.10]
     assert row["infer"] == pytest.approx(1.12) and row["infer_met"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zoo.bench.speed import NA_LENGTH, decode_speed, measure, scaling, workload
-from zoo.bench.timing import matmul_rate, peak_memory, time_calls
+from zoo.bench.timing import matmul_rate, page_faults, peak_memory, time_calls
 from zoo.testing import build_tiny
 
 CPU = torch.device("cpu")
@@ -20,6 +20,20 @@ def test_timing_helpers():
     assert positive(matmul_rate(device=CPU, size=64, repeats=2))
     assert len(time_calls(lambda: None, device=CPU, repeats=3, warmup=1)) == 3
     assert peak_memory(CPU) > 0
+
+
+def test_page_faults_count_fresh_pages():
+    """Touching each page of a fresh 8 MiB anonymous mapping faults every one of them in (whatever malloc does)."""
+    import mmap
+
+    size, page = 8 << 20, mmap.PAGESIZE
+    with mmap.mmap(-1, size) as fresh:
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            fresh.madvise(mmap.MADV_NOHUGEPAGE)  # with transparent huge pages always on, one fault maps 512 pages
+        before = page_faults()
+        for offset in range(0, size, page):
+            fresh[offset] = 1
+        assert page_faults() - before >= size // page
 
 
 def test_measure_causal_model():

@@ -21,7 +21,7 @@ from torch import nn
 
 from zoo.bench.flops import forward_flops
 from zoo.bench.speed import Workload, adamw, train_step, unwrap
-from zoo.bench.timing import autocast, matmul_rate, median, time_calls
+from zoo.bench.timing import autocast, matmul_rate, median, page_faults, time_calls
 from zoo.malloc import keep_freed_memory
 
 
@@ -206,7 +206,10 @@ def compare(
 
     A round times ``steps`` steps of each peer in turn, training then inference, in an order drawn
     afresh each round. Each peer's row holds the medians over every round, and its median step of
-    each round (``train_rounds_s``, ``infer_rounds_s``) for the paired ratios of :func:`ratios`.
+    each round (``train_rounds_s``, ``infer_rounds_s``) for the paired ratios of :func:`ratios`, and
+    the median of the process's minor page faults per step (``train_page_faults``, ``infer_page_faults``):
+    on CPU, which peers' big buffers glibc maps afresh each step depends on how the heap is
+    fragmented at that moment, and a peer pays ~30 ms on 2 cores for a fresh 64 MB buffer.
     """
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), generator=gen).to(device)
@@ -222,6 +225,7 @@ def compare(
 
         infer[p.name] = forward
     times = {p.name: {"train": [], "infer": []} for p in peers}  # per round: the steps' seconds
+    faults = {p.name: {"train": [], "infer": []} for p in peers}  # per step
     for p in peers:  # warm-up, alternating modes as the rounds do: torch.compile compiles both graphs here
         for _ in range(warmup):
             p.model.train()
@@ -237,7 +241,9 @@ def compare(
             for _ in range(steps):  # one step of each peer in turn: a pair is seconds apart, not a round
                 for p in order:
                     p.model.train(mode == "train")
+                    before = page_faults()
                     times[p.name][mode][-1] += time_calls(calls[p.name], device=device, repeats=1)
+                    faults[p.name][mode].append(page_faults() - before)
     out = {}
     for name, t in times.items():
         row = out[name] = {}
@@ -246,6 +252,7 @@ def compare(
             row[f"{mode}_tokens_per_s"] = n_tokens / median(every)
             row[f"{mode}_step_s"] = median(every)
             row[f"{mode}_rounds_s"] = [median(round_steps) for round_steps in t[mode]]
+            row[f"{mode}_page_faults"] = float(median(faults[name][mode]))
     return out
 
 
@@ -349,11 +356,12 @@ def merge(reports: list[dict]) -> dict:
 
 def markdown(report: dict) -> str:
     """The peers' table and the ratios' table, in Markdown."""
-    lines = ["| peer | params | train tok/s | infer tok/s | MFU train | MFU infer |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| peer | params | train tok/s | infer tok/s | MFU train | MFU infer | page faults / step |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in report["results"].items():
         lines.append(
             f"| {name} | {report['params'][name] / 1e6:.2f}M | {row['train_tokens_per_s']:,.0f} | "
-            f"{row['infer_tokens_per_s']:,.0f} | {row['mfu_train']:.1%} | {row['mfu_infer']:.1%} |"
+            f"{row['infer_tokens_per_s']:,.0f} | {row['mfu_train']:.1%} | {row['mfu_infer']:.1%} | "
+            f"{row['train_page_faults']:,.0f} / {row['infer_page_faults']:,.0f} |"
         )
     lines += ["", "| ratio | target | train | infer |", "|---|---:|---:|---:|"]
     mark = {True: "ok", False: "MISSED"}
