@@ -13,12 +13,12 @@ GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get
 # minor page faults per step of a loop that fills a 64 MB tensor each step and lets it die, measured
 # once the loop is in its steady state (the first steps grow the heap to what the loop needs)
 FAULTS = """
-import resource, sys, torch
+import sys, torch
+from zoo.bench.timing import page_faults as faults
 from zoo.malloc import keep_freed_memory
 
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step(i):
     torch.ones(16 * 2**20)
     return str(i) * 10  # a small object between two big ones, as a real loop makes
