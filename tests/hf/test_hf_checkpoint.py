@@ -125,3 +125,25 @@ def test_overrides_that_add_parameters_need_strict_false(llama):
         from_pretrained(llama, overrides=["model/norm=layernorm"])
     model = from_pretrained(llama, overrides=["model/norm=layernorm"], strict=False)
     assert torch.equal(model.stack.norm.weight, llama.model.norm.weight)
+
+
+def test_a_key_transformers_derives_from_the_rest_passes_and_a_contradicting_one_is_refused(monkeypatch):
+    from zoo.hf.llama import Llama
+
+    pytest.importorskip("transformers")
+    # LlamaConfig derives num_key_value_heads = num_attention_heads when it is absent: the same model
+    monkeypatch.setattr(Llama, "known_keys", Llama.known_keys - {"num_key_value_heads"})
+    assert hf_overrides(Checkpoint(llama_config(num_key_value_heads=4, tie_word_embeddings=True), {}, "derived"))
+    with pytest.raises(ConfigError, match="num_key_value_heads"):
+        hf_overrides(Checkpoint(llama_config(num_key_value_heads=2, tie_word_embeddings=True), {}, "not derived"))
+
+
+@pytest.mark.parametrize("multi_query, derived, ok", [(True, 1, True), (False, 4, True), (True, 4, False)])
+def test_falcon_checks_the_kv_heads_it_is_told_against_the_ones_it_derives(multi_query, derived, ok):
+    config = dict(model_type="falcon", vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    ckpt = Checkpoint(config | dict(multi_query=multi_query, num_key_value_heads=derived), {}, "falcon")
+    if ok:
+        assert f"model.attention.n_kv_heads={derived}" in hf_overrides(ckpt)[2]
+    else:
+        with pytest.raises(ConfigError, match=r"hf_config\.num_key_value_heads"):
+            hf_overrides(ckpt)

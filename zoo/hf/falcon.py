@@ -68,7 +68,7 @@ class Falcon(Family):
         """vocab_size hidden_size n_embed num_hidden_layers n_layer num_attention_heads n_head num_kv_heads n_head_kv
         num_ln_in_parallel_attn layer_norm_epsilon hidden_dropout attention_dropout alibi new_decoder_architecture
         multi_query parallel_attn bias max_position_embeddings rope_parameters rope_theta rope_scaling ffn_hidden_size
-        activation tie_word_embeddings apply_residual_connection_post_layernorm""".split()
+        activation tie_word_embeddings apply_residual_connection_post_layernorm num_key_value_heads""".split()
     )
 
     def sizes(self, c: dict) -> tuple[int, int, int, int]:
@@ -78,6 +78,10 @@ class Falcon(Family):
             n_kv_heads = c.get("num_kv_heads", c.get("n_head_kv")) or n_heads
         else:
             n_kv_heads = 1 if c.get("multi_query", True) else n_heads
+        # transformers >= 5.25 also writes the KV head count it derives from the keys above: a check, not a source
+        derived = c.get("num_key_value_heads")
+        if derived is not None and derived != n_kv_heads:
+            raise ConfigError("hf_config.num_key_value_heads", derived, f"must equal the KV heads the other keys give ({n_kv_heads})")
         return c.get("hidden_size", c.get("n_embed", 4544)), c.get("num_hidden_layers", c.get("n_layer", 32)), n_heads, n_kv_heads
 
     def residual(self, c: dict) -> str:
@@ -176,6 +180,7 @@ class Falcon(Family):
             "num_hidden_layers": m.n_layers,
             "num_attention_heads": m.n_heads,
             "num_kv_heads": n_kv_heads,
+            "num_key_value_heads": n_kv_heads,
             "new_decoder_architecture": new_architecture,
             "num_ln_in_parallel_attn": (2 if two_norms else 1) if new_architecture else None,
             "multi_query": n_kv_heads == 1,

@@ -140,6 +140,8 @@ class Family:
         if fields is not None:
             unknown = [k for k in unknown if k in fields]
         if unknown:
+            unknown = [k for k in unknown if k not in implied_keys(c, unknown)]
+        if unknown:
             hint = "" if fields is not None else " (if it is metadata transformers ignores, install transformers so zoo can tell)"
             raise ConfigError(
                 f"hf_config.{unknown[0]}",
@@ -158,6 +160,23 @@ def transformers_fields(model_type: str) -> set[str] | None:
         return None
     config = CONFIG_MAPPING[model_type]()
     return set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+
+
+def implied_keys(c: dict, keys: list[str]) -> set[str]:
+    """Those of ``keys`` whose value ``transformers`` would give anyway from the rest of config ``c``.
+
+    Such a key adds nothing a config without it lacks (transformers 5.25's Falcon writes the KV head
+    count it derives from ``multi_query`` and ``num_kv_heads``), so a new release that writes one more
+    derived key does not make zoo refuse the checkpoints it writes.
+    """
+    try:
+        from transformers import CONFIG_MAPPING
+
+        rest = {k: v for k, v in c.items() if k not in keys and k not in ("model_type", "transformers_version")}
+        config = CONFIG_MAPPING[str(c.get("model_type"))](**rest)
+    except Exception:  # noqa: BLE001 - no transformers, or a config it cannot build: nothing is implied
+        return set()
+    return {k for k in keys if getattr(config, k, object()) == c[k]}
 
 
 # -- reading configs -------------------------------------------------------------------------------
