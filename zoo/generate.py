@@ -22,49 +22,42 @@ MODEL_KEYS = ("model", "preset")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder at ``path``: itself, or what ``latest.json`` (of it or of its
-    ``checkpoints/``) points at, as zoo-train writes them."""
-    import json
+    """The checkpoint folder at ``path`` (:func:`zoo.run.checkpoint.find`: itself, or what ``latest.json``
+    of it or of its ``checkpoints/`` points at); it must hold ``model.safetensors`` and ``config.yaml``."""
+    from zoo.run.checkpoint import CONFIG, MODEL, find
 
-    folder = Path(path).expanduser()
-    for root in (folder, folder / "checkpoints"):
-        if (root / "latest.json").exists():
-            folder = root / json.loads((root / "latest.json").read_text())["path"]
-            break
-    if not (folder / "model.safetensors").exists():
-        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        why = f"found only {pickles}: zoo loads safetensors only, never pickles" if pickles else "no model.safetensors there"
-        raise ConfigError("checkpoint", str(path), f"a checkpoint folder with model.safetensors and config.yaml ({why})")
-    if not (folder / "config.yaml").exists():
-        raise ConfigError("checkpoint", str(path), "a checkpoint folder with its config.yaml (the run's resolved config)")
+    try:
+        folder = find(path).path
+    except FileNotFoundError as e:
+        raise ConfigError("checkpoint", str(path), f"a checkpoint folder with {MODEL} and {CONFIG} ({e})") from None
+    for name in (MODEL, CONFIG):
+        if not (folder / name).exists():
+            raise ConfigError("checkpoint", str(path), f"a checkpoint folder with {MODEL} and {CONFIG} (no {name} in {folder})")
     return folder
 
 
 def load_checkpoint(path: str | Path, *, device: torch.device, overrides=()) -> tuple[torch.nn.Module, object]:
     """``(model, tokenizer)`` of a checkpoint folder; ``overrides`` (``model.key=value``) change its config
-    first (a draft built from a target's checkpoint)."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import load_model
-
+    first (a draft built from a target's checkpoint). Nothing in the folder chooses code: its config's
+    targets and its tokenizer's class are checked against allowlists first (docs/security.md)."""
     from zoo.config import instantiate_model
-    from zoo.tokenizer import META_FILE, load_tokenizer
+    from zoo.run.checkpoint import CONFIG, find, load_weights
 
-    folder = resolve_checkpoint(path)
-    cfg = OmegaConf.load(folder / "config.yaml")
+    checkpoint = find(resolve_checkpoint(path))
+    cfg = checkpoint.config()
     model_cfg = cfg.model if "model" in cfg else cfg
-    tokenizer = None
-    for where in (folder / "tokenizer", folder):
-        if (where / META_FILE).exists():
-            tokenizer = load_tokenizer(where)
-            break
+    source = str(checkpoint.path / CONFIG)
+    tokenizer = checkpoint.tokenizer()
     if overrides:
         model_cfg = apply_dotted(model_cfg, overrides)
-        model = instantiate_model(model_cfg, device=device)
-        return model, tokenizer
-    model = instantiate_model(model_cfg, device=device)
-    missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False, device=str(device))
-    if missing or unexpected:
-        raise ConfigError("checkpoint", str(path), f"weights that fit its config.yaml: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        return instantiate_model(model_cfg, device=device, source=source), tokenizer
+    model = instantiate_model(model_cfg, device=device, source=source)
+    try:
+        load_weights(checkpoint, model, device=str(device))
+    except ConfigError:  # a damaged file names itself
+        raise
+    except ValueError as e:
+        raise ConfigError("checkpoint", str(path), f"weights that fit its config.yaml ({e})") from None
     return model, tokenizer
 
 

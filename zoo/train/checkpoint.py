@@ -1,6 +1,7 @@
-"""Checkpoints that resume a run exactly and load without unpickling anything.
+"""Writing checkpoints that resume a run exactly and load without unpickling anything.
 
-A checkpoint is a folder ``<root>/step_<step>/``:
+The layout and the readers every entry point shares are :mod:`zoo.run.checkpoint`. A checkpoint is
+a folder ``<root>/step_<step>/``:
 
 - ``model.safetensors``: the weights (tied matrices stored once);
 - ``optimizer.safetensors``: every optimizer state tensor, flattened to ``state.<param>.<name>``;
@@ -21,40 +22,14 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save_file, save_model
 from torch import nn
 
-LATEST = "latest.json"
-STATE = "state.json"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's (or a folder's entries') bytes to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text``: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+# the layout and the readers live in the run layer, which zoo-generate and zoo-bench share
+from zoo.run.checkpoint import LATEST, STATE, Checkpoint, find, fsync_path, load_safetensors, load_weights, write_atomic  # noqa: F401
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -95,18 +70,6 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda_")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-
-
-@dataclass
-class Checkpoint:
-    """A checkpoint folder found on disk, and its ``state.json``."""
-
-    path: Path
-    state: dict
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
 
 
 def save(
@@ -169,8 +132,9 @@ def save(
 def prune(root: Path, *, keep_last: int, keep: Path) -> None:
     """Delete all but the ``keep_last`` newest checkpoints (never ``keep``; ``keep_last <= 0`` keeps
     all), and temp folders a crashed save left behind (only rank 0 ever writes here)."""
-    for stale in root.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (".tmp-step-*", ".old-step-*"):
+        for stale in root.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     if keep_last <= 0:
         return
     steps = sorted(p for p in root.glob("step_*") if p.is_dir() and p != keep)
@@ -178,34 +142,14 @@ def prune(root: Path, *, keep_last: int, keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def find(path: str | Path) -> Checkpoint:
-    """The checkpoint at ``path``: a checkpoint folder, a checkpoints folder (its ``latest.json``),
-    or a run folder holding ``checkpoints/``. Raises ``FileNotFoundError`` naming what is missing."""
-    path = Path(path).expanduser()
-    for root in (path, path / "checkpoints"):
-        if (root / LATEST).exists():
-            path = root / json.loads((root / LATEST).read_text())["path"]
-            break
-    if not (path / STATE).exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected {STATE}, {LATEST} or checkpoints/{LATEST})")
-    return Checkpoint(path=path, state=json.loads((path / STATE).read_text()))
-
-
-def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
-    """Load the weights into ``model`` (strict: every key must match)."""
-    missing, unexpected = load_model(model, str(checkpoint.path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {checkpoint.path} does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-
-
 def load_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
-    tensors = load_file(str(checkpoint.path / "optimizer.safetensors"))
+    tensors = load_safetensors(checkpoint.path / "optimizer.safetensors")
     optimizer.load_state_dict(optimizer_state_dict(tensors, checkpoint.state["optimizer"]))
 
 
 def load_rng(checkpoint: Checkpoint, *, rank: int) -> None:
     """Restore this rank's generators (rank 0's when the run had fewer ranks) and Python's ``random``."""
-    tensors = load_file(str(checkpoint.path / "rng.safetensors"))
+    tensors = load_safetensors(checkpoint.path / "rng.safetensors")
     prefix = f"rank{rank}." if any(k.startswith(f"rank{rank}.") for k in tensors) else "rank0."
     restore_rng({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     random.setstate(_tuples(checkpoint.state["python_random"]))

@@ -22,6 +22,7 @@ from zoo.objectives import check_compatible
 from zoo.pos.base import Positions
 from zoo.train.distributed import Dist
 from zoo.train.settings import Settings
+from zoo.trust import check_config, check_target
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Components:
 
 def build_node(node: DictConfig, key: str, **kwargs):
     """``instantiate(node)``, with a user's mistake surfaced as the :class:`ConfigError` it is."""
+    check_config(node, prefix=key)
     try:
         missing = list(_missing_keys(node))
         if missing:
@@ -70,6 +72,7 @@ def _missing_keys(node, prefix: str = ""):
 def class_of(node: DictConfig, key: str) -> type:
     """The class (or the class of the factory method) ``node._target_`` names, without building it."""
     target = str(node._target_)
+    check_target(target, source="the config", key=f"{key}._target_")
     try:
         return get_class(target)
     except Exception:

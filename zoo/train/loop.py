@@ -108,10 +108,8 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         autocast = autocast_for(settings, dist.device)
         resume = _find_resume(settings, out_dir)
         tokenizer = None
-        if resume is not None and (resume.path / "tokenizer").exists():
-            from zoo.tokenizer import load_tokenizer
-
-            tokenizer = load_tokenizer(resume.path / "tokenizer")
+        if resume is not None:
+            tokenizer = resume.tokenizer()  # one of zoo's tokenizer classes, never a module the file names
         parts = build(cfg, settings=settings, dist=dist, tokenizer=tokenizer)
         optim = build_node(cfg.optim, "optim")
         schedule = build_node(cfg.sched, "sched")
@@ -148,11 +146,15 @@ def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
     if settings.resume is None:
         return None
     try:
-        return ckpt.find(out_dir if settings.resume == "auto" else settings.resume)
+        found = ckpt.find(out_dir if settings.resume == "auto" else settings.resume)
     except FileNotFoundError as e:
         if settings.resume == "auto":
             return None
         raise ConfigError("trainer.resume", settings.resume, str(e)) from None
+    if not found.is_training:
+        raise ConfigError("trainer.resume", settings.resume, f"a training checkpoint ({found.path} has no {ckpt.STATE}: it holds weights only)")
+    found.config()  # its targets checked before anything of it is used (zoo.trust)
+    return found
 
 
 def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:
@@ -161,6 +163,8 @@ def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, d
         ckpt.load_weights(resume, parts.model)
         ckpt.load_optimizer(resume, optimizer)
         parts.train_loader.load_state_dict(resume.state["loader"])
+    except ConfigError:  # a damaged file names itself and the last good checkpoint
+        raise
     except (ValueError, RuntimeError, KeyError) as e:  # a checkpoint of another model, data or batch size
         raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config ({str(e).splitlines()[0]})") from None
     ckpt.load_rng(resume, rank=dist.rank)
