@@ -3,9 +3,14 @@
 The library lives in :mod:`zoo.generation` and is re-exported here (``zoo.generate.generate``);
 Hydra, safetensors and the tokenizers are imported only when the command runs.
 
-    zoo-generate prompt="def main(" max_new_tokens=64 temperature=0.8 top_p=0.95
-    zoo-generate checkpoint=outputs/2026-01-01_00-00-00 'draft.overrides=["model.n_layers=1"]'
-    zoo-generate model.n_layers=6 'draft.overrides="model.n_layers=1 model/attention=mqa"'
+    zoo-generate 'prompt="def main("' max_new_tokens=64 temperature=0.8 top_p=0.95
+    zoo-generate checkpoint=outputs/target prompt_file=prompt.py
+    zoo-generate checkpoint=outputs/target draft.checkpoint=outputs/draft     # speculative
+    zoo-generate model.n_layers=6 'draft.overrides="model.n_layers=1 model/attention=mqa"'  # random weights: a smoke test
+
+A prompt is any text: Hydra parses what follows ``prompt=``, so text with parentheses, quotes, ``=``
+or spaces goes in double quotes inside the shell's single quotes (``'prompt="f(a=1)"'``; a ``"``
+inside is written ``\"``), or in a file (``prompt_file=``), read verbatim.
 """
 
 import sys
@@ -112,19 +117,65 @@ def build_models(cfg, *, task_overrides: list[str]) -> tuple[torch.nn.Module, to
         model = instantiate_model(model_cfg, device=device)
     if model.vocab_size < tokenizer.vocab_size:
         raise ConfigError("checkpoint", cfg.checkpoint, f"a tokenizer of at most model.vocab_size={model.vocab_size} ids, got {tokenizer.vocab_size}")
-    draft = None
+    return model, build_draft(cfg, model=model, tokenizer=tokenizer, task_overrides=task_overrides), tokenizer
+
+
+def build_draft(cfg, *, model: torch.nn.Module, tokenizer, task_overrides: list[str]) -> torch.nn.Module | None:
+    """The speculative draft ``cfg.draft`` asks for, or ``None``.
+
+    A draft speeds decoding up only if it guesses the target's tokens, so it must be trained, on the
+    same tokenizer: ``draft.checkpoint``, a smaller model trained by ``zoo-train``. ``draft.overrides``
+    builds a model with random weights; it is accepted only next to a target with random weights (no
+    ``checkpoint``: a smoke test of the decoding loop, said so on stderr) and refused next to a trained one.
+    """
+    from omegaconf import OmegaConf
+
+    from zoo.config import instantiate_model
+    from zoo.tokenizer import ByteTokenizer
+
+    check_draft(cfg)
     d = cfg.draft
     if d.checkpoint:
-        draft, _ = load_checkpoint(d.checkpoint, device=device)
-    elif d.overrides:
-        # a list, or one quoted string of space-separated overrides (Hydra needs '=' inside a value quoted)
-        overrides = str(d.overrides).split() if isinstance(d.overrides, str) else [str(o) for o in d.overrides]
-        if cfg.checkpoint:
-            draft, _ = load_checkpoint(cfg.checkpoint, device=device, overrides=overrides)
-        else:
-            draft_cfg = OmegaConf.merge(compose_model([*model_overrides(task_overrides), *overrides]), {"vocab_size": tokenizer.vocab_size})
-            draft = instantiate_model(draft_cfg, device=device)
-    return model, draft, tokenizer
+        draft, draft_tokenizer = load_checkpoint(d.checkpoint, device=torch.device(cfg.device))
+        draft_tokenizer = draft_tokenizer or ByteTokenizer()  # as for the target
+        if draft_tokenizer.id != tokenizer.id or draft.vocab_size != model.vocab_size:
+            raise ConfigError(
+                "draft.checkpoint", str(d.checkpoint),
+                f"a model trained with the target's tokenizer ({tokenizer.id}, {model.vocab_size} ids; it has {draft_tokenizer.id}, {draft.vocab_size} ids)",
+            )  # fmt: skip
+        return draft
+    if not d.overrides:
+        return None
+    # a list, or one quoted string of space-separated overrides (Hydra needs '=' inside a value quoted)
+    overrides = str(d.overrides).split() if isinstance(d.overrides, str) else [str(o) for o in d.overrides]
+    print("zoo-generate: target and draft have random weights (no checkpoint): a smoke test of speculative decoding, not a speed-up", file=sys.stderr)
+    draft_cfg = OmegaConf.merge(compose_model([*model_overrides(task_overrides), *overrides]), {"vocab_size": tokenizer.vocab_size})
+    return instantiate_model(draft_cfg, device=torch.device(cfg.device))
+
+
+def check_draft(cfg) -> None:
+    """Refuse, before any model is built, a draft that cannot help: both kinds at once, or random
+    weights (``draft.overrides``) next to a trained target."""
+    d = cfg.draft
+    if d.checkpoint and d.overrides:
+        raise ConfigError("draft.overrides", str(d.overrides), "null when draft.checkpoint is set (a draft is one or the other)")
+    if d.overrides and cfg.checkpoint:
+        raise ConfigError(
+            "draft.overrides", str(d.overrides),
+            "null next to a trained checkpoint: a draft built from overrides has random weights and can never speed it up; "
+            "train a small draft on the same data (zoo-train model.n_layers=1 ...) and pass draft.checkpoint=<its run folder>",
+        )  # fmt: skip
+
+
+def prompt_text(cfg) -> str:
+    """The text to continue: ``prompt_file``'s contents, verbatim, when it is set; else ``prompt``."""
+    if cfg.get("prompt_file"):
+        path = Path(str(cfg.prompt_file)).expanduser()
+        if not path.is_file():
+            raise ConfigError("prompt_file", str(cfg.prompt_file), "a text file to read the prompt from")
+        return path.read_text(encoding="utf-8")
+    # Hydra reads an unquoted number or bool as one: the prompt is its text
+    return "" if cfg.prompt is None else str(cfg.prompt)
 
 
 def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]:
@@ -134,11 +185,13 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    text_in = prompt_text(cfg)  # a missing prompt_file fails before any model is built
+    check_draft(cfg)
     model, draft, tokenizer = build_models(cfg, task_overrides=list(task_overrides))
     if not getattr(model, "can_generate", False):
         model.new_cache()  # the encoder-only ConfigError
     encdec = hasattr(model, "encode")
-    prompt = tokenizer.encode(cfg.prompt)
+    prompt = tokenizer.encode(text_in)
     if encdec:
         prompt = [*prompt, tokenizer.eos_id]  # a source ends with <eos>, as span corruption writes it
     prompt = prompt or [tokenizer.bos_id]
@@ -152,9 +205,9 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     new = out.tokens[0]
     text = tokenizer.decode(new[:-1] if new and new[-1] == eos else new)
     if encdec:
-        print(f"source: {cfg.prompt}\noutput: {text}")
+        print(f"source: {text_in}\noutput: {text}")
     else:
-        print(cfg.prompt + text)
+        print(text_in + text)
     stats = f"[{len(new)} new tokens in {seconds:.2f} s: {len(new) / max(seconds, 1e-9):.1f} tokens/s"
     if out.acceptance_rate is not None:
         stats += f"; draft acceptance {out.acceptance_rate:.2f} ({out.accepted}/{out.drafted}, n_draft={cfg.draft.n_draft})"

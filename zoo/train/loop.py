@@ -24,7 +24,7 @@ from zoo.errors import ConfigError
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
-from zoo.train.metrics import count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
+from zoo.train.metrics import compressor_metrics, count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
 from zoo.train.sample import can_sample, sample
 from zoo.train.settings import Settings
 from zoo.train.sweep import RunInfo
@@ -209,6 +209,8 @@ class Loop:
             counts, flops_per_token=flops, max_steps=s.max_steps, corpus_fingerprint=_fingerprint(self.parts.data),
             tokenizer=getattr(self.parts.tokenizer, "id", None), vocab_size=self.cfg.model.vocab_size,
         )  # fmt: skip
+        if dist.main:
+            result.metrics.update(compressor_metrics(self.parts.data))
         if dist.main and not quiet:
             print(f"zoo-train: {info.name}: {counts['parameters']:,} parameters, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
         bar = _progress(s, initial=self.step, enabled=dist.main and not quiet)
@@ -247,7 +249,7 @@ class Loop:
         if dist.main and can_sample(model, self.parts.tokenizer) and s.sample.max_new_tokens:
             text = sample(model, self.parts.tokenizer, settings=s.sample, seed=s.seed)
         if dist.main and not quiet:
-            print(f"final (step {self.step}): {_describe(final)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
+            print(f"final (step {self.step}): {_describe(final)}{_compared(result.metrics)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
             if text is not None:
                 print(f"sample:\n{text}")
         result.status = "ok"
@@ -338,6 +340,13 @@ class Loop:
 def _describe(values: dict[str, float]) -> str:
     text = f"loss {values['loss']:.4f}, ppl {values['ppl']:.2f}, accuracy {values['accuracy']:.3f}"
     return text + (f", bits per byte {values['bpb']:.4f}" if "bpb" in values else "")
+
+
+def _compared(metrics: dict) -> str:
+    """The compressors' bits per byte on the same validation split, when the run has them."""
+    if "val_lzma_bpb" not in metrics:
+        return ""
+    return f" (zlib {metrics['val_zlib_bpb']:.4f}, lzma {metrics['val_lzma_bpb']:.4f} given the training split)"
 
 
 def _progress(settings: Settings, *, initial: int, enabled: bool):

@@ -2,7 +2,9 @@
 
 Bits per byte (Gao et al. 2020, The Pile, arXiv:2101.00027) divides the total loss in nats by
 ``ln 2`` times the UTF-8 bytes of the evaluated text, so a byte tokenizer and a BPE, whose tokens
-cover different amounts of text, are compared on the same footing.
+cover different amounts of text, are compared on the same footing. A text run also reports what
+zlib and lzma spend on the same validation split given its training split
+(:mod:`zoo.data.compression`), the fixed reference point next to the model's figure.
 """
 
 import math
@@ -79,6 +81,18 @@ def evaluate(
     finally:
         model.train(was_training)
     return summarise(all_reduce_sum(total.to(dist.device), dist).cpu())
+
+
+def compressor_metrics(data) -> dict[str, float]:
+    """``{"val_zlib_bpb": .., "val_lzma_bpb": ..}`` for a text corpus (cached by its fingerprint in
+    ``data.cache_dir``, beside the tokenised splits); empty for a synthetic task."""
+    from zoo.data.compression import reference_bpb
+
+    corpus = getattr(data, "corpus", None)
+    if corpus is None:
+        return {}
+    reference = reference_bpb(corpus, cache_dir=getattr(data, "cache_dir", None))
+    return {f"val_{name}_bpb": value for name, value in reference.items()}
 
 
 def routing_metrics(model: nn.Module) -> dict[str, float]:
