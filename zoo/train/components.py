@@ -17,10 +17,12 @@ from torch import nn
 
 from zoo.config import instantiate_model
 from zoo.data.packing import ResumableLoader, derive_seed
+from zoo.data.source import DataSource
 from zoo.errors import ConfigError
 from zoo.objectives import check_compatible
 from zoo.pos.base import Positions
 from zoo.train.distributed import Dist
+from zoo.tokenizer import Tokenizer
 from zoo.train.settings import Settings
 
 
@@ -33,8 +35,8 @@ class Components:
     """
 
     model: nn.Module
-    tokenizer: object | None
-    data: object
+    tokenizer: Tokenizer | None
+    data: DataSource
     make_objective: Callable[..., object]
     train_loader: ResumableLoader
     val_loader: ResumableLoader
