@@ -190,9 +190,8 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     model, draft, tokenizer = build_models(cfg, task_overrides=list(task_overrides))
     if not getattr(model, "can_generate", False):
         model.new_cache()  # the encoder-only ConfigError
-    encdec = hasattr(model, "encode")
     prompt = tokenizer.encode(text_in)
-    if encdec:
+    if not model.continues_prompt:
         prompt = [*prompt, tokenizer.eos_id]  # a source ends with <eos>, as span corruption writes it
     prompt = prompt or [tokenizer.bos_id]
     eos = tokenizer.eos_id if cfg.stop_at_eos else None
@@ -204,7 +203,7 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     seconds = time.perf_counter() - start
     new = out.tokens[0]
     text = tokenizer.decode(new[:-1] if new and new[-1] == eos else new)
-    if encdec:
+    if not model.continues_prompt:
         print(f"source: {text_in}\noutput: {text}")
     else:
         print(text_in + text)

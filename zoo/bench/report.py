@@ -10,6 +10,7 @@ whole ``-m`` sweep when it ends, from every job's ``results.jsonl``.
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,10 +161,14 @@ def collect(sweep_dir: Path) -> list[dict]:
     return [row for f in files for row in read_jsonl(f)]
 
 
+def short(override: str) -> str:
+    """``study/arch_variant@_global_=encdec`` -> ``arch=encdec``; others as zoo-train shortens them."""
+    return re.sub(r"^[+~]*study/(\w+?)(_variant)?(@_global_)?=", r"\1=", override)
+
+
 def relabel(rows: list[dict]) -> list[dict]:
     """Name each variant of a sweep by the overrides that differ between its jobs (``pos=alibi``),
     not by those every job shares (``trainer.max_steps=5``)."""
-    from zoo.bench.cli import short
     from zoo.train.sweep import job_name
 
     def split(override: str) -> tuple[str, str]:
