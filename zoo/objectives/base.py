@@ -67,6 +67,10 @@ class Objective:
         if arch:
             check_compatible(self, arch)
 
+    def prepare(self, model, *, data=None) -> None:
+        """Add to ``model`` what this objective needs beyond it (a task head); called once per run,
+        after the adapter froze what it freezes, so what is added here trains. Language modelling adds nothing."""
+
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<root>/step_<step>/``:
 
-- ``model.safetensors``: the weights (tied matrices stored once);
+- ``model.safetensors``: the weights (tied matrices stored once), or ``trainable.safetensors``: only
+  the parameters that train, when the rest is frozen (LoRA, a probe) and comes from ``trainer.init_from``;
 - ``optimizer.safetensors``: every optimizer state tensor, flattened to ``state.<param>.<name>``;
 - ``rng.safetensors``: each rank's torch CPU (and CUDA) generator state;
 - ``state.json``: step, tokens seen, the data loader's position, the optimizer's hyper-parameters
@@ -30,6 +31,7 @@ from torch import nn
 
 LATEST = "latest.json"
 STATE = "state.json"
+TRAINABLE = "trainable.safetensors"
 
 
 def fsync_path(path: Path) -> None:
@@ -120,6 +122,7 @@ def save(
     config_yaml: str,
     tokenizer=None,
     keep_last: int = 1,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically under ``root`` and prune older ones.
 
@@ -133,6 +136,7 @@ def save(
         config_yaml: the resolved config.
         tokenizer: saved into ``tokenizer/`` when given.
         keep_last: how many checkpoints to keep (the newest ones).
+        weights: when given, only these tensors are saved (``trainable.safetensors``), not the model.
 
     Returns: the checkpoint folder.
     """
@@ -141,7 +145,10 @@ def save(
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        if weights is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file(weights, str(tmp / TRAINABLE))
         tensors, optim_meta = optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
@@ -192,7 +199,15 @@ def find(path: str | Path) -> Checkpoint:
 
 
 def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
-    """Load the weights into ``model`` (strict: every key must match)."""
+    """Load the weights into ``model`` (strict: every key must match; a checkpoint of the trainable
+    parameters only must hold exactly those of ``model``)."""
+    if (checkpoint.path / TRAINABLE).exists():
+        tensors = load_file(str(checkpoint.path / TRAINABLE))
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(tensors) != trainable:
+            raise ValueError(f"checkpoint {checkpoint.path} holds other trainable tensors: missing {sorted(trainable - set(tensors))[:4]}, unexpected {sorted(set(tensors) - trainable)[:4]}")
+        model.load_state_dict(tensors, strict=False)
+        return
     missing, unexpected = load_model(model, str(checkpoint.path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint.path} does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")

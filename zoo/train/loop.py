@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.finetune.adapters import trainable_state
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
@@ -112,11 +113,25 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
             from zoo.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(resume.path / "tokenizer")
+        pretrained = None
+        if settings.init_from:
+            from zoo.finetune.pretrained import open_pretrained
+
+            pretrained = open_pretrained(settings.init_from)
+            cfg = pretrained.rebase(cfg, info.overrides)
+            settings = Settings.from_config(cfg.trainer)  # seq_len may follow the source's model.max_seq_len
+            tokenizer = tokenizer or pretrained.tokenizer
         parts = build(cfg, settings=settings, dist=dist, tokenizer=tokenizer)
+        if pretrained is not None:  # also under a resume: a checkpoint of what trained needs the rest from here
+            report = pretrained.load_into(parts.model, strict=settings.init_strict)
+            result.metrics["init"] = {"from": str(pretrained.path), **report.summary()}
+            if dist.main and not (info.multirun if settings.quiet is None else settings.quiet):
+                print(f"zoo-train: initial weights from {pretrained.path}: {report.describe()}", file=sys.stderr)
+        objective = parts.make_objective(rank=dist.rank)
+        result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
         optim = build_node(cfg.optim, "optim")
         schedule = build_node(cfg.sched, "sched")
         optimizer = optim.build(parts.model)
-        objective = parts.make_objective(rank=dist.rank)
         if resume is not None:
             _restore(resume, parts, optimizer, objective, dist)
         if dist.main:
@@ -142,6 +157,20 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
     finally:
         if not joined:
             teardown()
+
+
+def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
+    """Apply the ``adapter`` (what trains), then let the objective add what it needs (a task head,
+    which trains); returns the number of trainable parameters."""
+    from zoo.finetune.adapters import FullFineTuning, count_trainable
+
+    adapter = build_node(cfg.adapter, "adapter") if "adapter" in cfg else FullFineTuning()
+    adapter.apply(model)
+    objective.prepare(model, data=data)
+    trainable = count_trainable(model)
+    if not trainable:
+        raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
+    return trainable
 
 
 def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
@@ -206,7 +235,9 @@ class Loop:
             tokenizer=getattr(self.parts.tokenizer, "id", None), vocab_size=self.cfg.model.vocab_size,
         )  # fmt: skip
         if dist.main and not quiet:
-            print(f"zoo-train: {info.name}: {counts['parameters']:,} parameters, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
+            trainable = result.metrics.get("parameters_trainable", counts["parameters"])
+            counts_text = f"{counts['parameters']:,} parameters" + (f" ({trainable:,} trainable)" if trainable != counts["parameters"] else "")
+            print(f"zoo-train: {info.name}: {counts_text}, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
         bar = _progress(s, initial=self.step, enabled=dist.main and not quiet)
         batches = forever(self.parts.train_loader)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -300,6 +331,7 @@ class Loop:
             path = ckpt.save(
                 self.out_dir / "checkpoints", step=self.step, model=self.parts.model, optimizer=self.optimizer, state=state, rng=rng,
                 config_yaml=OmegaConf.to_yaml(resolved_config(self.cfg)), tokenizer=self.parts.tokenizer, keep_last=self.settings.keep_last,
+                weights=trainable_state(self.parts.model),
             )  # fmt: skip
         barrier(dist)
         return path
