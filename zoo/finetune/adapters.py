@@ -21,6 +21,10 @@ class FullFineTuning:
         """Nothing to fold back: ``model`` as it is."""
         return model
 
+    def unload(self, model: nn.Module) -> nn.Module:
+        """Nothing to take out: ``model`` as it is."""
+        return model
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

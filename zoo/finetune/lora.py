@@ -132,5 +132,15 @@ class LoRA(FullFineTuning):
                 setattr(model.get_submodule(parent), child, module.merged())
         return model
 
+    def unload(self, model: nn.Module) -> nn.Module:
+        """Take every adapter out of ``model`` without folding it in, in place: the base model again."""
+        for name, module in list(model.named_modules()):
+            if isinstance(module, LoRALinear):
+                parent, _, child = name.rpartition(".")
+                plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+                plain.weight, plain.bias = module.weight, module.bias
+                setattr(model.get_submodule(parent), child, plain)
+        return model
+
     def __repr__(self) -> str:
         return f"LoRA(rank={self.rank}, alpha={self.alpha:g}, dropout={self.dropout}, targets={self.targets})"
