@@ -167,6 +167,9 @@ def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
     adapter = build_node(cfg.adapter, "adapter") if "adapter" in cfg else FullFineTuning()
     adapter.apply(model)
     objective.prepare(model, data=data)
+    if getattr(data, "n_classes", None) and "n_classes" in cfg.objective:  # recorded, so the checkpoint rebuilds its head
+        with open_dict(cfg):
+            cfg.objective.n_classes = data.n_classes
     trainable = count_trainable(model)
     if not trainable:
         raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
@@ -316,7 +319,9 @@ class Loop:
     def evaluate(self, *, dist: Dist, autocast, max_batches: int | None) -> dict[str, float]:
         loader = self.parts.val_loader
         loader.reset()
-        return evaluate(self.parts.model, loader, objective=self.parts.make_objective(), dist=dist, max_batches=max_batches, autocast=autocast)
+        objective = self.parts.make_objective()
+        values = evaluate(self.parts.model, loader, objective=objective, dist=dist, max_batches=max_batches, autocast=autocast)
+        return {**values, **objective.summary()}
 
     def save(self, dist: Dist) -> Path | None:
         """A checkpoint of this step (rank 0 writes it; every rank contributes its RNG state)."""
