@@ -146,6 +146,10 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
         model.new_cache()  # the encoder-only ConfigError
     encdec = hasattr(model, "encode")
     prompt = tokenizer.encode(cfg.prompt)
+    if cfg.get("chat"):  # the prompt is a user's message; the model answers as the assistant
+        from zoo.finetune.chat import ChatTemplate
+
+        prompt = ChatTemplate(tokenizer).prompt([{"role": "user", "content": cfg.prompt}])
     if encdec:
         prompt = [*prompt, tokenizer.eos_id]  # a source ends with <eos>, as span corruption writes it
     prompt = prompt or [tokenizer.bos_id]
