@@ -191,6 +191,10 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     if not getattr(model, "can_generate", False):
         model.new_cache()  # the encoder-only ConfigError
     prompt = tokenizer.encode(text_in)
+    if cfg.get("chat"):  # the prompt is a user's message; the model answers as the assistant
+        from zoo.finetune.chat import ChatTemplate
+
+        prompt = ChatTemplate(tokenizer).prompt([{"role": "user", "content": text_in}])
     if not model.continues_prompt:
         prompt = [*prompt, tokenizer.eos_id]  # a source ends with <eos>, as span corruption writes it
     prompt = prompt or [tokenizer.bos_id]

@@ -108,6 +108,7 @@ class TransformerLM(nn.Module):
         valid: torch.Tensor | None = None,
         prefix_len: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Logits for ``tokens (b, n)``.
 
@@ -116,12 +117,13 @@ class TransformerLM(nn.Module):
             valid: ``(b, n)`` ``False`` at padding tokens.
             prefix_len: ``(b,)`` prefix lengths (prefix decoder only).
             cache: from :meth:`new_cache`, updated in place.
+            hidden: return the last hidden states ``(b, n, dim)`` instead of the logits (a task head's input).
         """
         if positions is None:
             offset = cache[0].self_attn.seen if cache else 0
             positions = default_positions(tokens.shape[1], tokens.device, offset)
         x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
-        return self.lm_head(x)
+        return x if hidden else self.lm_head(x)
 
     def aux_loss(self) -> torch.Tensor | None:
         """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""

@@ -24,6 +24,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 STATE = "state.json"
 MODEL = "model.safetensors"
+TRAINABLE = "trainable.safetensors"  # only the parameters that train (LoRA, a probe): the rest comes from trainer.init_from
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
 #: prefixes of what an interrupted write leaves: a checkpoint folder or a file being replaced
@@ -168,12 +169,22 @@ def load_safetensors(path: Path, *, device: str = "cpu") -> dict:
 
 def load_weights(checkpoint: Checkpoint, model, *, device: str = "cpu") -> None:
     """Load ``model.safetensors`` into ``model``; every key must match (a tied matrix is stored once).
+    A checkpoint of the trainable parameters only (``trainable.safetensors``: LoRA, a probe) must hold
+    exactly those of ``model``, whose frozen rest comes from ``trainer.init_from``.
 
     Raises: :class:`DamagedFile` for a truncated or garbled file; ``ValueError`` naming the keys when
     the weights are another model's."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    if (checkpoint.path / TRAINABLE).exists():
+        tensors = load_safetensors(checkpoint.path / TRAINABLE, device=device)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(tensors) != trainable:
+            missing, unexpected = sorted(trainable - set(tensors))[:4], sorted(set(tensors) - trainable)[:4]
+            raise ValueError(f"checkpoint {checkpoint.path} holds other trainable tensors: missing {missing}, unexpected {unexpected}")
+        model.load_state_dict(tensors, strict=False)
+        return
     path = checkpoint.path / MODEL
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device=device)

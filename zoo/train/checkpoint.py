@@ -3,7 +3,8 @@
 The layout and the readers every entry point shares are :mod:`zoo.run.checkpoint`. A checkpoint is
 a folder ``<root>/step_<step>/``:
 
-- ``model.safetensors``: the weights (tied matrices stored once);
+- ``model.safetensors``: the weights (tied matrices stored once), or ``trainable.safetensors``: only
+  the parameters that train, when the rest is frozen (LoRA, a probe) and comes from ``trainer.init_from``;
 - ``optimizer.safetensors``: every optimizer state tensor, flattened to ``state.<param>.<name>``;
 - ``rng.safetensors``: each rank's torch CPU (and CUDA) generator state;
 - ``state.json``: step, tokens seen, the data loader's position, the optimizer's hyper-parameters
@@ -29,7 +30,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 # the layout and the readers live in the run layer, which zoo-generate and zoo-bench share
-from zoo.run.checkpoint import LATEST, STATE, Checkpoint, find, fsync_path, load_safetensors, load_weights, write_atomic  # noqa: F401
+from zoo.run.checkpoint import LATEST, STATE, TRAINABLE, Checkpoint, find, fsync_path, load_safetensors, load_weights, write_atomic  # noqa: F401
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -83,6 +84,7 @@ def save(
     config_yaml: str,
     tokenizer=None,
     keep_last: int = 1,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically under ``root`` and prune older ones.
 
@@ -96,6 +98,7 @@ def save(
         config_yaml: the resolved config.
         tokenizer: saved into ``tokenizer/`` when given.
         keep_last: how many checkpoints to keep (the newest ones).
+        weights: when given, only these tensors are saved (``trainable.safetensors``), not the model.
 
     Returns: the checkpoint folder.
     """
@@ -104,7 +107,10 @@ def save(
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        if weights is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file(weights, str(tmp / TRAINABLE))
         tensors, optim_meta = optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))

@@ -24,6 +24,7 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.objectives.base import Objective
+from zoo.finetune.adapters import trainable_state
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
@@ -111,11 +112,25 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         tokenizer = None
         if resume is not None:
             tokenizer = resume.tokenizer()  # one of zoo's tokenizer classes, never a module the file names
+        pretrained = None
+        if settings.init_from:
+            from zoo.finetune.pretrained import open_pretrained
+
+            pretrained = open_pretrained(settings.init_from)
+            cfg = pretrained.rebase(cfg, info.overrides)
+            settings = Settings.from_config(cfg.trainer)  # seq_len may follow the source's model.max_seq_len
+            tokenizer = tokenizer or pretrained.tokenizer
         parts = build(cfg, settings=settings, dist=dist, tokenizer=tokenizer)
+        if pretrained is not None:  # also under a resume: a checkpoint of what trained needs the rest from here
+            report = pretrained.load_into(parts.model, strict=settings.init_strict)
+            result.metrics["init"] = {"from": str(pretrained.path), **report.summary()}
+            if dist.main and not (info.multirun if settings.quiet is None else settings.quiet):
+                print(f"zoo-train: initial weights from {pretrained.path}: {report.describe()}", file=sys.stderr)
+        objective = parts.make_objective(rank=dist.rank)
+        result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
         optim = build_node(cfg.optim, "optim")
         schedule = build_node(cfg.sched, "sched")
         optimizer = optim.build(parts.model)
-        objective = parts.make_objective(rank=dist.rank)
         if resume is not None:
             _restore(resume, parts, optimizer, objective, dist)
         if dist.main:
@@ -141,6 +156,23 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
     finally:
         if not joined:
             teardown()
+
+
+def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
+    """Apply the ``adapter`` (what trains), then let the objective add what it needs (a task head,
+    which trains); returns the number of trainable parameters."""
+    from zoo.finetune.adapters import FullFineTuning, count_trainable
+
+    adapter = build_node(cfg.adapter, "adapter") if "adapter" in cfg else FullFineTuning()
+    adapter.apply(model)
+    objective.prepare(model, data=data)
+    if getattr(data, "n_classes", None) and "n_classes" in cfg.objective:  # recorded, so the checkpoint rebuilds its head
+        with open_dict(cfg):
+            cfg.objective.n_classes = data.n_classes
+    trainable = count_trainable(model)
+    if not trainable:
+        raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
+    return trainable
 
 
 def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
@@ -239,7 +271,9 @@ class Loop:
         if main:  # the compressors' bits per byte on this split: a fixed reference for the model's
             result.metrics.update(compressor_metrics(self.parts.data))
         if announce:
-            print(f"zoo-train: {name}: {counts['parameters']:,} parameters, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
+            trainable = result.metrics.get("parameters_trainable", counts["parameters"])
+            counts_text = f"{counts['parameters']:,} parameters" + (f" ({trainable:,} trainable)" if trainable != counts["parameters"] else "")
+            print(f"zoo-train: {name}: {counts_text}, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
 
     def step_context(self, *, dist: Dist, autocast: Autocast) -> "StepContext":
         """What every step of this run uses: blocks recomputed if asked, the DDP wrapper, the objective
@@ -346,7 +380,9 @@ class Loop:
     def evaluate(self, *, dist: Dist, autocast, max_batches: int | None) -> dict[str, float]:
         loader = self.parts.val_loader
         loader.reset()
-        return evaluate(self.parts.model, loader, objective=self.parts.make_objective(), dist=dist, max_batches=max_batches, autocast=autocast)
+        objective = self.parts.make_objective()
+        values = evaluate(self.parts.model, loader, objective=objective, dist=dist, max_batches=max_batches, autocast=autocast)
+        return {**values, **objective.summary()}
 
     def save(self, dist: Dist) -> Path | None:
         """A checkpoint of this step (rank 0 writes it; every rank contributes its RNG state)."""
@@ -361,6 +397,7 @@ class Loop:
             path = ckpt.save(
                 self.out_dir / "checkpoints", step=self.step, model=self.parts.model, optimizer=self.optimizer, state=state, rng=rng,
                 config_yaml=OmegaConf.to_yaml(resolved_config(self.cfg)), tokenizer=self.parts.tokenizer, keep_last=self.settings.keep_last,
+                weights=trainable_state(self.parts.model),
             )  # fmt: skip
         barrier(dist)
         return path
