@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
+from zoo.arch.stack import Factory, Stack, default_positions, document_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
@@ -41,6 +41,9 @@ class TransformerLM(nn.Module):
     arch: str = ""
     causal: bool = True
     can_generate: bool = True
+    #: whether a packed row's positions restart at each document (``segments``), so each document is
+    #: positioned as if alone; every position scheme takes any positions
+    restarts_positions: bool = True
 
     def __init__(
         self,
@@ -100,20 +103,30 @@ class TransformerLM(nn.Module):
         valid: torch.Tensor | None = None,
         prefix_len: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for ``tokens (b, n)``.
 
         Args:
-            positions: ``(b, n)`` positions; default ``0..n-1`` after what ``cache`` holds.
+            positions: ``(b, n)`` positions; default ``0..n-1`` after what ``cache`` holds, or with
+                ``segments`` (and :attr:`restarts_positions`) counted from each document's start.
             valid: ``(b, n)`` ``False`` at padding tokens.
             prefix_len: ``(b,)`` prefix lengths (prefix decoder only).
             cache: from :meth:`new_cache`, updated in place.
+            segments: ``(b, n)`` document ids of a packed row (``data.boundaries=mask``): a token
+                attends only within its document.
         """
-        if positions is None:
+        if segments is not None and cache is not None:
+            raise ValueError("segments (document masking of packed rows) is for training and scoring, not for a KV cache")
+        if positions is None and segments is not None and self.restarts_positions:
+            positions = document_positions(segments)
+        elif positions is None:
             offset = cache[0].self_attn.seen if cache else 0
             positions = default_positions(tokens.shape[1], tokens.device, offset)
-        x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
-        return self.lm_head(x)
+        mask = self.mask(positions=positions, prefix_len=prefix_len, valid=valid)
+        if segments is not None:
+            mask = mask.within(segments)
+        return self.lm_head(self.stack(self.embed(tokens), positions=positions, mask=mask, cache=cache))
 
     def aux_loss(self) -> torch.Tensor | None:
         """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""
@@ -145,6 +158,9 @@ class PrefixLM(TransformerLM):
     """
 
     arch = "prefix"
+    # the prefix is the row's first prefix_len positions: restarting them per document would turn
+    # the start of every document into a bidirectional prefix, and its targets count in the loss
+    restarts_positions = False
 
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:

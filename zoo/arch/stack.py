@@ -120,3 +120,12 @@ def head_dim_of(dim: int, n_heads: int, head_dim: int | None) -> int:
 def default_positions(n: int, device: torch.device, offset: int = 0) -> torch.Tensor:
     """Positions ``(1, n)`` starting at ``offset`` (the number of tokens already cached)."""
     return torch.arange(offset, offset + n, device=device)[None]
+
+
+def document_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Positions ``(b, n)`` that restart at 0 wherever ``segments (b, n)`` changes: each document of a
+    packed row is positioned as if it were alone."""
+    index = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return index - (index * starts).cummax(dim=1).values
