@@ -74,6 +74,8 @@ class Stack(nn.Module):
             )
             for _ in range(n_layers)
         )
+        if causal:
+            refuse_future(self.layers)
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
         self.norm = norm(dim) if final_norm else nn.Identity()
@@ -104,6 +106,19 @@ class Stack(nn.Module):
     def new_cache(self) -> list[LayerCache]:
         """An empty cache per block, rolling for sliding-window layers."""
         return [LayerCache(window=getattr(layer.attn, "window", None)) for layer in self.layers]
+
+
+def refuse_future(layers: nn.Module) -> None:
+    """Raise the refusal of the first module of a causal stack that would let a token see later ones.
+
+    A module declares it with ``causal_refusal() -> ConfigError | None`` (expert-choice routing
+    does): the model is refused when it is built, before any training.
+    """
+    for module in layers.modules():
+        ask = getattr(module, "causal_refusal", None)
+        refusal = ask() if callable(ask) else None
+        if refusal is not None:
+            raise refusal
 
 
 def head_dim_of(dim: int, n_heads: int, head_dim: int | None) -> int:
