@@ -1,9 +1,12 @@
 """zoo-info lists every option the issue names, and docs/components.md is its current output."""
 
+import warnings
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
+from zoo.config import CONF_MODULE
 from zoo.info import catalogue, compatibility, main, markdown
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "components.md"
@@ -46,6 +49,26 @@ def test_cli_prints_the_catalogue(capsys):
     main([])
     out = capsys.readouterr().out
     assert "sliding_window" in out and "compatibility" in out
+
+
+def test_cli_prints_no_warning_and_whole_descriptions(options, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # pytest's config hides Hydra's warnings; zoo-info must not need that
+        main([])
+    out, err = capsys.readouterr()
+    assert [str(w.message) for w in caught] == [] and err == ""
+    conf = files(CONF_MODULE)
+    for o in (o for o in options if o.provider == "zoo"):
+        text = conf.joinpath(*o.group.split("/"), f"{o.name}.yaml").read_text().splitlines()
+        opening = text[: next((i for i, line in enumerate(text) if not line.startswith("#")), len(text))]
+        for line in opening:
+            if not line.startswith("# @package"):
+                assert line.lstrip("#").strip() in out, f"{o.group}={o.name}: zoo-info cuts its description"
+
+
+def test_expert_choice_is_marked_for_encoders_only(options):
+    row = compatibility(options)["model/ffn/router=expert_choice"]
+    assert row["encoder"] == "yes" and all(row[arch].startswith("no") for arch in ("causal", "prefix", "encdec"))
 
 
 def test_components_doc_is_up_to_date(options):

@@ -241,3 +241,24 @@ def test_configs_train_zoo_models(arch, option):
     assert torch.isfinite(loss) and metrics["n_tokens"] > 0
     assert abs(loss.item() - torch.log(torch.tensor(float(TOK.vocab_size))).item()) < 1.5, "about uniform at init"
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("objective_cls, arch", [(CausalLMObjective, "causal"), (PrefixLMObjective, "prefix")])
+def test_packed_rows_are_scored_document_by_document(objective_cls, arch):
+    """``data.boundaries=mask``: the loss of a packed row is that of its documents, each run alone."""
+    import zoo
+    from zoo.data import PackedDataset
+
+    eos, g = 63, torch.Generator().manual_seed(0)
+    documents = [torch.cat([torch.randint(0, 63, (n,), generator=g), torch.tensor([eos])]) for n in (11, 20, 7)]
+    stream = torch.cat(documents).int()
+    batch = PackedDataset(stream=stream, seq_len=len(stream) - 1, eos_id=eos)[0]  # one row holding them all
+    torch.manual_seed(0)
+    model = zoo.build(["model.dim=32", "model.n_layers=2", "model.vocab_size=64", f"model={arch}"]).eval()
+    objective = objective_cls(prefix_fraction=(0.0, 0.0)) if arch == "prefix" else objective_cls()
+    with torch.no_grad():
+        _, metrics = objective(model, batch)
+        prefix = {"prefix_len": torch.tensor([1])} if arch == "prefix" else {}
+        alone = sum(F.cross_entropy(model(doc[None, :-1], **prefix)[0], doc[1:], reduction="sum") for doc in documents)
+    assert metrics["n_tokens"] == sum(len(doc) - 1 for doc in documents)
+    torch.testing.assert_close(metrics["nll_sum"], alone)

@@ -25,15 +25,24 @@ class Option:
 
 
 def _summary_and_provider(group: str, name: str) -> tuple[str, str]:
-    """The YAML's first comment line, and which package ships it (zoo or a plugin)."""
+    """The YAML's opening comment, whole (its lines joined), and which package ships it (zoo or a plugin)."""
     for provider, module in [("zoo", CONF_MODULE), *plugin_config_modules().items()]:
         path = files(module).joinpath(*group.split("/"), f"{name}.yaml")
         if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.startswith("#") and not line.startswith("# @package"):
-                    return line.lstrip("# ").strip(), provider
-            return "", provider
+            return opening_comment(path.read_text()), provider
     return "", "?"
+
+
+def opening_comment(yaml: str) -> str:
+    """The comment lines before the first line of YAML (``# @package`` aside), as one line of text."""
+    lines = []
+    for line in yaml.splitlines():
+        if line.startswith("# @package"):
+            continue
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(line for line in lines if line)
 
 
 def catalogue() -> list[Option]:
@@ -93,7 +102,7 @@ def compatibility(options: list[Option]) -> dict[str, dict[str, str]]:
     names = [a.arch for a in archs]
     rows = {}
     for opt in options:
-        if opt.target is None or opt.group not in ("model/residual", "model/pos", "model/attention", "objective"):
+        if opt.target is None or opt.group not in ("model/residual", "model/pos", "model/attention", "model/ffn/router", "objective"):
             continue
         cls = _resolve(opt.target)
         row = {arch: "yes" for arch in names}

@@ -6,6 +6,7 @@ output is never read, and the fast kernels fill them differently (see ``zoo.atte
 
 import re
 import warnings
+from dataclasses import replace
 from functools import partial
 from importlib.resources import files
 
@@ -25,6 +26,7 @@ from zoo.attention.kernels import (
     pick_kernel,
     sdpa,
 )
+from zoo.arch.stack import document_positions
 from zoo.attention.local import default_block
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
@@ -55,6 +57,15 @@ def right_padding(m: int) -> torch.Tensor:
     return valid
 
 
+def packed(m: int) -> torch.Tensor:
+    """Document ids ``(B, m)`` of packed rows: three documents, then two, of uneven lengths."""
+    segments = torch.zeros(B, m, dtype=torch.long)
+    for row, starts in enumerate(([17, m * 2 // 3], [m // 2 + 3])):
+        for start in starts:
+            segments[row, start:] += 1
+    return segments
+
+
 #: name -> the mask for m keys (left padding gets positions that start at the first real token, as in generation)
 MASKS = {
     "causal": lambda m: Mask(causal=True),
@@ -67,6 +78,11 @@ MASKS = {
     "window_prefix": lambda m: Mask(causal=True, window=WINDOW, prefix_len=torch.tensor([5, 40])),
     "window_padding": lambda m: Mask(causal=True, window=WINDOW, key_valid=left_padding(m)),
     "window_bidirectional_padding": lambda m: Mask(window=WINDOW, key_valid=right_padding(m)),
+    "documents": lambda m: Mask(causal=True).within(packed(m)),
+    "bidirectional_documents": lambda m: Mask().within(packed(m)),
+    "window_documents": lambda m: Mask(causal=True, window=WINDOW).within(packed(m)),
+    "window_bidirectional_documents": lambda m: Mask(window=WINDOW).within(packed(m)),
+    "prefix_documents": lambda m: Mask(causal=True, prefix_len=torch.tensor([5, 40])).within(packed(m)),
 }
 
 
@@ -92,6 +108,9 @@ def case(mask_name: str, *, n: int, m: int, kv_heads: int, seed: int = 0):
     k_pos = torch.arange(m).expand(B, m)
     if mask.key_valid is not None and not mask.key_valid[:, 0].all():  # left padding: positions start at the first token
         k_pos = (mask.key_valid.cumsum(1) - 1).clamp(min=0)
+    if mask.k_segment is not None:  # packed documents: positions restart at each (a prefix is the row's)
+        k_pos = k_pos if mask.prefix_len is not None else document_positions(mask.k_segment)
+        mask = replace(mask, q_segment=mask.k_segment[:, m - n :])
     q_pos = k_pos[:, m - n :]
     rows = torch.ones(B, n, dtype=torch.bool) if mask.key_valid is None else mask.key_valid[:, m - n :]
     return q, k, v, dict(mask=mask, q_pos=q_pos, k_pos=k_pos, scale=D**-0.5), rows
@@ -123,7 +142,7 @@ def test_kernel_matches_eager_forward_and_gradients(kernel, mask_name, bias_name
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("n", [64, 70, 97], ids=["block_multiple", "not_multiple", "odd"])
-@pytest.mark.parametrize("mask_name", ["window", "window_bidirectional", "window_prefix", "window_padding"])
+@pytest.mark.parametrize("mask_name", ["window", "window_bidirectional", "window_prefix", "window_padding", "window_documents"])
 def test_local_at_every_length_and_head_grouping(mask_name, n, kv_heads):
     assert default_block(WINDOW) == 16 and n > 2 * 16  # the blocked path runs, not its SDPA fallback
     q, k, v, kw, rows = case(mask_name, n=n, m=n, kv_heads=kv_heads, seed=n)
@@ -166,21 +185,25 @@ def test_chunked_prefill_through_a_rolling_cache_equals_one_pass():
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-4)
 
 
-def test_local_never_builds_a_full_bias_or_mask():
+@pytest.mark.parametrize("mask_name", ["window", "window_documents"])
+def test_local_never_builds_a_full_bias_or_mask(mask_name):
+    """Packed documents too: positions restart, yet each document's run of positions is local."""
     n = 256
-    q, k, v, kw, rows = case("window", n=n, m=n, kv_heads=2)
+    q, k, v, kw, rows = case(mask_name, n=n, m=n, kv_heads=2)
     seen = []
 
     def bias(q_pos, k_pos):
         seen.append(tuple(k_pos.shape))
         return ALiBi(H * D, n_heads=H, head_dim=D, max_seq_len=n, causal=True).bias(q_pos, k_pos)
 
-    local(q, k, v, bias=bias, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to SDPA
+        local(q, k, v, bias=bias, **kw)
     assert seen and all(keys <= 2 * default_block(WINDOW) for _, keys in seen)
 
 
 def test_local_falls_back_to_sdpa_for_positions_that_are_not_local():
-    """Packed documents whose positions restart: a window of positions is no window of indices."""
+    """Positions that restart with no documents to say where: a window of positions is no window of indices."""
     q, k, v, kw, rows = case("window", n=80, m=80, kv_heads=2)
     kw["k_pos"] = kw["q_pos"] = torch.arange(80).remainder(40).expand(B, 80)
     with pytest.warns(UserWarning, match="positions"):
@@ -231,8 +254,8 @@ def test_flex_tiles_cover_every_visible_pair(mask_name):
     visible, real = per_tile(seen), per_tile(torch.ones_like(seen))
     assert not (visible.any(dim=(2, 4)) & ~some).any()  # no visible pair in a skipped tile
     assert not (every & ~(visible | ~real).all(dim=(2, 4))).any()  # a full tile: every real pair visible
-    if mask.window is not None:
-        assert not some.all()  # the window skips tiles
+    if mask.window is not None or mask.q_segment is not None:
+        assert not some.all()  # the window skips tiles, and so do other documents
 
 
 @pytest.mark.parametrize("bias_name", ["alibi", "t5"])

@@ -37,7 +37,7 @@ def test_rows_overlap_by_one_so_targets_are_the_shifted_inputs():
 def test_cross_mode_keeps_every_target():
     data = PackedDataset(stream=stream(1, 2, E, 3, 4, E, 5, 6, 7), seq_len=4, eos_id=E, boundaries="cross")
     batch = data[torch.arange(len(data))]
-    assert batch["loss_mask"].all() and batch["segment_ids"].eq(0).all()
+    assert batch["loss_mask"].all() and "segment_ids" not in batch  # one text: attention crosses documents
 
 
 def test_mask_mode_masks_targets_across_documents():
@@ -48,6 +48,13 @@ def test_mask_mode_masks_targets_across_documents():
     assert batch["loss_mask"].tolist() == [[True, True, False, True, True], [False, True, True, True, False]]
     # an <eos> belongs to the document it ends
     assert batch["segment_ids"].tolist() == [[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 2]]
+
+
+def test_attend_mode_masks_the_loss_but_lets_attention_cross_documents():
+    data = PackedDataset(stream=stream(1, 2, E, 3, 4, E, 5, 6, 7, E, 8), seq_len=5, eos_id=E, boundaries="attend")
+    batch = data[torch.arange(len(data))]
+    masked = PackedDataset(stream=stream(1, 2, E, 3, 4, E, 5, 6, 7, E, 8), seq_len=5, eos_id=E)[torch.arange(len(data))]
+    assert torch.equal(batch["loss_mask"], masked["loss_mask"]) and "segment_ids" not in batch
 
 
 def test_loader_is_deterministic_and_shuffles_each_epoch():

@@ -15,7 +15,8 @@ from zoo.ffn.moe import (
     moe_stats,
     router_z_loss,
 )
-from zoo.testing import TINY
+from zoo.config import group_options
+from zoo.testing import TINY, build_tiny, check_causal
 
 DIM = 16
 
@@ -142,17 +143,19 @@ def test_dropped_tokens_pass_through_unchanged():
     assert torch.equal(x.grad[0, capacity:], torch.ones_like(x.grad[0, capacity:]))  # only the residual
 
 
-def test_capacity_keeps_first_choices_before_second_choices():
+def test_capacity_keeps_earlier_positions_first():
+    """Every choice of an earlier position outranks a later position's (causal), then sequences in order."""
     router = TopKRouter(DIM, n_experts=2, top_k=2, capacity_factor=0.5)  # capacity = t * 2 / 2 / 2 = t / 2
     with torch.no_grad():
         router.proj.weight.copy_(torch.zeros(2, DIM))
         router.proj.weight[0, 0] = 1.0
-    x = torch.zeros(8, DIM)
-    x[:4, 0], x[4:, 0] = 1.0, -1.0  # tokens 0-3 prefer expert 0, tokens 4-7 expert 1
-    routing = router(x)
+    x = torch.zeros(2, 4, DIM)  # two sequences of 4
+    x[0, :, 0], x[1, :, 0] = 1.0, -1.0  # the first sequence prefers expert 0, the second expert 1
+    routing = router(x.flatten(0, 1), seq_len=4)
     n_kept = sum(routing.counts)
     kept = sorted(zip(routing.expert[:n_kept].tolist(), routing.token[:n_kept].tolist()))
-    assert kept == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (1, 6), (1, 7)]
+    # positions 0 and 1 of both sequences (tokens 0, 1 and 4, 5) take both experts; positions 2, 3 drop
+    assert kept == [(0, 0), (0, 1), (0, 4), (0, 5), (1, 0), (1, 1), (1, 4), (1, 5)]
     assert float(routing.dropped) == pytest.approx(0.5)
 
 
@@ -300,7 +303,7 @@ def test_dense_model_has_no_aux_loss():
 
 
 def test_expert_and_router_are_config_choices():
-    model = zoo.build(["model/ffn=moe", "model/ffn@model.ffn.expert=relu", "model/ffn/router=expert_choice", *TINY])
+    model = zoo.build(["model=encoder", "model/ffn=moe", "model/ffn@model.ffn.expert=relu", "model/ffn/router=expert_choice", *TINY])
     ffn = model.stack.layers[0].ffn
     assert isinstance(ffn.experts[0], ReLUMLP) and isinstance(ffn.router, ExpertChoiceRouter)
     model = zoo.build(["model=encdec", "model/ffn=moe", *TINY])
@@ -334,3 +337,34 @@ def test_cached_decoding_equals_full_forward():
 def test_empty_batch():
     moe = make_moe()
     assert moe(torch.randn(0, 3, DIM)).shape == (0, 3, DIM)
+
+
+#: every router option, and token choice with a capacity (Switch's top-1 and a top-2 that drops)
+ROUTERS = [[f"model/ffn/router={name}"] for name in group_options("model/ffn/router")] + [
+    ["model/ffn/router=top_k", "model.ffn.router.top_k=1", "model.ffn.router.capacity_factor=1.25"],
+    ["model/ffn/router=top_k", "model.ffn.router.capacity_factor=0.5"],
+]
+
+
+@pytest.mark.parametrize("arch", ["causal", "prefix", "encdec"])
+@pytest.mark.parametrize("router", ROUTERS, ids=lambda r: " ".join(r))
+def test_every_router_a_decoder_allows_leaks_no_future(router, arch):
+    """A router a decoder builds routes no token by later ones; one that would is refused when built."""
+    overrides = [f"model={arch}", "model/ffn=moe", *router]
+    try:
+        model = build_tiny(overrides).eval()
+    except ConfigError as refusal:
+        assert refusal.key == "model/ffn/router" and "model=encoder" in str(refusal)
+        assert arch not in ExpertChoiceRouter.compatible_archs and "expert_choice" in router[0]
+        return
+    check_causal(model)
+
+
+def test_expert_choice_would_leak_in_a_decoder():
+    """Why it is refused: built by hand into a causal stack's place, a later token moves earlier outputs."""
+    torch.manual_seed(0)
+    moe = MoE(DIM, expert=functools.partial(SwiGLU, hidden_dim=12), router=ExpertChoiceRouter, n_experts=4)
+    x = torch.randn(1, 12, DIM)
+    changed = x.clone()
+    changed[0, -1] = 10 * torch.randn(DIM)
+    assert not torch.allclose(moe(x)[0, :-1], moe(changed)[0, :-1])

@@ -12,7 +12,7 @@ from torch import nn
 from zoo.arch import cost
 from zoo.arch.protocol import Example, device_of
 from zoo.arch.session import LMSession
-from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
+from zoo.arch.stack import Factory, Stack, default_positions, document_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
@@ -49,6 +49,9 @@ class TransformerLM(nn.Module):
     continues_prompt: bool = True
     has_bidirectional_stack: bool = False
     cross_attends: bool = False
+    #: whether a packed row's positions restart at each document (``segments``), so each document is
+    #: positioned as if alone; every position scheme takes any positions
+    restarts_positions: bool = True
 
     def __init__(
         self,
@@ -109,20 +112,31 @@ class TransformerLM(nn.Module):
         prefix_len: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
         hidden: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for ``tokens (b, n)``.
 
         Args:
-            positions: ``(b, n)`` positions; default ``0..n-1`` after what ``cache`` holds.
+            positions: ``(b, n)`` positions; default ``0..n-1`` after what ``cache`` holds, or with
+                ``segments`` (and :attr:`restarts_positions`) counted from each document's start.
             valid: ``(b, n)`` ``False`` at padding tokens.
             prefix_len: ``(b,)`` prefix lengths (prefix decoder only).
             cache: from :meth:`new_cache`, updated in place.
             hidden: return the last hidden states ``(b, n, dim)`` instead of the logits (a task head's input).
+            segments: ``(b, n)`` document ids of a packed row (``data.boundaries=mask``): a token
+                attends only within its document.
         """
-        if positions is None:
+        if segments is not None and cache is not None:
+            raise ValueError("segments (document masking of packed rows) is for training and scoring, not for a KV cache")
+        if positions is None and segments is not None and self.restarts_positions:
+            positions = document_positions(segments)
+        elif positions is None:
             offset = cache[0].self_attn.seen if cache else 0
             positions = default_positions(tokens.shape[1], tokens.device, offset)
-        x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
+        mask = self.mask(positions=positions, prefix_len=prefix_len, valid=valid)
+        if segments is not None:
+            mask = mask.within(segments)
+        x = self.stack(self.embed(tokens), positions=positions, mask=mask, cache=cache)
         return x if hidden else self.lm_head(x)
 
     def aux_loss(self) -> torch.Tensor | None:
@@ -182,6 +196,9 @@ class PrefixLM(TransformerLM):
     """
 
     arch = "prefix"
+    # the prefix is the row's first prefix_len positions: restarting them per document would turn
+    # the start of every document into a bidirectional prefix, and its targets count in the loss
+    restarts_positions = False
 
     def example(self, *, batch: int, length: int, generator: torch.Generator | None = None) -> Example:
         """Random tokens and a random prefix length in ``[1, length)`` per sequence."""

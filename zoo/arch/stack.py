@@ -74,6 +74,8 @@ class Stack(nn.Module):
             )
             for _ in range(n_layers)
         )
+        if causal:
+            refuse_future(self.layers)
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
         self.norm = norm(dim) if final_norm else nn.Identity()
@@ -106,6 +108,19 @@ class Stack(nn.Module):
         return [LayerCache(window=getattr(layer.attn, "window", None)) for layer in self.layers]
 
 
+def refuse_future(layers: nn.Module) -> None:
+    """Raise the refusal of the first module of a causal stack that would let a token see later ones.
+
+    A module declares it with ``causal_refusal() -> ConfigError | None`` (expert-choice routing
+    does): the model is refused when it is built, before any training.
+    """
+    for module in layers.modules():
+        ask = getattr(module, "causal_refusal", None)
+        refusal = ask() if callable(ask) else None
+        if refusal is not None:
+            raise refusal
+
+
 def head_dim_of(dim: int, n_heads: int, head_dim: int | None) -> int:
     """``head_dim``, defaulting to ``dim // n_heads`` when that divides evenly."""
     if n_heads <= 0:
@@ -120,3 +135,12 @@ def head_dim_of(dim: int, n_heads: int, head_dim: int | None) -> int:
 def default_positions(n: int, device: torch.device, offset: int = 0) -> torch.Tensor:
     """Positions ``(1, n)`` starting at ``offset`` (the number of tokens already cached)."""
     return torch.arange(offset, offset + n, device=device)[None]
+
+
+def document_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Positions ``(b, n)`` that restart at 0 wherever ``segments (b, n)`` changes: each document of a
+    packed row is positioned as if it were alone."""
+    index = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return index - (index * starts).cummax(dim=1).values

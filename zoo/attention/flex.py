@@ -4,11 +4,12 @@ FlexAttention (Dong et al. 2024, arXiv:2412.05496) skips the blocks of the score
 block mask marks empty and evaluates ``mask_mod``/``score_mod`` only where it must, so a sliding
 window costs ``O(n * window)``. Here:
 
-- the block mask is derived from the :class:`~zoo.attention.mask.Mask` and the positions by
-  interval arithmetic on each ``128 x 128`` tile (``O(n m / 128^2)``, never an ``n x m`` tensor);
+- the block mask is derived from the :class:`~zoo.attention.mask.Mask` and the positions (and the
+  document ids of a packed row) by interval arithmetic on each ``128 x 128`` tile
+  (``O(n m / 128^2)``, never an ``n x m`` tensor), so tiles between two documents are skipped;
 - ``mask_mod`` evaluates the same rule as ``Mask.allows`` on each pair inside the partial tiles, with
   every mask setting passed as a tensor, so one compiled kernel serves causal, prefix, bidirectional,
-  windowed and padded masks alike (no recompilation per layer kind);
+  windowed, padded and document masks alike (no recompilation per layer kind);
 - a score bias (ALiBi, T5) becomes ``score_mod``: a ``(h, offsets)`` table of the bias as a function
   of ``q_pos - k_pos``, looked up per score (differentiable, so T5's table trains on CUDA).
 
@@ -96,6 +97,14 @@ def tile_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[tor
             some, every = some & (lo < w), every & (hi < w)
         else:
             some, every = some & (lo < w) & (hi > -w), every & (hi < w) & (lo > -w)
+    if mask.q_segment is not None:
+        qs_lo, qs_hi, _, _ = tile_bounds(mask.q_segment, None)
+        ks_lo, ks_hi, _, _ = tile_bounds(mask.k_segment, None)
+        qs_lo, qs_hi, ks_lo, ks_hi = qs_lo[:, :, None], qs_hi[:, :, None], ks_lo[:, None], ks_hi[:, None]
+        # some pair may share a document where the tiles' ranges of document ids overlap; every pair
+        # does where both tiles hold one and the same document
+        some = some & (qs_lo <= ks_hi) & (ks_lo <= qs_hi)
+        every = every & (qs_lo == qs_hi) & (ks_lo == ks_hi) & (qs_lo == ks_lo)
     return some, every
 
 
@@ -117,12 +126,15 @@ def rule_mod(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor):
     behind = torch.tensor(big if mask.window is None else mask.window, device=device)
     ahead = big if mask.window is None or mask.causal else mask.window  # a causal window bounds only the past
     ahead = torch.tensor(ahead, device=device)
+    q_segment = torch.zeros_like(q_pos) if mask.q_segment is None else pad_to_block(mask.q_segment.long())
+    k_segment = torch.zeros_like(k_pos) if mask.k_segment is None else pad_to_block(mask.k_segment.long())
 
     def mask_mod(b, h, q_idx, kv_idx):
         k = k_pos[b, kv_idx]
         offset = q_pos[b, q_idx] - k
         seen = ~causal | (offset >= 0) | (k < prefix_len[b])
-        return seen & (offset < behind) & (-offset < ahead) & key_valid[b, kv_idx]
+        same_document = q_segment[b, q_idx] == k_segment[b, kv_idx]
+        return seen & (offset < behind) & (-offset < ahead) & key_valid[b, kv_idx] & same_document
 
     return mask_mod
 

@@ -35,13 +35,14 @@ def default_block(window: int) -> int:
     return max(16, 2 ** math.ceil(math.log2(max(window // 2, 1))))
 
 
-def positions_are_local(q_pos: torch.Tensor, k_pos: torch.Tensor, key_valid: torch.Tensor | None) -> bool:
+def positions_are_local(q_pos: torch.Tensor, k_pos: torch.Tensor, mask: Mask) -> bool:
     """Whether the blocked kernel is exact for these positions.
 
     It needs the queries to be the last ``n`` keys (self-attention, with or without a cache) and
     the positions of real tokens to grow by at least one per token, so that a window of positions
     is inside the same window of indices. Every architecture here produces such positions (also
-    for left-padded batches); packed documents whose positions restart would not.
+    for left-padded batches). In a packed row (``mask.k_segment``) positions may restart at each
+    document: then each document must be one run of keys whose positions grow so.
     """
     n, m = q_pos.shape[1], k_pos.shape[1]
     if n > m:
@@ -49,13 +50,17 @@ def positions_are_local(q_pos: torch.Tensor, k_pos: torch.Tensor, key_valid: tor
     k_pos = k_pos.expand(q_pos.shape[0], -1)
     # r = position - index must not decrease along the real tokens
     r = k_pos - torch.arange(m, device=k_pos.device)
-    if key_valid is not None:
-        r = r.masked_fill(~key_valid, torch.iinfo(r.dtype).min)
+    if mask.k_segment is not None:
+        # lift each document's r above every earlier document's: one running maximum then checks
+        # both that documents follow each other and that positions grow inside each
+        r = r + mask.k_segment * (r.max() - r.min() + 1)
+    if mask.key_valid is not None:
+        r = r.masked_fill(~mask.key_valid, torch.iinfo(r.dtype).min)
     grows = r >= r.cummax(dim=1).values
     same = q_pos == k_pos[:, m - n :]
-    if key_valid is not None:
-        grows = grows | ~key_valid
-        same = same | ~key_valid[:, m - n :]
+    if mask.key_valid is not None:
+        grows = grows | ~mask.key_valid
+        same = same | ~mask.key_valid[:, m - n :]
     return bool(grows.all() & same.all())
 
 
@@ -112,11 +117,11 @@ def local(
     if mask.window is None or n <= 2 * block or m <= 2 * mask.window:
         return sdpa(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=scale, dropout=dropout)
     q_pos, k_pos = q_pos.expand(q.shape[0], n), k_pos.expand(k.shape[0], m)
-    if not positions_are_local(q_pos, k_pos, mask.key_valid):
+    if not positions_are_local(q_pos, k_pos, mask):
         # A rolling KV cache returns keys in slot order: put them in position order (softmax is
         # order-free), one linear-cost gather.
         k, v, k_pos, mask = by_position(k, v, k_pos, mask)
-    if not positions_are_local(q_pos, k_pos, mask.key_valid):
+    if not positions_are_local(q_pos, k_pos, mask):
         warnings.warn(
             "model.attention.kernel=local: positions do not grow by one per token (or queries are not the last "
             "keys); using SDPA with a dense mask instead",
@@ -130,30 +135,35 @@ def local(
     m_head = m - n + head  # a head query sees no key after itself but the prefix, and the prefix ends here
     out_head = sdpa(
         q[:, :, :head], k[:, :, :m_head], v[:, :, :m_head], q_pos=q_pos[:, :head], k_pos=k_pos[:, :m_head],
-        **replace_keys(kw, mask.key_valid, m_head),
+        **{**kw, "mask": narrow(mask, queries=slice(head), keys=slice(m_head))},
     )
     if head == n:
         return out_head
+    kw["mask"] = narrow(mask, queries=slice(head, None))
     out_tail = banded(q[:, :, head:], k, v, q_pos=q_pos[:, head:], k_pos=k_pos, block=block, **kw)
     return torch.cat([out_head, out_tail], dim=2)
 
 
 def by_position(k: torch.Tensor, v: torch.Tensor, k_pos: torch.Tensor, mask: Mask):
-    """Keys, values, positions and padding flags sorted by position (ties keep their order)."""
+    """Keys, values, positions, padding flags and documents sorted by position (ties keep their order)."""
     order = k_pos.argsort(dim=1, stable=True)
     along_keys = order[:, None, :, None]
     k = k.gather(2, along_keys.expand(-1, k.shape[1], -1, k.shape[3]))
     v = v.gather(2, along_keys.expand(-1, v.shape[1], -1, v.shape[3]))
-    if mask.key_valid is not None:
-        mask = mask.with_keys(mask.key_valid.gather(1, order))
-    return k, v, k_pos.gather(1, order), mask
+    key_valid = None if mask.key_valid is None else mask.key_valid.gather(1, order)
+    k_segment = None if mask.k_segment is None else mask.k_segment.gather(1, order)
+    return k, v, k_pos.gather(1, order), replace(mask, key_valid=key_valid, k_segment=k_segment)
 
 
-def replace_keys(kw: dict, key_valid: torch.Tensor | None, m: int) -> dict:
-    """``kw`` with the mask's key flags cut to the first ``m`` keys."""
-    if key_valid is None:
-        return kw
-    return {**kw, "mask": kw["mask"].with_keys(key_valid[:, :m])}
+def narrow(mask: Mask, *, queries: slice = slice(None), keys: slice = slice(None)) -> Mask:
+    """``mask`` for a slice of its queries and keys: its per-query and per-key tensors cut alike."""
+
+    def cut(x: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+        return None if x is None else x[:, part]
+
+    return replace(
+        mask, key_valid=cut(mask.key_valid, keys), q_segment=cut(mask.q_segment, queries), k_segment=cut(mask.k_segment, keys)
+    )
 
 
 def banded(
@@ -192,13 +202,19 @@ def banded(
     # Positions in int32 halve the memory the rule's comparisons stream through.
     far = torch.iinfo(torch.int32).max // 2
     kp_blk = rearrange(k_pos[:, index].int().masked_fill(~inside.flatten(), far), "b (s l) -> (b s) l", s=s)
-    valid_blk = None if mask.key_valid is None else rearrange(mask.key_valid[:, index], "b (s l) -> (b s) l", s=s)
+
+    def per_block(x: torch.Tensor | None) -> torch.Tensor | None:  # a per-key tensor, gathered like the keys
+        return None if x is None else rearrange(x[:, index], "b (s l) -> (b s) l", s=s)
+
     pad_q = s * block - n  # rows of padded queries are cut off at the end
     q_blk = rearrange(F.pad(q, (0, 0, 0, pad_q)), "b h (s n) d -> (b s) h n d", s=s)
     qp_blk = rearrange(F.pad(q_pos.int(), (0, pad_q)), "b (s n) -> (b s) n", s=s)
 
     prefix_len = None if mask.prefix_len is None else repeat(mask.prefix_len, "b -> (b s)", s=s)
-    blocked = replace(mask, prefix_len=prefix_len, key_valid=valid_blk)
+    qs_blk = None if mask.q_segment is None else rearrange(F.pad(mask.q_segment, (0, pad_q)), "b (s n) -> (b s) n", s=s)
+    blocked = replace(
+        mask, prefix_len=prefix_len, key_valid=per_block(mask.key_valid), q_segment=qs_blk, k_segment=per_block(mask.k_segment)
+    )
     allowed = blocked.allows(qp_blk, kp_blk)[:, None]  # (b s) 1 n l
     score_bias = bias(qp_blk, kp_blk)
     if score_bias is None:

@@ -1,8 +1,9 @@
 """Which keys each query may see, as a function of the tokens' positions.
 
-The architecture builds a :class:`Mask` (causal, prefix, bidirectional, padding); a sliding-window
-attention narrows it with its window. Kernels turn it into what they need: a dense boolean tensor,
-a flag for SDPA's causal fast path, or block bounds for local attention.
+The architecture builds a :class:`Mask` (causal, prefix, bidirectional, padding, documents); a
+sliding-window attention narrows it with its window. Kernels turn it into what they need: a dense
+boolean tensor, a flag for SDPA's causal fast path, block bounds for local attention, or a
+FlexAttention ``mask_mod``.
 """
 
 from dataclasses import dataclass, replace
@@ -19,12 +20,18 @@ class Mask:
         prefix_len: ``(b,)``; with ``causal``, keys before it are visible to every query (prefix LM).
         window: a query sees only keys less than ``window`` positions away.
         key_valid: ``(b, m)`` booleans, ``False`` for padding keys.
+        q_segment, k_segment: ``(b, n)``, ``(b, m)`` document ids of the queries and keys of a packed
+            row: a query sees only keys of its own document (document masking; Zhao et al. 2024,
+            arXiv:2402.13991). Both or neither. Within a document the other rules apply to the
+            positions as given, so they stay exact when positions restart at each document.
     """
 
     causal: bool = False
     prefix_len: torch.Tensor | None = None
     window: int | None = None
     key_valid: torch.Tensor | None = None
+    q_segment: torch.Tensor | None = None
+    k_segment: torch.Tensor | None = None
 
     def with_window(self, window: int | None) -> "Mask":
         return self if window is None else replace(self, window=window)
@@ -32,14 +39,20 @@ class Mask:
     def with_keys(self, key_valid: torch.Tensor | None) -> "Mask":
         return replace(self, key_valid=key_valid)
 
+    def within(self, segments: torch.Tensor) -> "Mask":
+        """This rule inside each document of ``segments (b, n)``, for self-attention over those tokens."""
+        return replace(self, q_segment=segments, k_segment=segments)
+
     @property
     def is_full(self) -> bool:
         """Every query sees every key: no mask at all."""
-        return not self.causal and self.window is None and self.key_valid is None
+        return not self.causal and self.window is None and self.key_valid is None and self.q_segment is None
 
     @property
     def is_plain_causal(self) -> bool:
-        return self.causal and self.prefix_len is None and self.window is None and self.key_valid is None
+        return (
+            self.causal and self.prefix_len is None and self.window is None and self.key_valid is None and self.q_segment is None
+        )
 
     def allows(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Booleans ``(b, n, m)``: may the query at ``q_pos (b, n)`` see the key at ``k_pos (b, m)``."""
@@ -51,6 +64,9 @@ class Mask:
                 ok = ok | (k_pos[:, None, :] < self.prefix_len[:, None, None])
         if self.window is not None:
             ok = ok & ((offset < self.window) if self.causal else (offset.abs() < self.window))
+        if self.q_segment is not None:
+            # a query always sees itself, so document masking alone leaves no row empty
+            ok = ok & (self.q_segment[:, :, None] == self.k_segment[:, None, :])
         if self.key_valid is not None:
             ok = ok & self.key_valid[:, None, :]
             # A query with no visible key (a row of pure padding) would softmax to NaN; let it see

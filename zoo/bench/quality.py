@@ -130,7 +130,9 @@ def extrapolation(
         except ConfigError:
             out[key] = NA_SPLIT
             continue
-        figures = evaluate(model, loader, objective=objective, dist=Dist(), max_batches=4)
+        # the batches go where the model is (Dist() alone means CPU: on CUDA the embedding got a CPU index)
+        device = next(model.parameters()).device
+        figures = evaluate(model, loader, objective=objective, dist=Dist(device=device), max_batches=4)
         out[key] = figures["loss"]
     return out
 

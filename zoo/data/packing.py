@@ -4,9 +4,10 @@ Every batch, from text or from a synthetic task, is a dict of tensors:
 
 - ``tokens``: ``(b, n + 1)`` long; inputs are ``tokens[:, :-1]``, next-token targets ``tokens[:, 1:]``.
 - ``loss_mask``: ``(b, n)`` bool, aligned with the targets; ``False`` where a target must not count.
-- ``segment_ids``: ``(b, n + 1)`` long, the document index of each token counted from the row's
-  first document (an ``<eos>`` belongs to the document it ends), for attention that respects
-  document boundaries.
+- ``segment_ids``: ``(b, n + 1)`` long, only where attention must stop at document boundaries
+  (``data.boundaries=mask``): the document index of each token counted from the row's first
+  document (an ``<eos>`` belongs to the document it ends). The objectives hand it to the model,
+  whose mask then keeps each token inside its document and whose positions restart per document.
 
 Rows overlap by one token (row ``i`` is ``stream[i*n : i*n + n + 1]``), so each token of the stream
 is a target exactly once.
@@ -24,7 +25,7 @@ import torch
 from zoo.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
-BOUNDARIES = ("cross", "mask")
+BOUNDARIES = ("mask", "attend", "cross")
 
 
 def derive_seed(*parts: object) -> int:
@@ -111,10 +112,12 @@ class PackedDataset:
         stream: ``(total,)`` token ids, documents separated by ``eos_id``.
         seq_len: model inputs per row, ``n``.
         eos_id: the separator.
-        boundaries: ``"cross"``: the stream is one text (every target counts, one segment);
-            ``"mask"``: a target whose input is an ``<eos>`` (the next document's first token, which
-            the previous document cannot predict) is masked out of the loss, and ``segment_ids``
-            count documents.
+        boundaries: ``"mask"``: each document is on its own, as if it had a row to itself: the
+            batch's ``segment_ids`` keep attention inside documents, and a target whose input is an
+            ``<eos>`` (the next document's first token, which the previous document cannot predict)
+            is masked out of the loss; ``"attend"``: that target is masked out of the loss but
+            attention crosses documents (no ``segment_ids``); ``"cross"``: the stream is one text
+            (every target counts, attention crosses documents).
 
     Indexing with ``(b,)`` long row indices (or one int) gives a batch (module docstring).
     """
@@ -135,9 +138,11 @@ class PackedDataset:
         tokens = self.rows[torch.as_tensor(index).reshape(-1)].long()
         is_eos = tokens == self.eos_id
         if self.boundaries == "cross":
-            return {"tokens": tokens, "loss_mask": torch.ones_like(tokens[:, 1:], dtype=torch.bool), "segment_ids": torch.zeros_like(tokens)}
-        segment_ids = is_eos.cumsum(1) - is_eos.long()  # exclusive count: an <eos> stays in its document
-        return {"tokens": tokens, "loss_mask": ~is_eos[:, :-1], "segment_ids": segment_ids}
+            return {"tokens": tokens, "loss_mask": torch.ones_like(tokens[:, 1:], dtype=torch.bool)}
+        batch = {"tokens": tokens, "loss_mask": ~is_eos[:, :-1]}
+        if self.boundaries == "mask":
+            batch["segment_ids"] = is_eos.cumsum(1) - is_eos.long()  # exclusive count: an <eos> stays in its document
+        return batch
 
     def loader(self, *, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True) -> ResumableLoader:
         """Batches of rows; with ``shuffle``, a fresh permutation per epoch drawn from ``(seed, epoch)``.
@@ -169,7 +174,7 @@ class TokenData:
 
     Args:
         corpus: a corpus (:mod:`zoo.data.corpus`): ``documents(split)`` and ``fingerprint``.
-        boundaries: ``"mask"`` or ``"cross"``, as in :class:`PackedDataset`.
+        boundaries: ``"mask"``, ``"attend"`` or ``"cross"``, as in :class:`PackedDataset`.
         cache_dir: folder for the tokenised splits; ``None``: memory only.
     """
 

@@ -5,9 +5,9 @@ A task has its own vocabulary (``vocab_size``: the model must be built with it),
 objective's loss and accuracy are the task's. Token 0 is filler in every task.
 
 Batches (as in :mod:`zoo.data.packing`): ``tokens (b, n + 1)``, ``loss_mask (b, n)`` over the targets
-``tokens[:, 1:]``, ``segment_ids (b, n + 1)`` all zero. Batch ``index`` of ``epoch`` is drawn from a
-generator seeded with ``(seed, split, epoch, index)``: training sees fresh examples every epoch,
-validation the same ones every pass.
+``tokens[:, 1:]``, and no ``segment_ids`` (a row is one example). Batch ``index`` of ``epoch`` is
+drawn from a generator seeded with ``(seed, split, epoch, index)``: training sees fresh examples every
+epoch, validation the same ones every pass.
 """
 
 import torch
@@ -112,7 +112,7 @@ class MQAR(_Task):
         tokens.scatter_(1, at + 1, values.gather(1, asked))
         # target t is token t + 1: the answer is the target at the query key's own position
         loss_mask = torch.zeros(b, seq_len, dtype=torch.bool).scatter_(1, at, True)
-        return {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": torch.zeros_like(tokens)}
+        return {"tokens": tokens, "loss_mask": loss_mask}
 
 
 class Copying(_Task):
@@ -151,4 +151,4 @@ class Copying(_Task):
         # targets t = n .. 2n - 1 are the copied tokens n + 1 .. 2n
         loss_mask = torch.zeros(batch_size, seq_len, dtype=torch.bool)
         loss_mask[:, n : 2 * n] = True
-        return {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": torch.zeros_like(tokens)}
+        return {"tokens": tokens, "loss_mask": loss_mask}

@@ -111,6 +111,12 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torc
     }
 
 
+def documents(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's ``segments`` keyword when the inputs come from packed rows whose attention stops at
+    document boundaries (``data.boundaries=mask``), else nothing."""
+    return {"segments": inputs["segments"]} if "segments" in inputs else {}
+
+
 def add_aux_loss(model, loss: torch.Tensor, metrics: Metrics) -> torch.Tensor:
     """``loss + model.aux_loss()`` (mixture-of-experts balancing, summed over layers) when there is one."""
     aux = model.aux_loss() if callable(getattr(model, "aux_loss", None)) else None

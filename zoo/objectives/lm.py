@@ -6,7 +6,7 @@ import torch
 
 from zoo.data.packing import Batch
 from zoo.errors import ConfigError
-from zoo.objectives.base import Metrics, Objective, add_aux_loss, masked_cross_entropy, target_bytes
+from zoo.objectives.base import Metrics, Objective, add_aux_loss, documents, masked_cross_entropy, target_bytes
 
 
 class CausalLMObjective(Objective):
@@ -22,13 +22,13 @@ class CausalLMObjective(Objective):
     compatible_archs = ("causal",)
 
     def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``tokens (b, n)``, ``targets (b, n)``, ``loss_mask (b, n)``."""
+        """``tokens (b, n)``, ``targets (b, n)``, ``loss_mask (b, n)``, and ``segments (b, n)`` for a packed row."""
         return shift(batch)
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
         x = self.make_inputs(batch)
-        return _next_token_loss(self, model, model(x["tokens"]), x)
+        return _next_token_loss(self, model, model(x["tokens"], **documents(x)), x)
 
 
 class PrefixLMObjective(Objective):
@@ -69,19 +69,23 @@ class PrefixLMObjective(Objective):
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
         x = self.make_inputs(batch)
-        return _next_token_loss(self, model, model(x["tokens"], prefix_len=x["prefix_len"]), x)
+        return _next_token_loss(self, model, model(x["tokens"], prefix_len=x["prefix_len"], **documents(x)), x)
 
     def __repr__(self) -> str:
         return f"PrefixLMObjective(prefix_fraction={self.prefix_fraction}, seed={self.seed})"
 
 
 def shift(batch: Batch) -> dict[str, torch.Tensor]:
-    """Inputs ``tokens[:, :-1]``, targets ``tokens[:, 1:]``, and the batch's ``loss_mask`` (all ``True`` if absent)."""
+    """Inputs ``tokens[:, :-1]``, targets ``tokens[:, 1:]``, the batch's ``loss_mask`` (all ``True`` if absent),
+    and the inputs' ``segments`` when the batch has ``segment_ids``."""
     tokens = batch["tokens"]
     mask = batch.get("loss_mask")
     if mask is None:
         mask = torch.ones_like(tokens[:, 1:], dtype=torch.bool)
-    return {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask}
+    x = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask}
+    if "segment_ids" in batch:
+        x["segments"] = batch["segment_ids"][:, :-1]
+    return x
 
 
 def _next_token_loss(objective: Objective, model, logits: torch.Tensor, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:

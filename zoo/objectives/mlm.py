@@ -4,7 +4,7 @@ import torch
 
 from zoo.data.packing import Batch
 from zoo.errors import ConfigError
-from zoo.objectives.base import Metrics, Objective, add_aux_loss, masked_cross_entropy
+from zoo.objectives.base import Metrics, Objective, add_aux_loss, documents, masked_cross_entropy
 
 
 class MaskedLMObjective(Objective):
@@ -44,7 +44,8 @@ class MaskedLMObjective(Objective):
         self.mask_prob, self.mask_token_prob, self.random_token_prob = mask_prob, mask_token_prob, random_token_prob
 
     def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``tokens (b, n)`` (corrupted), ``targets (b, n)`` (original), ``loss_mask (b, n)`` (selected)."""
+        """``tokens (b, n)`` (corrupted), ``targets (b, n)`` (original), ``loss_mask (b, n)`` (selected), and
+        ``segments (b, n)`` when the batch has ``segment_ids``."""
         tok = self._needs_tokenizer()
         original = batch["tokens"][:, :-1]
         b, n = original.shape
@@ -60,12 +61,15 @@ class MaskedLMObjective(Objective):
         to_random = selected & (u >= self.mask_token_prob) & (u < self.mask_token_prob + self.random_token_prob)
         random_tokens = torch.randint(0, tok.n_regular, (b, n), generator=g).to(original.device)
         tokens = torch.where(to_mask, tok.mask_id, torch.where(to_random, random_tokens, original))
-        return {"tokens": tokens, "targets": original, "loss_mask": selected}
+        x = {"tokens": tokens, "targets": original, "loss_mask": selected}
+        if "segment_ids" in batch:
+            x["segments"] = batch["segment_ids"][:, :-1]
+        return x
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
         x = self.make_inputs(batch)
-        loss, metrics = masked_cross_entropy(model(x["tokens"]), x["targets"], x["loss_mask"])
+        loss, metrics = masked_cross_entropy(model(x["tokens"], **documents(x)), x["targets"], x["loss_mask"])
         return add_aux_loss(model, loss, metrics), metrics
 
     def __repr__(self) -> str:

@@ -70,7 +70,8 @@ class SpanCorruptionObjective(Objective):
     """T5 span corruption: spans of the row (15 %, mean length 3) are each replaced by a sentinel in the
     encoder input, and the decoder writes ``<extra_id_0> span_0 <extra_id_1> span_1 ... <eos>``.
 
-    The whole packed row ``tokens (b, n + 1)`` is the text; the batch's ``loss_mask`` does not apply.
+    The whole packed row ``tokens (b, n + 1)`` is the text; the batch's ``loss_mask`` and ``segment_ids``
+    do not apply (attention crosses the row's documents whatever ``data.boundaries`` says).
     ``src = kept tokens with sentinels + <eos>``; ``tgt = sentinels with spans + <eos>``; the decoder
     input is ``tgt`` shifted right after ``<bos>`` (T5 starts with ``<pad>``: its vocabulary has no
     ``<bos>``). Every row has the same span count, so no padding.

@@ -82,7 +82,7 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        routing = self.router(flat)
+        routing = self.router(flat, seq_len=x.shape[-2])
         out = self.run_experts(flat, routing)
         for shared in self.shared_experts:
             out = out + shared(flat[None])[0]

@@ -66,6 +66,8 @@ class Router(nn.Module):
 
     #: whether the load-balancing loss applies (expert choice is balanced by construction)
     needs_balancing: bool = True
+    #: the architectures it may serve (``zoo-info``'s compatibility matrix reads it)
+    compatible_archs: tuple[str, ...] = ("causal", "prefix", "encoder", "encdec")
 
     def __init__(self, dim: int, *, n_experts: int, jitter: float = 0.0) -> None:
         super().__init__()
@@ -93,8 +95,17 @@ class Router(nn.Module):
         """The projection that makes the routing logits (scores, not values)."""
         return (self.proj,)
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def forward(self, x: torch.Tensor, *, seq_len: int | None = None) -> Routing:
+        """Route ``x (t, dim)``: ``t = b * seq_len`` tokens, sequence by sequence (``None``: one sequence)."""
         raise NotImplementedError
+
+    def causal_refusal(self) -> ConfigError | None:
+        """Why a causal stack (a decoder) must not hold this router, or ``None`` when it may.
+
+        The architecture asks every module of a causal stack before any training
+        (:func:`zoo.arch.stack.refuse_future`).
+        """
+        return None
 
 
 class TopKRouter(Router):
@@ -109,10 +120,12 @@ class TopKRouter(Router):
 
     With a ``capacity_factor`` each expert takes at most ``ceil(factor * t * top_k / e)``
     assignments; the rest are dropped, so their tokens get nothing from that expert (a token all
-    of whose choices drop gets a zero output and passes through the residual unchanged). Every
-    token's first choice outranks any second choice, then earlier tokens outrank later ones
-    (GShard). Dropping depends on the other tokens of the batch, future ones included: a
-    capacity breaks causality and cached decoding equality; ``None`` is dropless.
+    of whose choices drop gets a zero output and passes through the residual unchanged).
+    Assignments are kept in order of the token's position in its sequence, then its sequence, then
+    its choice: a token is never dropped for a later one, so routing stays causal (GShard ranks
+    every first choice above any second one, which would let a later token drop an earlier token's
+    second choice). Dropping still depends on the batch (the other sequences, the number of tokens),
+    so decoding with a KV cache routes differently from the full forward; ``None`` is dropless.
 
     Args:
         dim, n_experts, jitter: as in :class:`Router`.
@@ -150,14 +163,14 @@ class TopKRouter(Router):
             return None
         return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def forward(self, x: torch.Tensor, *, seq_len: int | None = None) -> Routing:
         t, k, e = x.shape[0], self.top_k, self.n_experts
         logits = self.logits(x)
         probs = logits.softmax(dim=-1)
         weight, expert = probs.topk(k, dim=-1)
         if self.renormalize:
             weight = weight / weight.sum(dim=-1, keepdim=True)
-        # choice-major order (all first choices, then all second ones): the priority for capacity
+        # choice-major layout (all first choices, then all second ones): assignment j * t + i
         expert, weight = expert.t().reshape(-1), weight.t().reshape(-1)
         order = expert.argsort(stable=True)
         counts = torch.bincount(expert, minlength=e)
@@ -165,7 +178,9 @@ class TopKRouter(Router):
         capacity = self.capacity(t)
         dropped = torch.zeros((), device=x.device)
         if capacity is not None:
-            # rank of each assignment within its expert, in priority order (the sort is stable)
+            order = priority(t, k, seq_len or t, device=x.device)
+            order = order[expert[order].argsort(stable=True)]  # by expert, priority order within each
+            # rank of each assignment within its expert, in priority order
             starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
             keep = torch.arange(t * k, device=x.device) - starts < capacity
             order = torch.cat([order[keep], order[~keep]])
@@ -194,9 +209,8 @@ class ExpertChoiceRouter(Router):
     softmax over experts of the token's logits, as in the paper.
 
     Not causal: which tokens an expert takes depends on every token of the batch, future ones
-    included, so a causal LM trained with it sees the future through the routing, and decoding one
-    token at a time routes differently from the full forward. Use it for encoders, or as the
-    paper's upper bound.
+    included (changing one token moves earlier tokens' outputs), so a causal stack refuses it
+    before training (:meth:`causal_refusal`): it serves encoders (``model=encoder``).
 
     Args:
         dim, n_experts, jitter: as in :class:`Router`.
@@ -206,6 +220,7 @@ class ExpertChoiceRouter(Router):
     """
 
     needs_balancing = False
+    compatible_archs = ("encoder",)
 
     def __init__(self, dim: int, *, n_experts: int, capacity_factor: float = 2.0, jitter: float = 0.0) -> None:
         super().__init__(dim, n_experts=n_experts, jitter=jitter)
@@ -217,7 +232,15 @@ class ExpertChoiceRouter(Router):
     def experts_per_token(self) -> float:
         return float(self.capacity_factor)
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def causal_refusal(self) -> ConfigError:
+        return ConfigError(
+            "model/ffn/router",
+            "expert_choice",
+            "each expert picks its tokens among the whole batch, later tokens included, so a decoder (model=causal, "
+            "prefix, encdec) would learn from the future: use it with model=encoder, or model/ffn/router=top_k",
+        )
+
+    def forward(self, x: torch.Tensor, *, seq_len: int | None = None) -> Routing:
         t, e = x.shape[0], self.n_experts
         logits = self.logits(x)
         probs = logits.softmax(dim=-1)
@@ -235,3 +258,14 @@ class ExpertChoiceRouter(Router):
             load=torch.full((e,), 1.0 / e, device=x.device),
             dropped=1.0 - picked.mean(),
         )
+
+
+def priority(t: int, k: int, seq_len: int, *, device: torch.device) -> torch.Tensor:
+    """``(t * k,)`` the choice-major assignments (``j * t + i``: choice ``j`` of token ``i``, tokens
+    sequence by sequence) in capacity priority: by position in the sequence, then sequence, then choice.
+    So an assignment competes only with those of earlier positions (any sequence) and of its own position.
+    """
+    assignment = torch.arange(t * k, device=device)
+    token, choice = assignment % t, assignment // t
+    position, sequence = token % seq_len, token // seq_len
+    return ((position * (t // seq_len) + sequence) * k + choice).argsort()
