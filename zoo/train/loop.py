@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.objectives.base import Objective
 from zoo.finetune.adapters import trainable_state
+from zoo.run.folder import FolderTaken, claim, is_held
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
@@ -100,13 +101,16 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
     out_dir = Path(out_dir)
     info = info or (RunInfo.from_hydra(cfg.hydra) if "hydra" in cfg else RunInfo())
     result = RunResult(out_dir=out_dir)
-    dist, logger, started = Dist(), None, time.time()
+    dist, logger, started, held, claimed = Dist(), None, time.time(), ExitStack(), False
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()  # a caller's group stays up
     try:
         settings = Settings.from_config(cfg.trainer)
         settings.configure_process()
         dist = setup(device=settings.device)
         out_dir = result.out_dir = Path(broadcast_object(str(out_dir), dist))  # ranks may have started in different seconds
+        if dist.main:  # the folder is this run's from here on (zoo.run.folder)
+            held.enter_context(claim(out_dir, resume=_resumes_here(settings, out_dir), overwrite=settings.overwrite))
+            claimed = True
         autocast = autocast_for(settings, dist.device)
         resume = _find_resume(settings, out_dir)
         tokenizer = None
@@ -145,7 +149,8 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
             _finish(logger, result, info, out_dir, failed=result.status != "ok")
         return result
     except BaseException as e:
-        if dist.main:
+        # never write into a folder another run holds (its refusal is the error being raised)
+        if dist.main and not isinstance(e, FolderTaken) and (claimed or not is_held(out_dir)):
             result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             result.metrics.update(status=result.status, error=f"{type(e).__name__}: {e}", wall_s=time.time() - started)
             try:
@@ -154,6 +159,7 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
                 print(f"zoo-train: could not record the failure: {report_error}", file=sys.stderr)
         raise
     finally:
+        held.close()
         if not joined:
             teardown()
 
@@ -173,6 +179,15 @@ def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
     if not trainable:
         raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
     return trainable
+
+def _resumes_here(settings: Settings, out_dir: Path) -> bool:
+    """Whether the run continues the checkpoints of its own folder (``auto``, or a path inside it)."""
+    if settings.resume is None:
+        return False
+    if settings.resume == "auto":
+        return True
+    target, folder = Path(settings.resume).expanduser().resolve(), out_dir.resolve()
+    return target == folder or folder in target.parents
 
 
 def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
