@@ -231,10 +231,11 @@ def main() -> None:
     """The console script ``zoo-generate`` (Hydra over ``conf/generate.yaml``)."""
     import hydra
 
-    from zoo.run.entry import exit_policy, setup
+    from zoo.run.entry import check_overrides, exit_policy, setup
 
     setup()
     with exit_policy("zoo-generate"):
+        check_overrides(sys.argv[1:], config_name="generate")
         hydra.main(config_path="pkg://zoo.conf", config_name="generate", version_base="1.3")(_app)()
 
 

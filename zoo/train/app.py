@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from zoo.errors import ConfigError
-from zoo.run.entry import EXIT_FAILED, describe, exit_policy, setup
+from zoo.run.entry import EXIT_FAILED, check_overrides, describe, exit_policy, setup
 from zoo.train.sweep import RunInfo
 
 
@@ -49,4 +49,5 @@ def main() -> None:
     """The console script: the run layer's set-up (zoo.run.entry), then Hydra under its exit policy."""
     setup()
     with exit_policy("zoo-train"):
+        check_overrides(sys.argv[1:], config_name="config")
         _app()

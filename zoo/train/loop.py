@@ -112,7 +112,13 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
             held.enter_context(claim(out_dir, resume=_resumes_here(settings, out_dir), overwrite=settings.overwrite))
             claimed = True
         autocast = autocast_for(settings, dist.device)
+        # every group checked before the heavy work below (tokenizer, corpus, model)
+        optim = build_node(cfg.optim, "optim")
+        schedule = build_node(cfg.sched, "sched")
+        logger_node = build_node(cfg.logger, "logger") if dist.main else None
         resume = _find_resume(settings, out_dir)
+        if resume is not None:
+            _check_same_config(resume, cfg)
         tokenizer = None
         if resume is not None:
             tokenizer = resume.tokenizer()  # one of zoo's tokenizer classes, never a module the file names
@@ -132,14 +138,12 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
                 print(f"zoo-train: initial weights from {pretrained.path}: {report.describe()}", file=sys.stderr)
         objective = parts.make_objective(rank=dist.rank)
         result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
-        optim = build_node(cfg.optim, "optim")
-        schedule = build_node(cfg.sched, "sched")
         optimizer = optim.build(parts.model)
         if resume is not None:
             _restore(resume, parts, optimizer, objective, dist)
         if dist.main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            logger = build_node(cfg.logger, "logger")
+            logger = logger_node
             config = {**resolved_config(cfg), "choices": info.choices}
             logger.start(config=config, name=info.name, group=info.group, tags=info.overrides, out_dir=out_dir)
         loop = Loop(cfg, settings=settings, parts=parts, optimizer=optimizer, optim=optim, schedule=schedule, objective=objective, out_dir=out_dir)
@@ -203,6 +207,30 @@ def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
         raise ConfigError("trainer.resume", settings.resume, f"a training checkpoint ({found.path} has no {ckpt.STATE}: it holds weights only)")
     found.config()  # its targets checked before anything of it is used (zoo.trust)
     return found
+
+
+#: what a resumed run must share with the checkpoint's run: what it trains on and how it reads it
+SAME_ON_RESUME = ("model", "data", "tokenizer", "objective", "trainer.batch_size", "trainer.seq_len", "trainer.grad_accum")
+
+
+def _check_same_config(resume: ckpt.Checkpoint, cfg: DictConfig) -> None:
+    """Refuse a resume under a different config, listing every key that differs (before any heavy work)."""
+    saved = OmegaConf.to_container(resume.config(), resolve=True)
+    now = resolved_config(cfg)
+    differ = []
+    for key in SAME_ON_RESUME:
+        a, b = OmegaConf.select(OmegaConf.create(saved), key, default=None), OmegaConf.select(OmegaConf.create(now), key, default=None)
+        a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
+        b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
+        differ += [k for k in _diff(a, b, key) if not k.startswith("model.vocab_size ")]  # set from the tokenizer when the run starts
+    if differ:
+        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config; these keys differ: {', '.join(differ[:12])}")
+
+
+def _diff(a, b, key: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for sub in sorted(set(a) | set(b), key=str) for k in _diff(a.get(sub), b.get(sub), f"{key}.{sub}")]
+    return [] if a == b else [f"{key} ({a!r} -> {b!r})"]
 
 
 def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:
