@@ -57,16 +57,47 @@ def compose(overrides: list[str], *, config_name: str = "config") -> DictConfig:
         try:
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as e:
-            raise _as_config_error(e, overrides) from None
+            error = _as_config_error(e, overrides)
+    if error.key in {o.split("=", 1)[0] for o in overrides} and "Could not override" in error.allowed:
+        error = _typo(error, overrides, config_name)
+    raise error
 
 
 def _as_config_error(error: Exception, overrides: list[str]) -> ConfigError:
     """Hydra's message names the bad option and lists the allowed ones; keep it, lose the traceback."""
     message = str(error).split("Config search path")[0].strip()
     message = message.replace(":\n\t", ": ", 1).replace("\n\t", ", ").replace("\n", " ")
-    bad = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") in message), None)
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    # a quoted key first: 'trainer.max_stepss' must not be taken for its prefix trainer.max_steps
+    bad = next((o for o, k in zip(overrides, keys) if f"'{k}'" in message), None) or next((o for o, k in zip(overrides, keys) if k in message), None)
     key, value = bad.split("=", 1) if bad and "=" in bad else ("overrides", overrides)
     return ConfigError(key, value, message)
+
+
+def _typo(error: ConfigError, overrides: list[str], config_name: str) -> ConfigError:
+    """A key the config does not have: name the nearest one that it has ("did you mean model.dim?")."""
+    import difflib
+
+    rest = [o for o in overrides if o.split("=", 1)[0] != error.key]
+    try:
+        keys = list(_dotted_keys(compose(rest, config_name=config_name)))
+    except ConfigError:
+        keys = []
+    same_depth = [k for k in keys if k.count(".") == error.key.count(".")]
+    near = difflib.get_close_matches(error.key, same_depth, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}?" if near else f"keys under {error.key.rpartition('.')[0] or 'the root'}: {', '.join(k for k in keys if k.rpartition('.')[0] == error.key.rpartition('.')[0])[:300]}"
+    return ConfigError(error.key, error.value, f"not a key of the config; {hint} (+{error.key}=... adds a new key)")
+
+
+def _dotted_keys(cfg, prefix: str = ""):
+    for key in cfg:
+        if key == "hydra" and not prefix:
+            continue
+        child = f"{prefix}{key}"
+        yield child
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            yield from _dotted_keys(node, child + ".")
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:
@@ -83,6 +114,7 @@ def instantiate_model(model_cfg: DictConfig, *, device: torch.device | str | Non
     from hydra.utils import instantiate
 
     check_config(model_cfg, source=source, prefix="model")
+    check_sizes(model_cfg)
     try:
         with torch.device("meta"):
             instantiate(model_cfg)
@@ -100,6 +132,28 @@ def instantiate_model(model_cfg: DictConfig, *, device: torch.device | str | Non
         return instantiate(model_cfg)
     with torch.device(device):
         return instantiate(model_cfg)
+
+
+#: the size vocabulary every component shares, and what each may be: checked by its full key before building
+SIZE_RULES = {
+    "dim": (lambda v: v > 0, "> 0"), "n_heads": (lambda v: v > 0, "> 0"), "n_kv_heads": (lambda v: v > 0, "> 0"),
+    "head_dim": (lambda v: v > 0, "> 0"), "hidden_dim": (lambda v: v > 0, "> 0"), "n_layers": (lambda v: v > 0, "> 0"),
+    "max_seq_len": (lambda v: v > 0, "> 0"), "vocab_size": (lambda v: v > 0, "> 0"), "eps": (lambda v: v > 0, "> 0"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}  # fmt: skip
+
+
+def check_sizes(model_cfg: DictConfig, prefix: str = "model") -> None:
+    """Every key of :data:`SIZE_RULES` anywhere in the model's tree, named in full (``model.attention.dropout``)."""
+    for key in model_cfg:
+        node = model_cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            check_sizes(node, f"{prefix}.{key}")
+            continue
+        rule = SIZE_RULES.get(str(key))
+        value = OmegaConf.select(model_cfg, str(key), default=None, throw_on_missing=False) if rule else None
+        if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
+            raise ConfigError(f"{prefix}.{key}", value, rule[1])
 
 
 def build(overrides: list[str], *, device: torch.device | str | None = None) -> torch.nn.Module:

@@ -221,21 +221,22 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
 def _app(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    try:
+    from zoo.run.entry import exit_policy
+
+    with exit_policy("zoo-generate"):
         run(cfg, task_overrides=list(HydraConfig.get().overrides.task))
-    except ConfigError as e:
-        print(f"zoo-generate: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main() -> None:
     """The console script ``zoo-generate`` (Hydra over ``conf/generate.yaml``)."""
     import hydra
 
-    from zoo.config import register_plugins
+    from zoo.run.entry import check_overrides, exit_policy, setup
 
-    register_plugins()
-    hydra.main(config_path="pkg://zoo.conf", config_name="generate", version_base="1.3")(_app)()
+    setup()
+    with exit_policy("zoo-generate"):
+        check_overrides(sys.argv[1:], config_name="generate")
+        hydra.main(config_path="pkg://zoo.conf", config_name="generate", version_base="1.3")(_app)()
 
 
 __all__ = ["main", "run", "generate", "speculative_generate", "Generation", "load_checkpoint", "resolve_checkpoint"]

@@ -8,7 +8,6 @@ others run). ``study=peers`` runs the side-by-side peer comparison instead.
 """
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -17,10 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.config import register_plugins
 from zoo.errors import ConfigError
-
-EXIT_CONFIG = 2
+from zoo.run.entry import exit_policy, setup
 #: overrides that pick where or how a job runs, not what it is: left out of variant names
 NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
 
@@ -73,8 +70,7 @@ def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dic
         rows = run_variant(cfg, out_dir=out_dir, variant=variant, overrides=overrides, choices=chosen)
     except ConfigError as e:
         if not multirun:
-            print(f"zoo-bench: config error: {e}", file=sys.stderr)
-            sys.exit(EXIT_CONFIG)
+            raise
         rows = [{"variant": variant, "status": "failed", "error": str(e), "choices": chosen, "overrides": overrides}]
         print(f"zoo-bench: {variant} failed: {e}", file=sys.stderr)
     except Exception as e:  # a bug, not the user's config: keep the traceback, let the sweep go on
@@ -109,19 +105,17 @@ def _app(cfg: DictConfig) -> None:
     # every group's choice, the training groups' included: the full description of the variant
     chosen = {g: str(v) for g, v in hc.runtime.choices.items() if v is not None and not g.startswith("hydra/")}
     overrides = [str(o) for o in hc.overrides.task]
-    run_job(cfg, out_dir=out_dir, overrides=overrides, chosen=chosen, multirun=multirun, group=Path(hc.sweep.dir).name if multirun else None)
+    with exit_policy("zoo-bench"):  # inside the task: Hydra would print an escaping error as several lines
+        run_job(cfg, out_dir=out_dir, overrides=overrides, chosen=chosen, multirun=multirun, group=Path(hc.sweep.dir).name if multirun else None)
 
 
 def main() -> None:
     """The console script: plugins' configs and zoo's resolvers registered, W&B offline by default."""
-    from zoo.train.sweep import register_resolvers
-
-    register_plugins()
-    register_resolvers()
-    os.environ.setdefault("WANDB_MODE", "offline")  # before anything imports wandb
+    setup()
     args = sys.argv[1:]
     if {"-m", "--multirun"} & set(args) and not any(a.lstrip("+~").startswith("study=") for a in args):
         # a study is a sweep: it would multiply the user's own sweep
         print("zoo-bench: a sweep and no study named: benchmarking your sweep alone (study=none)", file=sys.stderr)
         sys.argv.append("study=none")
-    _app()
+    with exit_policy("zoo-bench"):
+        _app()

@@ -5,7 +5,6 @@ whose loss diverges exits with status 1. In a multirun (``-m``) every job record
 its ``metrics.json`` and returns, so the other jobs run and the sweep summary is written.
 """
 
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -14,11 +13,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from zoo.config import register_plugins
 from zoo.errors import ConfigError
-from zoo.train.sweep import RunInfo, register_resolvers
-
-EXIT_CONFIG, EXIT_DIVERGED = 2, 1
+from zoo.run.entry import EXIT_FAILED, check_overrides, describe, exit_policy, setup
+from zoo.train.sweep import RunInfo
 
 
 @hydra.main(config_path="pkg://zoo.conf", config_name="config", version_base="1.3")
@@ -28,30 +25,29 @@ def _app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     info = RunInfo.from_hydra(hydra_cfg)
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    if not info.multirun:
+        # inside the task: Hydra would print an escaping exception as several lines and exit 1
+        with exit_policy("zoo-train"):
+            result = train(cfg, out_dir=out_dir, info=info)
+        if result.status == "diverged":
+            sys.exit(EXIT_FAILED)
+        return result.metrics.get("val_bpb", result.metrics.get("val_loss"))
     try:
         result = train(cfg, out_dir=out_dir, info=info)
     except ConfigError as e:
-        if info.multirun:
-            print(f"zoo-train: job {info.job_num} ({info.name}) failed: {e}", file=sys.stderr)
-            return None
-        print(f"zoo-train: config error: {e}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        print(f"zoo-train: job {info.job_num} ({info.name}) failed: {describe(e)}", file=sys.stderr)
+        return None
     except Exception as e:  # a bug, not the user's config: the traceback matters
-        if not info.multirun:
-            raise
         (out_dir / "error.txt").write_text(traceback.format_exc())
         print(f"zoo-train: job {info.job_num} ({info.name}) failed: {type(e).__name__}: {e} (see {out_dir / 'error.txt'})", file=sys.stderr)
         return None
-    if result.status == "diverged" and not info.multirun:
-        sys.exit(EXIT_DIVERGED)
     # the value a Hydra sweeper (e.g. Optuna) minimises
     return result.metrics.get("val_bpb", result.metrics.get("val_loss"))
 
 
 def main() -> None:
-    """The console script: plugins' configs and zoo's resolvers registered, then Hydra."""
-    register_plugins()
-    register_resolvers()
-    # before anything imports wandb (see zoo.train.logger)
-    os.environ.setdefault("WANDB_MODE", "offline")
-    _app()
+    """The console script: the run layer's set-up (zoo.run.entry), then Hydra under its exit policy."""
+    setup()
+    with exit_policy("zoo-train"):
+        check_overrides(sys.argv[1:], config_name="config")
+        _app()

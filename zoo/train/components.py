@@ -58,7 +58,28 @@ def build_node(node: DictConfig, key: str, **kwargs):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise ConfigError(key, OmegaConf.select(node, "_target_"), str(e).splitlines()[0]) from None
+        raise _unexpected_argument(e, node, key) or ConfigError(key, OmegaConf.select(node, "_target_"), str(e).splitlines()[0]) from None
+
+
+def _unexpected_argument(error: Exception, node: DictConfig, key: str) -> ConfigError | None:
+    """``+optim.lrr=1``: the key the class does not take, and the nearest one it does."""
+    import difflib
+    import inspect
+    import re
+
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error.__cause__ or error))
+    if found is None:
+        return None
+    name = found.group(1)
+    target = str(OmegaConf.select(node, "_target_"))
+    taken = [k for k in node if not str(k).startswith("_") and k != name]
+    try:
+        taken = [p for p in inspect.signature(get_class(target)).parameters if p not in ("self", "args", "kwargs")]
+    except Exception:
+        pass
+    near = difflib.get_close_matches(name, taken, n=1)
+    hint = f"did you mean {key}.{near[0]}?" if near else f"it takes: {', '.join(taken)}"
+    return ConfigError(f"{key}.{name}", OmegaConf.select(node, name, default=None), f"not an argument of {target}; {hint}")
 
 
 def _missing_keys(node, prefix: str = ""):
@@ -134,8 +155,17 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
     torch.manual_seed(settings.seed)
     model = instantiate_model(cfg.model, device=dist.device)
     loader_args = dict(seq_len=settings.seq_len, seed=settings.seed, tokenizer=tokenizer)
-    train_loader = data.loader(split="train", batch_size=settings.batch_size, **loader_args)
-    val_loader = data.loader(split="validation", batch_size=settings.eval_batch_size or settings.batch_size, **loader_args)
+    loaders = {}
+    for split, key, batch in (("train", "trainer.batch_size", settings.batch_size), ("validation", "trainer.eval_batch_size", settings.eval_batch_size or settings.batch_size)):
+        try:
+            loaders[split] = data.loader(split=split, batch_size=batch, **loader_args)
+        except ConfigError as e:
+            if e.key != "batch_size":
+                raise
+            raise ConfigError(
+                key, batch, f"the corpus is too small for its {split} split: {e.allowed} (use more data, a smaller trainer.seq_len or a smaller batch)"
+            ) from None
+    train_loader, val_loader = loaders["train"], loaders["validation"]
     return Components(
         model=model, tokenizer=tokenizer, data=data, make_objective=make_objective, train_loader=train_loader, val_loader=val_loader
     )

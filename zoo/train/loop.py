@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.objectives.base import Objective
 from zoo.finetune.adapters import trainable_state
+from zoo.run.folder import FolderTaken, claim, is_held
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
@@ -105,15 +106,24 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
     out_dir = Path(out_dir)
     info = info or (RunInfo.from_hydra(cfg.hydra) if "hydra" in cfg else RunInfo())
     result = RunResult(out_dir=out_dir)
-    dist, logger, started = Dist(), None, time.time()
+    dist, logger, started, held, claimed = Dist(), None, time.time(), ExitStack(), False
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()  # a caller's group stays up
     try:
         settings = Settings.from_config(cfg.trainer)
         settings.configure_process()
         dist = setup(device=settings.device)
         out_dir = result.out_dir = Path(broadcast_object(str(out_dir), dist))  # ranks may have started in different seconds
+        if dist.main:  # the folder is this run's from here on (zoo.run.folder)
+            held.enter_context(claim(out_dir, resume=_resumes_here(settings, out_dir), overwrite=settings.overwrite))
+            claimed = True
         autocast = autocast_for(settings, dist.device)
+        # every group checked before the heavy work below (tokenizer, corpus, model)
+        optim = build_node(cfg.optim, "optim")
+        schedule = build_node(cfg.sched, "sched")
+        logger_node = build_node(cfg.logger, "logger") if dist.main else None
         resume = _find_resume(settings, out_dir)
+        if resume is not None:
+            _check_same_config(resume, cfg)
         tokenizer = None
         if resume is not None:
             tokenizer = resume.tokenizer()  # one of zoo's tokenizer classes, never a module the file names
@@ -133,14 +143,12 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
                 print(f"zoo-train: initial weights from {pretrained.path}: {report.describe()}", file=sys.stderr)
         objective = parts.make_objective(rank=dist.rank)
         result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
-        optim = build_node(cfg.optim, "optim")
-        schedule = build_node(cfg.sched, "sched")
         optimizer = optim.build(parts.model)
         if resume is not None:
             _restore(resume, parts, optimizer, objective, dist)
         if dist.main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            logger = build_node(cfg.logger, "logger")
+            logger = logger_node
             config = {**resolved_config(cfg), "choices": info.choices}
             logger.start(config=config, name=info.name, group=info.group, tags=info.overrides, out_dir=out_dir)
         loop = Loop(cfg, settings=settings, parts=parts, optimizer=optimizer, optim=optim, schedule=schedule, objective=objective, out_dir=out_dir)
@@ -150,7 +158,8 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
             _finish(logger, result, info, out_dir, failed=result.status != "ok")
         return result
     except BaseException as e:
-        if dist.main:
+        # never write into a folder another run holds (its refusal is the error being raised)
+        if dist.main and not isinstance(e, FolderTaken) and (claimed or not is_held(out_dir)):
             result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             result.metrics.update(status=result.status, error=f"{type(e).__name__}: {e}", wall_s=time.time() - started)
             try:
@@ -159,6 +168,7 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
                 print(f"zoo-train: could not record the failure: {report_error}", file=sys.stderr)
         raise
     finally:
+        held.close()
         if not joined:
             teardown()
 
@@ -179,6 +189,15 @@ def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
         raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
     return trainable
 
+def _resumes_here(settings: Settings, out_dir: Path) -> bool:
+    """Whether the run continues the checkpoints of its own folder (``auto``, or a path inside it)."""
+    if settings.resume is None:
+        return False
+    if settings.resume == "auto":
+        return True
+    target, folder = Path(settings.resume).expanduser().resolve(), out_dir.resolve()
+    return target == folder or folder in target.parents
+
 
 def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
     if settings.resume is None:
@@ -193,6 +212,30 @@ def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
         raise ConfigError("trainer.resume", settings.resume, f"a training checkpoint ({found.path} has no {ckpt.STATE}: it holds weights only)")
     found.config()  # its targets checked before anything of it is used (zoo.trust)
     return found
+
+
+#: what a resumed run must share with the checkpoint's run: what it trains on and how it reads it
+SAME_ON_RESUME = ("model", "data", "tokenizer", "objective", "trainer.batch_size", "trainer.seq_len", "trainer.grad_accum")
+
+
+def _check_same_config(resume: ckpt.Checkpoint, cfg: DictConfig) -> None:
+    """Refuse a resume under a different config, listing every key that differs (before any heavy work)."""
+    saved = OmegaConf.to_container(resume.config(), resolve=True)
+    now = resolved_config(cfg)
+    differ = []
+    for key in SAME_ON_RESUME:
+        a, b = OmegaConf.select(OmegaConf.create(saved), key, default=None), OmegaConf.select(OmegaConf.create(now), key, default=None)
+        a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
+        b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
+        differ += [k for k in _diff(a, b, key) if not k.startswith("model.vocab_size ")]  # set from the tokenizer when the run starts
+    if differ:
+        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config; these keys differ: {', '.join(differ[:12])}")
+
+
+def _diff(a, b, key: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for sub in sorted(set(a) | set(b), key=str) for k in _diff(a.get(sub), b.get(sub), f"{key}.{sub}")]
+    return [] if a == b else [f"{key} ({a!r} -> {b!r})"]
 
 
 def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:

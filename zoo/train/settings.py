@@ -52,6 +52,7 @@ class Settings:
     resume: str | None = None
     init_from: str | None = None
     init_strict: bool = True
+    overwrite: bool = False
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
