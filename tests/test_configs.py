@@ -66,3 +66,39 @@ def test_bad_config_names_the_key(overrides, key):
 def test_unknown_option_lists_the_allowed_ones():
     with pytest.raises(ConfigError, match="layernorm, rmsnorm"):
         zoo.build(["model/norm=foo"])
+
+
+def every_composition() -> list[tuple[str, list[str]]]:
+    """``(root config, overrides)`` choosing each option of each group once: every model slot, every
+    experiment and every study (with each of its variants), plugins included."""
+    from zoo.info import catalogue
+
+    cases = []
+    for option in catalogue():
+        group, name = option.group, option.name
+        if group == "study":
+            cases.append(("bench", [f"study={name}"]))
+        elif group.startswith("study/"):  # a study's variants: study/arch_variant@_global_=encdec
+            study = group.split("/", 1)[1].removesuffix("_variant")
+            cases.append(("bench", [f"study={study}", f"{group}@_global_={name}"]))
+        elif group == "model/ffn/router":
+            cases.append(("config", ["model/ffn=moe", f"{group}={name}"]))
+        else:
+            cases.append(("config", [f"{group}={name}"]))
+    return cases
+
+
+COMPOSITIONS = every_composition()
+
+
+def test_every_group_experiment_and_study_is_listed():
+    groups = {overrides[-1].split("=")[0].split("@")[0] for _, overrides in COMPOSITIONS}
+    assert {"model", "model/norm", "model/ffn/router", "experiment", "study", "study/arch_variant", "preset", "data"} <= groups
+
+
+@pytest.mark.parametrize("root, overrides", COMPOSITIONS, ids=[" ".join(o) for _, o in COMPOSITIONS])
+def test_every_option_composes_and_its_model_builds(root, overrides):
+    """Each composition's model is built on the meta device: every size and factory checked, no weight made."""
+    cfg = zoo.compose(overrides, config_name=root)
+    model = instantiate_model(cfg.model, device="meta")
+    assert model.flops(seq_len=int(cfg.trainer.seq_len)).total > 0

@@ -8,18 +8,22 @@ from pathlib import Path
 import pytest
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+ARCH_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin_arch"
 
 
-@pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory):
-    """An environment where the plugin is pip-installed (into a private target folder)."""
-    target = tmp_path_factory.mktemp("site")
+def installed(plugin: Path, target: Path) -> dict:
+    """An environment where ``plugin`` is pip-installed (into the private folder ``target``)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(PLUGIN)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(plugin)],
         check=True,
         capture_output=True,
     )
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    return installed(PLUGIN, tmp_path_factory.mktemp("site"))
 
 
 def python(code: str, env: dict) -> str:
@@ -56,3 +60,18 @@ def test_plugin_own_tests_pass(plugin_env):
 def test_plugin_absent_without_install():
     out = python("from zoo.config import group_options; print(group_options('model/norm'))", dict(os.environ))
     assert "scalenorm" not in out
+
+
+def test_plugin_architecture_passes_the_contract(tmp_path):
+    """A new ``model`` option from its own package: composed, listed, contract-checked, costed, generating."""
+    env = installed(ARCH_PLUGIN, tmp_path / "site")
+    out = python(
+        "import zoo; from zoo.config import group_options; from zoo.testing import check_contract, build_tiny\n"
+        "from zoo.generation import generate\n"
+        "print(group_options('model'))\n"
+        "check_contract(['model=shared'])\n"
+        "m = build_tiny(['model=shared']); print(type(m).__name__, m.param_counts()['params'], m.flops(seq_len=8).total)\n"
+        "print(len(generate(m, [[1, 2, 3]], max_new_tokens=4).tokens[0]))\n",
+        env,
+    )
+    assert "'shared'" in out and "SharedLayersLM" in out and out.splitlines()[-1] == "4"
