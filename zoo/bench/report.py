@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.bench.plots import all_plots, by_variant, is_number
 from zoo.bench.stats import Difference, exceeds_noise, paired, summarize, unpaired
+from zoo.bench.timing import NOISY_SPREAD
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.md"
@@ -51,6 +52,10 @@ FIXED = (
     Column("peak_memory_bytes", "peak MiB", "min", scale=1 / 2**20, digits=",.0f"),
     Column("mfu_train", "MFU train", "max", scale=100, digits=".1f"),
 )
+
+
+#: speed columns and the relative spread of the repeated timings behind their median
+SPREADS = {"train_tokens_per_s": "train_spread", "prefill_tokens_per_s": "prefill_spread"}
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
@@ -113,6 +118,9 @@ def summary_table(rows: list[dict]) -> str:
                 continue
             s = summarize([v * c.scale for v in vals])
             text = f"{s.mean:{c.digits}}" + (f" ± {s.half_width:.2g}" if c.seeded and s.n > 1 else "")
+            noisy = next((lookup(r, SPREADS[c.key]) for r in rs if c.key in SPREADS and is_number(lookup(r, SPREADS[c.key]))), 0.0)
+            if noisy > NOISY_SPREAD:
+                text += " ~"
             winner = best.get(c.key)
             if winner == variant:
                 text = f"**{text}**"
@@ -227,7 +235,8 @@ def write_report(rows: list[dict], folder: Path, *, title: str, command: str | N
         parts += ["Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     parts += [summary_table(rows), "", "Mean ± 95% CI half-width over seeds (t distribution) for trained figures; "
               "**bold**: best of the column; †: differs from the best beyond seed noise (Welch's t-test, 5%). "
-              "Speed is measured once per variant (median of repeated steps).", ""]  # fmt: skip
+              "Speed is measured once per variant (median of repeated steps; ~: their spread, (max - min) / median, "
+              "exceeds 20%: the machine was busy, read the figure as rough).", ""]  # fmt: skip
     diffs = differences_table(rows)
     if diffs:
         parts += ["## Differences to the reference", "", diffs, "", "Δ: mean over seeds of (variant - reference); paired: "
