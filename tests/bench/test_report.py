@@ -71,3 +71,11 @@ def test_sweep_collects_jobs_and_names_variants_by_what_differs(tmp_path):
 def test_pareto_front():
     # (speed, loss): the second point is beaten by the first on both
     assert pareto_front([(100, 3.0), (90, 3.1), (200, 3.5), (150, 2.9)]) == [3, 2]
+
+
+def test_noisy_speed_is_marked():
+    data = [{**r, "train_spread": 0.5 if r["variant"] == "B" else 0.05} for r in rows()]
+    table = summary_table(data)
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    speed = header.index("train tok/s")
+    assert "~" in cells(table, "B")[speed] and "~" not in cells(table, "A")[speed]

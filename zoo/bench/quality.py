@@ -13,6 +13,7 @@ validation figures and the loss curve; :mod:`zoo.bench.stats` turns seeds into m
 """
 
 import copy
+import itertools
 from pathlib import Path
 
 import torch
@@ -48,6 +49,51 @@ def curve(history: list[float], *, tokens_per_step: int, points: int = 100) -> l
     return out
 
 
+def convergence(history: list[float], *, tolerance: float = 0.02) -> dict:
+    """How much the training loss still fell over the last quarter of the run (means of the last two
+    eighths, so one noisy step does not decide it); ``not_converged`` when more than ``tolerance`` nats,
+    about the size of the effects a study measures: a longer budget may then change the order."""
+    n = len(history)
+    if n < 16:
+        return {"last_quarter_drop": None, "not_converged": False}
+    eighth = n // 8
+    earlier = sum(history[n - 2 * eighth : n - eighth]) / eighth
+    last = sum(history[n - eighth :]) / eighth
+    drop = 2 * (earlier - last)  # two eighths: the quarter's drop at that slope
+    return {"last_quarter_drop": drop, "not_converged": drop > tolerance}
+
+
+def per_batch_eval(model: torch.nn.Module, loader, *, objective, max_batches: int | None) -> dict:
+    """Validation figures as :func:`zoo.train.metrics.evaluate` gives them, plus the losses of the single
+    batches (``val_batch_losses``) and their standard error (``val_loss_se``): the evaluation's own noise."""
+    from zoo.train.distributed import Dist
+    from zoo.train.metrics import evaluate
+
+    loader.reset()
+    parts = [evaluate(model, [b], objective=objective, dist=Dist(), max_batches=None) for b in itertools.islice(loader, max_batches)]
+    # the whole pass from its batches, as evaluate() sums it: nats and correct targets weighted by tokens
+    tokens = sum(p["tokens"] for p in parts)
+    nll = sum(p["loss"] * p["tokens"] for p in parts)
+    out = {"val_loss": nll / tokens, "val_accuracy": sum(p["accuracy"] * p["tokens"] for p in parts) / tokens}
+    if all("bpb" in p for p in parts):
+        out["val_bpb"] = nll / sum(p["loss"] * p["tokens"] / p["bpb"] for p in parts)  # bpb_i = nll_i / (ln 2 bytes_i)
+    losses = [p["loss"] for p in parts]
+    out["val_batch_losses"] = losses
+    if len(losses) > 1:
+        mean = sum(losses) / len(losses)
+        out["val_loss_se"] = (sum((x - mean) ** 2 for x in losses) / (len(losses) - 1) / len(losses)) ** 0.5
+    return out
+
+
+def data_record(run: DictConfig, *, corpus: str | None, tokenizer: str | None) -> dict:
+    """What a run's batch stream is a function of (with its seed): rows of two variants with equal records
+    and seeds saw the same batches in the same order, and are compared paired (:func:`zoo.bench.report.compare`)."""
+    return {
+        "corpus": corpus, "tokenizer": tokenizer, "batch_size": int(run.trainer.batch_size), "seq_len": int(run.trainer.seq_len),
+        "data": OmegaConf.select(run, "data._target_", default=None),
+    }  # fmt: skip
+
+
 def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None = None) -> dict:
     """Train one seed; the final validation figures, the loss curve and where the weights are."""
     from zoo.train import train
@@ -67,27 +113,28 @@ def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None =
         "train_loss": m.get("train_loss"),
         "vocab_size": m.get("vocab_size"),
         "curve": curve(result.history, tokens_per_step=tokens_per_step),
+        "convergence": convergence(result.history),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        # what the batch stream is a function of: rows of two variants with equal records (and seeds) saw
-        # the same batches in the same order and are compared paired (zoo.bench.report.compare)
-        "data": {
-            "corpus": m.get("corpus_fingerprint"), "tokenizer": m.get("tokenizer"), "batch_size": int(run.trainer.batch_size),
-            "seq_len": int(run.trainer.seq_len), "data": OmegaConf.select(run, "data._target_", default=None),
-        },
+        "data": data_record(run, corpus=m.get("corpus_fingerprint"), tokenizer=m.get("tokenizer")),
     }
     if result.status != "ok":
         row["error"] = m.get("error")
     return row
 
 
-def load_trained(cfg: DictConfig, *, checkpoint: str, vocab_size: int):
-    """The trained model, its data, tokenizer and a fresh objective, from a run's checkpoint."""
+def load_trained(cfg: DictConfig, *, checkpoint: str | None, vocab_size: int, model: torch.nn.Module | None = None):
+    """The trained model (``model`` itself when given, else loaded from the run's ``checkpoint``), its data,
+    tokenizer and a fresh objective."""
     from hydra.utils import instantiate
 
     from zoo.config import instantiate_model
     from zoo.tokenizer import load_tokenizer
     from zoo.train.checkpoint import find, load_weights
 
+    data = instantiate(cfg.data)
+    if model is not None:
+        tokenizer = instantiate(cfg.tokenizer)(corpus=getattr(data, "corpus", None)) if getattr(data, "vocab_size", None) is None else None
+        return model, data, tokenizer, instantiate(cfg.objective)(tokenizer=tokenizer)
     found = find(checkpoint)
     tokenizer = load_tokenizer(found.path / "tokenizer") if (found.path / "tokenizer").exists() else None
     model_cfg = copy.deepcopy(cfg.model)
@@ -95,7 +142,6 @@ def load_trained(cfg: DictConfig, *, checkpoint: str, vocab_size: int):
         model_cfg.vocab_size = vocab_size
     model = instantiate_model(model_cfg)
     load_weights(found, model)
-    data = instantiate(cfg.data)
     objective = instantiate(cfg.objective)(tokenizer=tokenizer)
     return model, data, tokenizer, objective
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.bench.plots import all_plots, by_variant, is_number
 from zoo.bench.stats import Difference, exceeds_noise, paired, summarize, unpaired
+from zoo.bench.timing import NOISY_SPREAD
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.md"
@@ -51,6 +52,10 @@ FIXED = (
     Column("peak_memory_bytes", "peak MiB", "min", scale=1 / 2**20, digits=",.0f"),
     Column("mfu_train", "MFU train", "max", scale=100, digits=".1f"),
 )
+
+
+#: speed columns and the relative spread of the repeated timings behind their median
+SPREADS = {"train_tokens_per_s": "train_spread", "prefill_tokens_per_s": "prefill_spread"}
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
@@ -113,6 +118,9 @@ def summary_table(rows: list[dict]) -> str:
                 continue
             s = summarize([v * c.scale for v in vals])
             text = f"{s.mean:{c.digits}}" + (f" ± {s.half_width:.2g}" if c.seeded and s.n > 1 else "")
+            noisy = next((lookup(r, SPREADS[c.key]) for r in rs if c.key in SPREADS and is_number(lookup(r, SPREADS[c.key]))), 0.0)
+            if noisy > NOISY_SPREAD:
+                text += " ~"
             winner = best.get(c.key)
             if winner == variant:
                 text = f"**{text}**"
@@ -160,24 +168,54 @@ def differences_table(rows: list[dict], *, key: str = "val_loss", title: str = "
     if len(groups) < 2:
         return ""
     ref_name, ref_rows = next(iter(groups.items()))
-    header = f"| variant | {title} | Δ vs {ref_name} | paired ± (95%) | unpaired ± (95%) | p | verdict |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---|"]
+    header = f"| variant | {title} | Δ vs {ref_name} | paired ± (95%) | unpaired ± (95%) | p | verdict | lr | runs |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for variant, rs in groups.items():
         values = list(seed_values(rs, key).values())
         mean = f"{summarize(values).mean:.4g}" if values else ""
+        tail = f"{learning_rate(rs)} | {run_flags(rs)} |"
         if variant == ref_name:
-            lines.append(f"| {variant} (reference) | {mean} | | | | | |")
+            lines.append(f"| {variant} (reference) | {mean} | | | | | | {tail}")
             continue
         found = compare(rs, ref_rows, key)
         if found is None:
-            lines.append(f"| {variant} | {mean} | | | | | too few seeds |")
+            lines.append(f"| {variant} | {mean} | | | | | too few seeds | {tail}")
             continue
         first, welch_diff = found
         pair_hw = f"{first.half_width:.2g}" if first.paired else "n/a (different data)"
         lines.append(
-            f"| {variant} | {mean} | {first.mean:+.4f} | {pair_hw} | {welch_diff.half_width:.2g} | {first.p_value:.2g} | {mark(first)} |"
+            f"| {variant} | {mean} | {first.mean:+.4f} | {pair_hw} | {welch_diff.half_width:.2g} | {first.p_value:.2g} | {mark(first)} | {tail}"
         )
     return "\n".join(lines)
+
+
+def learning_rate(rows: list[dict]) -> str:
+    """The rate the variant trained at: the grid's winner (flagged on an edge) or the config's."""
+    tuned = next((r["lr"] for r in rows if isinstance(r.get("lr"), dict)), None)
+    if tuned is None:
+        return ""
+    return f"{tuned['chosen']:g}" + (" (grid edge)" if tuned["on_edge"] else "")
+
+
+def run_flags(rows: list[dict]) -> str:
+    """Seeds that diverged or were still falling steeply at the end (:func:`zoo.bench.quality.convergence`)."""
+    diverged = [str(r.get("seed")) for r in rows if r.get("status") == "diverged"]
+    falling = [str(r.get("seed")) for r in rows if (r.get("convergence") or {}).get("not_converged")]
+    flags = [f"diverged: seed {', '.join(diverged)}"] if diverged else []
+    flags += [f"not converged: seed {', '.join(falling)}"] if falling else []
+    return "; ".join(flags) or "ok"
+
+
+def noise_notes(rows: list[dict]) -> list[str]:
+    """Evaluation noise (standard error over validation batches) against seed noise, per variant."""
+    out = []
+    for variant, rs in by_variant(rows).items():
+        ses = [r["val_loss_se"] for r in rs if is_number(r.get("val_loss_se"))]
+        values = list(seed_values(rs, "val_loss").values())
+        if ses and len(values) > 1:
+            seed_sd = summarize(values).std
+            out.append(f"{variant}: evaluation noise (s.e. over validation batches) {max(ses):.2g} nats; seed noise (s.d. over seeds) {seed_sd:.2g}")
+    return out
 
 
 def failures(rows: list[dict]) -> list[str]:
@@ -197,20 +235,23 @@ def write_report(rows: list[dict], folder: Path, *, title: str, command: str | N
         parts += ["Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     parts += [summary_table(rows), "", "Mean ± 95% CI half-width over seeds (t distribution) for trained figures; "
               "**bold**: best of the column; †: differs from the best beyond seed noise (Welch's t-test, 5%). "
-              "Speed is measured once per variant (median of repeated steps).", ""]  # fmt: skip
+              "Speed is measured once per variant (median of repeated steps; ~: their spread, (max - min) / median, "
+              "exceeds 20%: the machine was busy, read the figure as rough).", ""]  # fmt: skip
     diffs = differences_table(rows)
     if diffs:
         parts += ["## Differences to the reference", "", diffs, "", "Δ: mean over seeds of (variant - reference); paired: "
                   "t-interval of the per-seed differences (same seeds, same batches, shared weights starting equal); "
                   "unpaired: Welch's interval over the same runs; p: the paired test's two-sided p-value (Welch's where "
-                  "the data differ). Beyond noise: p < 0.05. See docs/methodology.md.", ""]  # fmt: skip
+                  "the data differ). Beyond noise: p < 0.05. lr: the rate the variant trained at when screened "
+                  "(grid edge: the best may lie outside the grid). runs: seeds that diverged, or whose loss still fell "
+                  "steeply at the end (not converged: a longer budget may change the order). See docs/methodology.md.", ""]  # fmt: skip
     budgets = {r["variant"]: r.get("budget") for r in rows if r.get("budget")}
     matches = {r["variant"]: r.get("match") for r in rows if r.get("match")}
     if matches:
         parts += ["Size matching: " + "; ".join(f"{v}: {m}" for v, m in matches.items()), ""]
     if budgets:
         parts += ["Training budget: " + "; ".join(f"{v}: {b}" for v, b in budgets.items()), ""]
-    parts += [f"- {n}" for n in notes] + failures(rows)
+    parts += [f"- {n}" for n in notes] + [f"- Noise: {n}" for n in noise_notes(rows)] + failures(rows)
     parts += ["", *(f"![{name}](plots/{p.name})" for name, p in images.items())]
     paths["summary"] = folder / SUMMARY
     paths["summary"].write_text("\n".join(parts).rstrip() + "\n")

@@ -135,19 +135,58 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     base.update(figures)
     if not s.quality:
         return [{**base, "seed": None, "status": "ok"}]
+    if s.lr.grid:
+        choice = tune_lr(cfg, s, steps=steps, out_dir=out_dir / "lr")
+        with open_dict(cfg):
+            cfg.optim.lr = choice.chosen
+        base["lr"] = {"chosen": choice.chosen, "grid": list(choice.grid), "losses": list(choice.losses), "on_edge": choice.on_edge,
+                      "screen_steps": s.lr.screen_steps or steps, "screen_seed": s.lr.screen_seed}  # fmt: skip
     rows = []
+    trained = train_seeds(cfg, s, steps=steps, out_dir=out_dir)
     for seed in s.seeds:
-        row = {**base, **quality.train_seed(cfg, seed=seed, out_dir=out_dir / f"seed{seed}", steps=steps)}
+        row, model = trained[seed]
+        row = {**base, **row}
         if row["status"] == "ok" and s.extrapolation.enabled:
-            model, data, tokenizer, objective = quality.load_trained(cfg, checkpoint=row["checkpoint"], vocab_size=row["vocab_size"])
+            loaded, data, tokenizer, objective = quality.load_trained(cfg, checkpoint=row["checkpoint"], vocab_size=row["vocab_size"], model=model)
             row["extrapolation"] = quality.extrapolation(
-                model.to(device), data=data, tokenizer=tokenizer, objective=objective, train_len=int(cfg.trainer.seq_len),
+                loaded.to(device), data=data, tokenizer=tokenizer, objective=objective, train_len=int(cfg.trainer.seq_len),
                 factors=list(s.extrapolation.factors), eval_tokens=s.extrapolation.eval_tokens,
             )  # fmt: skip
         if s.mqar.enabled:
             row["mqar"] = mqar(cfg, s, seed=seed, overrides=list(overrides), out_dir=out_dir / f"seed{seed}" / "mqar")
         rows.append(row)
     return rows
+
+
+def tune_lr(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path):
+    """The best of ``bench.lr.grid`` for this variant: one screening run per rate (:mod:`zoo.bench.lr`)."""
+    from zoo.bench.lr import choose
+
+    def loss_of(lr: float) -> float | None:
+        trial = copy.deepcopy(cfg)
+        with open_dict(trial):
+            trial.optim.lr = lr
+        row = quality.train_seed(trial, seed=s.lr.screen_seed, out_dir=out_dir / f"lr{lr:g}", steps=s.lr.screen_steps or steps)
+        return row["val_loss"] if row["status"] == "ok" else None
+
+    return choose(list(s.lr.grid), loss_of)
+
+
+def train_seeds(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path) -> dict[int, tuple[dict, torch.nn.Module | None]]:
+    """Each seed's result row and, when trained stacked, its model: the seeds stacked under ``vmap``
+    (:mod:`zoo.bench.seeds`) where ``bench.stack_seeds`` is on and the composition allows it, else one
+    seed at a time through the training loop (the row then points to its checkpoint)."""
+    from zoo.bench.seeds import applies, train_together
+
+    why_not = applies(quality.seed_config(cfg, seed=s.seeds[0], steps=steps)) if s.stack_seeds and len(s.seeds) > 1 else "one seed"
+    if why_not is None:
+        rows, models = train_together(cfg, seeds=list(s.seeds), steps=steps)
+        return {row["seed"]: (row, model) for row, model in zip(rows, models, strict=True)}
+    out = {}
+    for seed in s.seeds:
+        row = quality.train_seed(cfg, seed=seed, out_dir=out_dir / f"seed{seed}", steps=steps)
+        out[seed] = ({**row, "trained": f"alone ({why_not})" if s.stack_seeds else "alone"}, None)
+    return out
 
 
 def mqar(cfg: DictConfig, s: BenchSettings, *, seed: int, overrides: list[str], out_dir: Path) -> dict:

@@ -93,16 +93,33 @@ class MatchSettings:
 
 
 @dataclass(frozen=True)
+class LRSettings:
+    """A learning rate per variant (:mod:`zoo.bench.lr`).
+
+    Args:
+        grid: learning rates to screen (3-5 log-spaced values); empty: every variant at ``optim.lr``.
+        screen_steps: steps of each screening run; ``None``: the variant's full budget.
+        screen_seed: the seed the screening runs train with.
+    """
+
+    grid: tuple[float, ...] = ()
+    screen_steps: int | None = None
+    screen_seed: int = 0
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     """Everything ``bench.*`` sets.
 
     Args:
         seeds: training seeds of the quality figures (>= 3 for an interval worth the name).
         quality: train and evaluate at all (off: speed and FLOPs only).
-        speed, extrapolation, mqar, match, budget: the sections above.
+        speed, extrapolation, mqar, match, budget, lr: the sections above.
         peers: run the side-by-side peer comparison instead of a variant (``study=peers``); its
             keys are :func:`zoo.bench.peers.run`'s.
         expectation: the published finding a study reproduces, printed with its report.
+        stack_seeds: train the seeds of a variant together, stacked under ``vmap`` (:mod:`zoo.bench.seeds`),
+            where the composition allows it; off: one seed at a time through the training loop.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -112,8 +129,10 @@ class BenchSettings:
     mqar: MQARSettings = field(default_factory=MQARSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
     budget: Budget = field(default_factory=Budget)
+    lr: LRSettings = field(default_factory=LRSettings)
     peers: dict | None = None
     expectation: str | None = None
+    stack_seeds: bool = True
 
     def __post_init__(self) -> None:
         if self.quality and not self.seeds:
@@ -123,6 +142,10 @@ class BenchSettings:
         for key, value in (("speed.batch", self.speed.batch), ("speed.steps", self.speed.steps), ("extrapolation.eval_tokens", self.extrapolation.eval_tokens)):
             if value <= 0:
                 raise ConfigError(f"bench.{key}", value, "> 0")
+        if any(float(x) <= 0 for x in self.lr.grid):
+            raise ConfigError("bench.lr.grid", list(self.lr.grid), "positive learning rates, e.g. [1e-3, 2e-3, 4e-3]")
+        if self.lr.screen_steps is not None and self.lr.screen_steps <= 0:
+            raise ConfigError("bench.lr.screen_steps", self.lr.screen_steps, "> 0, or null (the full budget)")
         for case in self.mqar.cases:
             if len(case) != 2:
                 raise ConfigError("bench.mqar.cases", list(case), "pairs [seq_len, n_pairs]")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.arch.session import position_limit
-from zoo.bench.timing import autocast, median, peak_memory, reset_peak_memory, synchronize, time_calls
+from zoo.bench.timing import autocast, median, peak_memory, reset_peak_memory, spread, synchronize, time_calls
 
 NA_LENGTH = "n/a (max length)"
 
@@ -94,7 +94,7 @@ def training_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.
     work = workload(model, batch=batch, seq_len=seq_len, device=device)
     step = train_step(model, work, adamw(model), device, compile=unwrap(model) is not model)
     times = time_calls(step, device=device, repeats=steps, warmup=warmup)
-    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times)}
+    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times), "train_spread": spread(times)}
 
 
 def prefill_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
@@ -107,7 +107,7 @@ def prefill_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.d
             work.forward()
 
     times = time_calls(forward, device=device, repeats=steps, warmup=warmup)
-    return {"prefill_tokens_per_s": work.tokens / median(times), "prefill_s": median(times)}
+    return {"prefill_tokens_per_s": work.tokens / median(times), "prefill_s": median(times), "prefill_spread": spread(times)}
 
 
 @torch.inference_mode()

@@ -59,6 +59,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+#: a timing whose spread exceeds this is marked noisy in the report (a shared machine's bursts)
+NOISY_SPREAD = 0.2
+
+
+def spread(values: list[float]) -> float:
+    """The relative spread of repeated timings, ``(max - min) / median``: 0 for a quiet machine."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+
 def matmul_rate(*, device: torch.device, size: int | None = None, repeats: int = 7) -> float:
     """FLOP/s of square matmuls in the dtype the benchmarks compute in (fp32 CPU, bf16 CUDA).
 

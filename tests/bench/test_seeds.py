@@ -1,0 +1,39 @@
+"""Seeds trained stacked under vmap give the losses of separate runs, to float tolerance."""
+
+import pytest
+
+import zoo
+from zoo.bench.quality import convergence, train_seed
+from zoo.bench.seeds import applies, train_together
+
+SMALL = [
+    "tokenizer=byte", "data.corpus.max_bytes=200000", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=32",
+    "trainer.seq_len=32", "trainer.batch_size=4", "trainer.max_steps=6", "trainer.eval_every=0", "trainer.final_eval_batches=2",
+    "sched.warmup_steps=2", "optim.grad_clip=0.05", "trainer.ckpt_every=0",
+]  # fmt: skip  (a tight clip, so per-seed clipping is exercised)
+
+
+@pytest.mark.parametrize("ffn", ["gelu", "swiglu"])
+def test_stacked_seeds_match_separate_runs(tmp_path, ffn):
+    cfg = zoo.compose([*SMALL, f"model/ffn={ffn}"])
+    assert applies(cfg) is None
+    rows, models = train_together(cfg, seeds=[0, 1])
+    for row in rows:
+        alone = train_seed(cfg, seed=row["seed"], out_dir=tmp_path / f"s{row['seed']}")
+        assert row["status"] == alone["status"] == "ok"
+        assert [y for _, y in row["curve"]] == pytest.approx([y for _, y in alone["curve"]], rel=1e-4)
+        assert row["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-4)
+        assert row["data"] == alone["data"]
+    assert rows[0]["curve"][-1][1] != pytest.approx(rows[1]["curve"][-1][1], rel=1e-6)  # two seeds, two runs
+
+
+def test_what_does_not_stack_says_why():
+    assert "objective" in applies(zoo.compose([*SMALL, "objective=prefix_lm"]))
+    assert applies(zoo.compose([*SMALL, "trainer.grad_accum=2"])) is not None
+
+
+def test_convergence_flags_a_loss_still_falling():
+    flat = [3.0 - 1.0 * min(i, 50) / 50 for i in range(200)]  # plateaued after step 50
+    falling = [3.0 - 1.0 * i / 200 for i in range(200)]  # 0.25 nats over the last quarter
+    assert not convergence(flat)["not_converged"]
+    assert convergence(falling)["not_converged"] and convergence(falling)["last_quarter_drop"] == pytest.approx(0.25, abs=0.01)

@@ -1,0 +1,161 @@
+"""Several seeds of one variant trained together: the seeds' parameters stacked, one forward under ``vmap``.
+
+At the studies' size (dim 128, 4 layers, 16 x 128 tokens a step) a CPU step is bound by the cost of
+launching operators, not by arithmetic: ``S`` seeds stacked along a new leading dimension run each
+operator once on ``S`` times the data (``torch.func.stack_module_state`` + ``functional_call`` under
+``torch.func.vmap``). Each seed keeps what :func:`zoo.train.train` would give it: its own initial
+weights (built under its seed), its own batch stream, the same AdamW update (elementwise, so stacking
+does not mix seeds), the same schedule, and its own gradient-norm clipping. Its losses equal a
+separate run's to float tolerance (batched matmuls sum in another order); tests/bench/test_seeds.py
+holds it to that.
+
+It covers what a study trains: a causal LM with ``objective=causal_lm`` on one process, without
+gradient accumulation, compilation, MoE auxiliary losses or activation checkpointing;
+:func:`applies` says when, and :func:`zoo.bench.run.run_variant` falls back to one seed at a time
+otherwise.
+"""
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from zoo.bench.quality import convergence, curve, data_record, per_batch_eval, seed_config
+
+
+def applies(cfg: DictConfig) -> str | None:
+    """``None`` when the seeds of ``cfg`` can train stacked; otherwise why not (for the report)."""
+    from hydra.utils import get_class
+
+    from zoo.train.settings import Settings
+
+    s = Settings.from_config(cfg.trainer)
+    target = str(cfg.objective._target_)
+    if not target.endswith("CausalLMObjective"):
+        return f"objective {target}"
+    if get_class(str(cfg.model._target_)).arch != "causal":
+        return "not a causal decoder"
+    if s.grad_accum != 1 or s.compile or s.activation_checkpointing or s.resume:
+        return "grad_accum, compile, activation checkpointing or resume"
+    if "experts" in str(cfg.model.ffn.get("_target_", "")).lower() or cfg.model.ffn.get("n_experts") is not None:
+        return "mixture of experts (auxiliary losses)"
+    if float(cfg.model.get("dropout", 0.0) or 0.0) > 0:
+        return "dropout (per-seed masks)"
+    if str(cfg.trainer.device) not in ("auto", "cpu") or torch.cuda.is_available():
+        return "not on CPU"
+    return None
+
+
+@dataclass
+class Seed:
+    """One seed's parts: its built model (initial weights), loaders, objective and settings."""
+
+    seed: int
+    run: DictConfig
+    parts: object
+
+
+def fingerprint(data) -> str | None:
+    """The corpus's fingerprint (a task: its class name), as the training loop records it."""
+    corpus = getattr(data, "corpus", None)
+    return getattr(corpus, "fingerprint", None) if corpus is not None else type(data).__name__
+
+
+def build_seed(cfg: DictConfig, *, seed: int, steps: int | None) -> Seed:
+    from zoo.train.components import build
+    from zoo.train.distributed import Dist
+    from zoo.train.settings import Settings
+
+    run = seed_config(cfg, seed=seed, steps=steps)
+    settings = Settings.from_config(run.trainer)
+    return Seed(seed=seed, run=run, parts=build(run, settings=settings, dist=Dist(), tokenizer=None))
+
+
+def clip_per_seed(grads: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Clip each seed's gradient (dimension 0 of every tensor) to ``max_norm`` as ``clip_grad_norm_`` would
+    clip a single model's; returns the norms before clipping, ``(S,)``."""
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    if max_norm:
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
+    return norms
+
+
+def train_together(cfg: DictConfig, *, seeds: list[int], steps: int | None = None) -> tuple[list[dict], list[nn.Module]]:
+    """Train ``seeds`` of ``cfg`` stacked; one result row per seed (as :func:`zoo.bench.quality.train_seed`'s,
+    without a checkpoint) and the trained models."""
+    from zoo.train.components import build_node
+    from zoo.train.loop import forever
+    from zoo.train.optim import param_groups
+    from zoo.train.settings import Settings
+
+    runs = [build_seed(cfg, seed=s, steps=steps) for s in seeds]
+    first = runs[0]
+    settings = Settings.from_config(first.run.trainer)
+    settings.configure_process()
+    models = [r.parts.model for r in runs]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0])  # the structure functional_call runs; its own values are never used
+    names = {id(p): n for n, p in base.named_parameters()}
+    optim = build_node(first.run.optim, "optim")
+    schedule = build_node(first.run.sched, "sched")
+    groups = [
+        {**g, "params": [params[names[id(p)]] for p in g["params"]]} for g in param_groups(base, weight_decay=getattr(optim, "weight_decay", 0.0))
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+    stacked = list(params.values())
+    streams = [forever(r.parts.train_loader) for r in runs]
+
+    def seed_loss(p: dict, b: dict, tokens: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(base, (p, b), (tokens[:, :-1],))
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    batched_loss = vmap(seed_loss, in_dims=(0, 0, 0))
+    # SDPA has no vmap rule on CPU yet: torch loops over the seeds for that one operator (measured, in
+    # benchmarks/bench_seeds.py, with --kernel eager as the alternative); its warning says nothing new
+    warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
+    history: list[list[float]] = [[] for _ in seeds]
+    status = ["ok"] * len(seeds)
+    t0 = time.perf_counter()
+    for step in range(settings.max_steps):
+        tokens = torch.stack([next(s)["tokens"] for s in streams])
+        losses = batched_loss(params, buffers, tokens)
+        losses.sum().backward()  # seeds share no parameter: the sum's gradient is each seed's own
+        norms = clip_per_seed([p.grad for p in stacked], optim.grad_clip)
+        schedule.apply(optimizer, step=step, max_steps=settings.max_steps, lr=optim.lr)
+        values = losses.detach().tolist()
+        for i, (value, norm) in enumerate(zip(values, norms.tolist(), strict=True)):
+            if status[i] == "ok":
+                history[i].append(value)
+                if not (math.isfinite(value) and math.isfinite(norm)):
+                    status[i] = "diverged"
+        if all(s != "ok" for s in status):
+            break
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    train_time = time.perf_counter() - t0
+    tokens_per_step = settings.batch_size * settings.seq_len
+    rows = []
+    for i, r in enumerate(runs):
+        model = models[i]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(params[name][i])
+        row = {"seed": r.seed, "status": status[i], "steps": len(history[i]), "tokens": len(history[i]) * tokens_per_step,
+               "train_loss": history[i][-1] if history[i] else None, "vocab_size": int(r.run.model.vocab_size),
+               "curve": curve(history[i], tokens_per_step=tokens_per_step), "checkpoint": None, "trained": "stacked",
+               "train_s_shared": train_time, "data": data_record(r.run, corpus=fingerprint(r.parts.data), tokenizer=getattr(r.parts.tokenizer, "id", None))}  # fmt: skip
+        row["convergence"] = convergence(history[i])
+        if status[i] == "ok":
+            row |= per_batch_eval(model, r.parts.val_loader, objective=r.parts.make_objective(), max_batches=settings.final_eval_batches)
+        else:
+            row["error"] = "non-finite loss or gradient norm"
+        rows.append(row)
+    return rows, models
