@@ -7,7 +7,7 @@ from zoo.attention import Attention, Context, Mask
 from zoo.ffn import GeLUMLP, SwiGLU
 from zoo.norm import LayerNorm
 from zoo.pos import NoPositions
-from zoo.residual import DeepNorm, Depth, Parallel, PostNorm, PreNorm, SandwichNorm, deepnorm_constants
+from zoo.residual import DeepNorm, Depth, Parallel, PostNorm, PreNorm, ReorderedNorm, SandwichNorm, deepnorm_constants
 
 DIM = 16
 
@@ -47,6 +47,7 @@ def test_deepnorm_init_scales_value_output_and_ffn_by_beta():
         (PreNorm, lambda b, x, f, g: (lambda h: h + g(b.norms[1](h)))(x + f(b.norms[0](x)))),
         (PostNorm, lambda b, x, f, g: (lambda h: b.norms[1](h + g(h)))(b.norms[0](x + f(x)))),
         (SandwichNorm, lambda b, x, f, g: (lambda h: h + b.norms[3](g(b.norms[2](h))))(x + b.norms[1](f(b.norms[0](x))))),
+        (ReorderedNorm, lambda b, x, f, g: (lambda h: h + b.norms[1](g(h)))(x + b.norms[0](f(x)))),
         (DeepNorm, lambda b, x, f, g: (lambda h: b.norms[1](b.alpha * h + g(h)))(b.norms[0](b.alpha * x + f(x)))),
         (Parallel, lambda b, x, f, g: x + f(b.norms[0](x)) + g(b.norms[0](x))),
     ],

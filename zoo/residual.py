@@ -95,6 +95,18 @@ class SandwichNorm(Residual):
         return x + self.dropout(self.norms[2 * i + 1](sublayer(self.norms[2 * i](x))))
 
 
+class ReorderedNorm(Residual):
+    """``x + norm(f(x))``: the norm moved from a sub-layer's input to its output, the stream left raw.
+
+    Swin Transformer V2's res-post-norm (Liu et al. 2021, arXiv:2111.09883) and OLMo 2's reordered
+    norm (OLMo et al. 2024, arXiv:2501.00656): each residual branch adds a normalised update, which
+    bounds it, while the stream itself is normalised only once, at the end.
+    """
+
+    def add(self, i, x, sublayer):
+        return x + self.dropout(self.norms[i](sublayer(x)))
+
+
 def deepnorm_constants(depth: Depth) -> tuple[float, float]:
     """DeepNet's ``(alpha, beta)`` (Wang et al. 2022, arXiv:2203.00555, Table 1).
 

@@ -60,6 +60,11 @@ CASES = {
         "MixtralConfig", "MixtralForCausalLM", **LLAMA, num_local_experts=4, num_experts_per_tok=2, sliding_window=6
     ),
     "qwen2": lambda: hf_model("Qwen2Config", "Qwen2ForCausalLM", **LLAMA, tie_word_embeddings=True),
+    "qwen3-window-5": lambda: hf_model(
+        "Qwen3Config", "Qwen3ForCausalLM", **LLAMA, head_dim=24, use_sliding_window=True, sliding_window=5, max_window_layers=0
+    ),
+    "qwen3-biases-tied": lambda: hf_model("Qwen3Config", "Qwen3ForCausalLM", **LLAMA, head_dim=16, attention_bias=True, tie_word_embeddings=True),
+    "olmo2": lambda: hf_model("Olmo2Config", "Olmo2ForCausalLM", **LLAMA, rms_norm_eps=1e-5),
     "gpt2": lambda: hf_model("GPT2Config", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
     "bloom-6-heads": lambda: hf_model("BloomConfig", "BloomForCausalLM", hidden_size=48, n_layer=2, n_head=6),
     "falcon-7b-style": lambda: hf_model("FalconConfig", "FalconForCausalLM", **FALCON, multi_query=True, parallel_attn=True, bias=False),

@@ -3,6 +3,7 @@
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,8 @@ class Attention(nn.Module):
         scale: score scale; ``None`` means ``head_dim ** -0.5`` (T5 folds it into the init: 1.0).
         kernel: one of :data:`zoo.attention.kernels.KERNEL_SPECS` (``eager``, ``sdpa``, ``local``, ``flex``)
             or ``auto``, which picks the fastest exact one per call (device, training or not, window, lengths).
+        qk_norm: a factory ``(head_dim, n_heads=, n_kv_heads=)`` of a module that normalises queries and
+            keys before the positions rotate them (:mod:`zoo.attention.qk_norm`); ``None``: none.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -75,6 +78,7 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         kernel: str = "auto",
+        qk_norm: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -92,6 +96,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
+        self.qk_norm = None if qk_norm is None else qk_norm(head_dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
 
     def score_projections(self) -> tuple[nn.Linear, nn.Linear]:
         """The projections that make the scores (queries, keys), apart from the values' path (DeepNorm's init)."""
@@ -101,6 +106,8 @@ class Attention(nn.Module):
         q = rearrange(self.q_proj(x), "b n (h d) -> b n h d", d=self.head_dim)
         k = rearrange(self.k_proj(x), "b n (k d) -> b n k d", d=self.head_dim)
         v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
         q_pos = k_pos = ctx.positions.expand(x.shape[0], -1)
         # rotated in the projections' layout, heads inside tokens: the kernels' output keeps that
         # layout, so merging the heads back below is a view rather than a copy

@@ -16,11 +16,13 @@ from zoo.hf.gpt_neox import GPTNeoX
 from zoo.hf.llama import Llama
 from zoo.hf.mistral import Mistral
 from zoo.hf.mixtral import Mixtral
+from zoo.hf.olmo2 import Olmo2
 from zoo.hf.qwen2 import Qwen2
+from zoo.hf.qwen3 import Qwen3
 from zoo.hf.t5 import T5
 
 #: every mapped family, in the order export tries them
-FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Mixtral(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
+FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Mixtral(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
 
 
 def family_for(config: dict) -> Family:

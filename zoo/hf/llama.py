@@ -56,6 +56,12 @@ class Llama(Family):
 
     # -- what differs between the Llama-layout families -------------------------------------------
 
+    #: ``model/residual`` option and class of the block, and the checkpoint names of its two norms
+    residual: tuple[str, str] = ("pre", "zoo.residual.PreNorm")
+    block_norms: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")
+    #: ``model/attention`` option and QK-norm class (``self_attn.{q,k}_norm``), or ``None`` without QK-norm
+    qk_norm: tuple[str, str] | None = None
+
     def window(self, c: dict) -> int | None:
         """The sliding window of every layer, or ``None``."""
         return None
@@ -80,8 +86,8 @@ class Llama(Family):
         return [
             "model=causal",
             "model/norm=rmsnorm",
-            "model/residual=pre",
-            f"model/attention={attention_option(n_heads, n_kv_heads, window)}",
+            f"model/residual={self.residual[0]}",
+            f"model/attention={self.qk_norm[0] if self.qk_norm else attention_option(n_heads, n_kv_heads, window)}",
             f"model.vocab_size={c['vocab_size']}",
             f"model.dim={c['hidden_size']}",
             f"model.n_layers={c['num_hidden_layers']}",
@@ -94,6 +100,7 @@ class Llama(Family):
             f"model.attention.window={fmt(window)}",
             f"model.attention.bias={fmt(o_bias)}",
             f"++model.attention.qkv_bias={fmt(qkv_bias)}",
+            *([f"model.attention.qk_norm.eps={fmt(float(c.get('rms_norm_eps', 1e-6)))}"] if self.qk_norm else []),
             *self.ffn_settings(c, bias=mlp_bias),
         ]
 
@@ -109,9 +116,10 @@ class Llama(Family):
             for name in ("q_proj", "k_proj", "v_proj"):
                 rules += linear(f"{hf}self_attn.{name}", f"{zoo}attn.{name}", bias=qkv_bias)
             rules += linear(f"{hf}self_attn.o_proj", f"{zoo}attn.o_proj", bias=o_bias)
+            if self.qk_norm:
+                rules += [rename(f"{hf}self_attn.{n}.weight", f"{zoo}attn.qk_norm.{n}.weight") for n in ("q_norm", "k_norm")]
             rules += self.ffn_rules(c, hf, zoo, bias=mlp_bias)
-            rules += [rename(f"{hf}input_layernorm.weight", f"{zoo}norms.0.weight")]
-            rules += [rename(f"{hf}post_attention_layernorm.weight", f"{zoo}norms.1.weight")]
+            rules += [rename(f"{hf}{name}.weight", f"{zoo}norms.{j}.weight") for j, name in enumerate(self.block_norms)]
         return rules
 
     def ffn_rules(self, c: dict, hf: str, zoo: str, *, bias: bool) -> list[Rule]:
@@ -135,9 +143,13 @@ class Llama(Family):
 
     def export_config(self, m: DictConfig) -> dict:
         expect_slots(
-            m, self.hf_class, arch="zoo.arch.CausalLM", norm="zoo.norm.RMSNorm", residual="zoo.residual.PreNorm",
+            m, self.hf_class, arch="zoo.arch.CausalLM", norm="zoo.norm.RMSNorm", residual=self.residual[1],
             attention="zoo.attention.Attention",
         )
+        qk_norm = m.attention.get("qk_norm")
+        expect(m, "attention.qk_norm._target_", qk_norm and qk_norm.get("_target_"), [self.qk_norm and self.qk_norm[1]], self.hf_class)
+        if qk_norm:
+            expect(m, "attention.qk_norm.eps", float(qk_norm.get("eps", 1e-6)), [float(m.norm.get("eps", 1e-6))], self.hf_class)
         expect(m, "embed_norm", m.get("embed_norm", False), [False], self.hf_class)
         expect(m, "final_norm", m.get("final_norm"), [None, True], self.hf_class)
         expect(m, "attention.scale", m.attention.get("scale"), [None], self.hf_class)
