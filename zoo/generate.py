@@ -29,12 +29,14 @@ MODEL_KEYS = ("model", "preset")
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder at ``path`` (:func:`zoo.run.checkpoint.find`: itself, or what ``latest.json``
     of it or of its ``checkpoints/`` points at); it must hold ``model.safetensors`` and ``config.yaml``."""
-    from zoo.run.checkpoint import CONFIG, MODEL, find
+    from zoo.run.checkpoint import CONFIG, MODEL, TRAINABLE, find
 
     try:
         folder = find(path).path
     except FileNotFoundError as e:
         raise ConfigError("checkpoint", str(path), f"a checkpoint folder with {MODEL} and {CONFIG} ({e})") from None
+    if not (folder / MODEL).exists() and (folder / TRAINABLE).exists():
+        raise ConfigError("checkpoint", str(path), f"a whole model: this checkpoint holds only what trained (an adapter); merge it first with `python -m zoo.finetune.merge {path} OUT` and use OUT")
     for name in (MODEL, CONFIG):
         if not (folder / name).exists():
             raise ConfigError("checkpoint", str(path), f"a checkpoint folder with {MODEL} and {CONFIG} (no {name} in {folder})")

@@ -85,8 +85,9 @@ class CompileTask(LabelledData):
             raise ConfigError("data.max_chars", max_chars, ">= 16")
         if max_examples is not None and max_examples <= 0:
             raise ConfigError("data.max_examples", max_examples, "> 0, or null for all")
-        self.max_chars, self.max_examples = max_chars, max_examples
-        self.source = StdlibCorpus(sources=["python"], max_bytes=max_bytes, val_percent=0)
+        if max_bytes <= 0:
+            raise ConfigError("data.max_bytes", max_bytes, "> 0")
+        self.max_chars, self.max_bytes, self.max_examples = max_chars, max_bytes, max_examples
 
     @functools.cached_property
     def stats(self) -> dict[str, int]:
@@ -94,7 +95,7 @@ class CompileTask(LabelledData):
         return {f"{s}_{label}": sum(lab == label for _, lab in r) for s, r in self._rows.items() for label in LABELS}
 
     def rows(self) -> dict[str, list[tuple[str, str]]]:
-        every = {f for doc in self.source.documents("train") for f in functions(doc, max_chars=self.max_chars)}
+        every = _snippets(self.max_bytes, self.max_chars)
         out = {}
         for split, cap in (("train", self.max_examples), ("validation", self.max_examples and max(self.max_examples // 10, 1))):
             snippets = sorted((f for f in every if split_of(_digest(f), val_percent=self.val_percent) == split), key=_digest)
@@ -106,6 +107,13 @@ class CompileTask(LabelledData):
                 rows.append((text, LABELS[0] if compiles(text) else LABELS[1]))
             out[split] = rows
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _snippets(max_bytes: int, max_chars: int) -> frozenset[str]:
+    # parsed once per process: the jobs of a sweep share it
+    source = StdlibCorpus(sources=["python"], max_bytes=max_bytes, val_percent=0)
+    return frozenset(f for doc in source.documents("train") for f in functions(doc, max_chars=max_chars))
 
 
 def _digest(text: str) -> str:

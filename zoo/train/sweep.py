@@ -27,8 +27,8 @@ TRAIN_GROUPS = ("data", "tokenizer", "objective", "adapter", "optim", "sched", "
 NAME_EXCLUDED = ("logger", "trainer.quiet", "trainer.resume", "trainer.device", "trainer.threads")
 #: the columns of the sweep summary, in order (then every group's choice)
 COLUMNS = (
-    "job", "variant", "status", "val_loss", "val_bpb", "val_lzma_bpb", "val_ppl", "val_accuracy", "train_loss",
-    "steps", "tokens_per_s", "parameters", "flops_per_token", "wall_s", "error", "name",
+    "job", "variant", "status", "val_loss", "val_bpb", "val_lzma_bpb", "val_ppl", "val_accuracy", "val_macro_f1", "train_loss",
+    "steps", "tokens_per_s", "parameters", "parameters_trainable", "flops_per_token", "wall_s", "error", "name",
 )  # fmt: skip
 
 
