@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from zoo.config import register_plugins
 from zoo.errors import ConfigError
+from zoo.train.launchers import check_launcher, share_cores
 from zoo.train.sweep import RunInfo, register_resolvers
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 1
@@ -28,6 +29,7 @@ def _app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     info = RunInfo.from_hydra(hydra_cfg)
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    share_cores(hydra_cfg.launcher, configured=cfg.trainer.threads)
     try:
         result = train(cfg, out_dir=out_dir, info=info)
     except ConfigError as e:
@@ -50,6 +52,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """The console script: plugins' configs and zoo's resolvers registered, then Hydra."""
+    check_launcher(sys.argv[1:], app="zoo-train")
     register_plugins()
     register_resolvers()
     # before anything imports wandb (see zoo.train.logger)

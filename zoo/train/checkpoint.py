@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
 LATEST = "latest.json"
@@ -57,9 +57,8 @@ def write_atomic(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's state as flat tensors (``state.<param>.<name>``) plus JSON for the rest."""
-    sd = optimizer.state_dict()
+def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state dict as flat tensors (``state.<param>.<name>``) plus JSON for the rest."""
     tensors, scalars = {}, {}
     for index, state in sd["state"].items():
         for name, value in state.items():
@@ -113,8 +112,8 @@ def save(
     root: str | Path,
     *,
     step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict,
     state: dict,
     rng: dict[str, torch.Tensor],
     config_yaml: str,
@@ -126,8 +125,9 @@ def save(
     Args:
         root: the checkpoints folder of a run.
         step: optimizer steps done.
-        model: the unwrapped model (not its DDP or compiled wrapper).
-        optimizer: its optimizer.
+        weights: the model's state dict with whole tensors, each tied matrix once
+            (:func:`zoo.train.distributed.full_state`, whatever the strategy).
+        optimizer: the optimizer's state dict, whole tensors too.
         state: JSON-able training state (loader position, tokens seen, ...); ``step`` is added.
         rng: generator states from :func:`rng_tensors`, keyed per rank (``rank0.torch_cpu``, ...).
         config_yaml: the resolved config.
@@ -141,7 +141,7 @@ def save(
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         tensors, optim_meta = optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
@@ -199,8 +199,11 @@ def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
 
 
 def load_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    """Load the optimizer state, each tensor sharded like its parameter when the model is sharded (FSDP)."""
+    from zoo.train.distributed import shard_like
+
     tensors = load_file(str(checkpoint.path / "optimizer.safetensors"))
-    optimizer.load_state_dict(optimizer_state_dict(tensors, checkpoint.state["optimizer"]))
+    optimizer.load_state_dict(shard_like(optimizer_state_dict(tensors, checkpoint.state["optimizer"]), optimizer))
 
 
 def load_rng(checkpoint: Checkpoint, *, rank: int) -> None:
