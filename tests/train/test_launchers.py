@@ -79,7 +79,7 @@ def test_a_submitit_local_sweep_runs_and_is_summarised(tmp_path, cli, tiny):
 @_needs("hydra_plugins.hydra_ray_launcher")
 def test_a_sweep_on_a_local_ray_cluster_runs_and_is_summarised(tmp_path, cli, tiny):
     sweep = tmp_path / "sweep"
-    ray = ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "hydra.launcher.ray.remote.num_cpus=1"]
+    ray = ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.remote.num_cpus=1"]
     done = cli(["-m", "model/ffn=swiglu,gelu", "trainer.max_steps=3", *tiny, f"hydra.sweep.dir={sweep}", *ray], cwd=tmp_path, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _summary(sweep)
