@@ -28,7 +28,6 @@ from dataclasses import asdict
 import torch
 
 from zoo.bench import peers
-from zoo.bench.flops import forward_flops
 from zoo.bench.timing import autocast, matmul_rate, peak_memory, reset_peak_memory, synchronize
 
 SHAPES = {
@@ -92,7 +91,7 @@ def compare_size(name: str, shape: peers.LlamaShape, *, names: list[str], device
     for peer_name, row in results.items():
         row |= {k: v for k, v in extra[peer_name].items() if not k.endswith("_names")}
         report_names[peer_name] = {k: v for k, v in extra[peer_name].items() if k.endswith("_names")}
-    flops = forward_flops(peers.build_zoo(shape), seq_len=shape.seq_len).per_token()["total"]
+    flops = peers.build_zoo(shape).flops(seq_len=shape.seq_len).per_token()["total"]
     peers.add_mfu(results, flops_per_token=flops, matmul_flops=rate)
     report = {"size": name, "shape": asdict(shape), "results": results, "ratios": peers.ratios(results), "notes": notes,
               "flops_per_token": flops, "kernel_names": report_names, "params": {p.name: sum(t.numel() for t in p.model.parameters()) for p in built}}  # fmt: skip

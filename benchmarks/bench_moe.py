@@ -138,13 +138,12 @@ def hf_loss(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], to
 
 
 def build_peer(name: str, args: argparse.Namespace) -> Peer:
-    from zoo.ffn.moe import active_parameters
 
     kw = dict(seq_len=args.seq_len, top_k=args.top_k)
     family = name.removesuffix("-compile")
     if family in ("zoo", "dense"):
         model = build_zoo_moe(n_experts=args.n_experts, **kw) if family == "zoo" else build_zoo_dense(**kw)
-        return Peer(name, model, zoo_loss(model, compile=family != name), active_parameters(model))
+        return Peer(name, model, zoo_loss(model, compile=family != name), model.param_counts()["active_params"])
     if name in ("hf", "hf-noaux", "hf-eager"):
         experts = "eager" if name == "hf-eager" else None
         model = build_hf_mixtral(n_experts=args.n_experts, aux=name != "hf-noaux", experts=experts, **kw)

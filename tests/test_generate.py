@@ -253,25 +253,62 @@ def test_cli_loads_a_training_checkpoint_folder(tmp_path, capsys):
     from zoo.generate import run
     from zoo.tokenizer import ByteTokenizer
 
-    tok = ByteTokenizer(n_sentinels=4)
-    model_cfg = compose(["model.dim=32", "model.n_layers=2", "model.n_heads=4", f"model.vocab_size={tok.vocab_size}"]).model
-    torch.manual_seed(3)
-    model = instantiate_model(model_cfg).eval()
-    folder = tmp_path / "run" / "checkpoints" / "step_00000010"
-    folder.mkdir(parents=True)
-    save_model(model, str(folder / "model.safetensors"))
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"model": model_cfg})))
-    tok.save(folder / "tokenizer")
-    (folder.parent / "latest.json").write_text('{"step": 10, "path": "step_00000010"}')
+    def save_run(name: str, *, n_layers: int, tok) -> torch.nn.Module:
+        model_cfg = compose(["model.dim=32", f"model.n_layers={n_layers}", "model.n_heads=4", f"model.vocab_size={tok.vocab_size}"]).model
+        torch.manual_seed(3)
+        model = instantiate_model(model_cfg).eval()
+        folder = tmp_path / name / "checkpoints" / "step_00000010"
+        folder.mkdir(parents=True)
+        save_model(model, str(folder / "model.safetensors"))
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"model": model_cfg})))
+        tok.save(folder / "tokenizer")
+        (folder.parent / "latest.json").write_text('{"step": 10, "path": "step_00000010"}')
+        return model
 
+    tok = ByteTokenizer(n_sentinels=4)
+    model = save_run("run", n_layers=2, tok=tok)
     cfg = compose_generate([f"checkpoint={tmp_path / 'run'}", "prompt=ab", "max_new_tokens=5", "stop_at_eos=false"])
     _, out, _ = run(cfg)
     assert out.tokens[0] == generate(model, [tok.encode("ab")], max_new_tokens=5).tokens[0]
     assert "tokens/s" in capsys.readouterr().out
-    cfg = compose_generate([f"checkpoint={tmp_path / 'run'}", "prompt=ab", "max_new_tokens=5", "stop_at_eos=false",
-                            'draft.overrides="model.n_layers=1"'])
-    _, with_draft, _ = run(cfg)  # a random one-layer draft from the checkpoint's own config
+
+    # a smaller model saved with the same tokenizer drafts; greedy output is the target's alone
+    save_run("draft", n_layers=1, tok=tok)
+    cfg = compose_generate([f"checkpoint={tmp_path / 'run'}", "prompt=ab", "max_new_tokens=5", "stop_at_eos=false", f"draft.checkpoint={tmp_path / 'draft'}"])
+    _, with_draft, _ = run(cfg)
     assert with_draft.tokens == out.tokens and with_draft.acceptance_rate is not None
+    assert "draft acceptance" in capsys.readouterr().out
+
+    # a draft on another tokenizer would propose other ids; random weights next to trained ones never help
+    save_run("other", n_layers=1, tok=ByteTokenizer(n_sentinels=8))
+    cfg = compose_generate([f"checkpoint={tmp_path / 'run'}", f"draft.checkpoint={tmp_path / 'other'}"])
+    with pytest.raises(ConfigError, match="draft.checkpoint.*target's tokenizer"):
+        run(cfg)
+    cfg = compose_generate([f"checkpoint={tmp_path / 'run'}", 'draft.overrides="model.n_layers=1"'])
+    with pytest.raises(ConfigError, match="draft.overrides.*random weights"):
+        run(cfg)
+
+
+PROMPT = 'def main(argv=None):\n    print("a = (1)", \'b\')\n'
+
+
+def test_any_text_is_a_prompt_quoted_on_the_command_line_or_in_a_file(tmp_path, monkeypatch, capsys):
+    """Parentheses, both quotes, ``=`` and newlines reach the model verbatim, through Hydra's parser."""
+    from zoo.generate import main
+
+    # the shell's single quotes hand Hydra a double-quoted value; a " inside is written \"
+    quoted = 'prompt="' + PROMPT.replace('"', '\\"') + '"'
+    file = tmp_path / "prompt.py"
+    file.write_text(PROMPT, encoding="utf-8")
+    for arg in (quoted, f"prompt_file={file}"):
+        monkeypatch.setattr(sys, "argv", ["zoo-generate", *TINY_CLI, arg])
+        main()
+        assert capsys.readouterr().out.startswith(PROMPT), arg
+    monkeypatch.setattr(sys, "argv", ["zoo-generate", *TINY_CLI, f"prompt_file={tmp_path / 'missing.py'}"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "prompt_file" in err and "missing.py" in err
 
 
 def test_cli_refuses_a_folder_without_safetensors(tmp_path):

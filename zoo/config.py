@@ -12,9 +12,9 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
+from zoo.trust import PLUGIN_GROUP, check_config
 
 CONF_MODULE = "zoo.conf"
-PLUGIN_GROUP = "zoo.plugins"
 #: the swap points, in the order the catalogue shows them
 GROUPS = ("model", "model/norm", "model/residual", "model/ffn", "model/pos", "model/attention", "model/init", "preset")
 
@@ -75,12 +75,14 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     return {g: str(chosen[g]) for g in GROUPS if g in chosen and chosen[g] is not None}
 
 
-def instantiate_model(model_cfg: DictConfig, *, device: torch.device | str | None = None) -> torch.nn.Module:
-    """Build a model from its config; the config is checked first by building it on the meta device,
+def instantiate_model(model_cfg: DictConfig, *, device: torch.device | str | None = None, source: str = "the config") -> torch.nn.Module:
+    """Build a model from its config; every ``_target_`` is checked against :mod:`zoo.trust` first
+    (``source`` names the file it came from), then the config by building it on the meta device,
     so a mistake surfaces as a :class:`ConfigError` before any weight is allocated."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    check_config(model_cfg, source=source, prefix="model")
     try:
         with torch.device("meta"):
             instantiate(model_cfg)

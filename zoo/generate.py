@@ -3,9 +3,14 @@
 The library lives in :mod:`zoo.generation` and is re-exported here (``zoo.generate.generate``);
 Hydra, safetensors and the tokenizers are imported only when the command runs.
 
-    zoo-generate prompt="def main(" max_new_tokens=64 temperature=0.8 top_p=0.95
-    zoo-generate checkpoint=outputs/2026-01-01_00-00-00 'draft.overrides=["model.n_layers=1"]'
-    zoo-generate model.n_layers=6 'draft.overrides="model.n_layers=1 model/attention=mqa"'
+    zoo-generate 'prompt="def main("' max_new_tokens=64 temperature=0.8 top_p=0.95
+    zoo-generate checkpoint=outputs/target prompt_file=prompt.py
+    zoo-generate checkpoint=outputs/target draft.checkpoint=outputs/draft     # speculative
+    zoo-generate model.n_layers=6 'draft.overrides="model.n_layers=1 model/attention=mqa"'  # random weights: a smoke test
+
+A prompt is any text: Hydra parses what follows ``prompt=``, so text with parentheses, quotes, ``=``
+or spaces goes in double quotes inside the shell's single quotes (``'prompt="f(a=1)"'``; a ``"``
+inside is written ``\"``), or in a file (``prompt_file=``), read verbatim.
 """
 
 import sys
@@ -22,49 +27,42 @@ MODEL_KEYS = ("model", "preset")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder at ``path``: itself, or what ``latest.json`` (of it or of its
-    ``checkpoints/``) points at, as zoo-train writes them."""
-    import json
+    """The checkpoint folder at ``path`` (:func:`zoo.run.checkpoint.find`: itself, or what ``latest.json``
+    of it or of its ``checkpoints/`` points at); it must hold ``model.safetensors`` and ``config.yaml``."""
+    from zoo.run.checkpoint import CONFIG, MODEL, find
 
-    folder = Path(path).expanduser()
-    for root in (folder, folder / "checkpoints"):
-        if (root / "latest.json").exists():
-            folder = root / json.loads((root / "latest.json").read_text())["path"]
-            break
-    if not (folder / "model.safetensors").exists():
-        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        why = f"found only {pickles}: zoo loads safetensors only, never pickles" if pickles else "no model.safetensors there"
-        raise ConfigError("checkpoint", str(path), f"a checkpoint folder with model.safetensors and config.yaml ({why})")
-    if not (folder / "config.yaml").exists():
-        raise ConfigError("checkpoint", str(path), "a checkpoint folder with its config.yaml (the run's resolved config)")
+    try:
+        folder = find(path).path
+    except FileNotFoundError as e:
+        raise ConfigError("checkpoint", str(path), f"a checkpoint folder with {MODEL} and {CONFIG} ({e})") from None
+    for name in (MODEL, CONFIG):
+        if not (folder / name).exists():
+            raise ConfigError("checkpoint", str(path), f"a checkpoint folder with {MODEL} and {CONFIG} (no {name} in {folder})")
     return folder
 
 
 def load_checkpoint(path: str | Path, *, device: torch.device, overrides=()) -> tuple[torch.nn.Module, object]:
     """``(model, tokenizer)`` of a checkpoint folder; ``overrides`` (``model.key=value``) change its config
-    first (a draft built from a target's checkpoint)."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import load_model
-
+    first (a draft built from a target's checkpoint). Nothing in the folder chooses code: its config's
+    targets and its tokenizer's class are checked against allowlists first (docs/security.md)."""
     from zoo.config import instantiate_model
-    from zoo.tokenizer import META_FILE, load_tokenizer
+    from zoo.run.checkpoint import CONFIG, find, load_weights
 
-    folder = resolve_checkpoint(path)
-    cfg = OmegaConf.load(folder / "config.yaml")
+    checkpoint = find(resolve_checkpoint(path))
+    cfg = checkpoint.config()
     model_cfg = cfg.model if "model" in cfg else cfg
-    tokenizer = None
-    for where in (folder / "tokenizer", folder):
-        if (where / META_FILE).exists():
-            tokenizer = load_tokenizer(where)
-            break
+    source = str(checkpoint.path / CONFIG)
+    tokenizer = checkpoint.tokenizer()
     if overrides:
         model_cfg = apply_dotted(model_cfg, overrides)
-        model = instantiate_model(model_cfg, device=device)
-        return model, tokenizer
-    model = instantiate_model(model_cfg, device=device)
-    missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False, device=str(device))
-    if missing or unexpected:
-        raise ConfigError("checkpoint", str(path), f"weights that fit its config.yaml: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        return instantiate_model(model_cfg, device=device, source=source), tokenizer
+    model = instantiate_model(model_cfg, device=device, source=source)
+    try:
+        load_weights(checkpoint, model, device=str(device))
+    except ConfigError:  # a damaged file names itself
+        raise
+    except ValueError as e:
+        raise ConfigError("checkpoint", str(path), f"weights that fit its config.yaml ({e})") from None
     return model, tokenizer
 
 
@@ -119,19 +117,65 @@ def build_models(cfg, *, task_overrides: list[str]) -> tuple[torch.nn.Module, to
         model = instantiate_model(model_cfg, device=device)
     if model.vocab_size < tokenizer.vocab_size:
         raise ConfigError("checkpoint", cfg.checkpoint, f"a tokenizer of at most model.vocab_size={model.vocab_size} ids, got {tokenizer.vocab_size}")
-    draft = None
+    return model, build_draft(cfg, model=model, tokenizer=tokenizer, task_overrides=task_overrides), tokenizer
+
+
+def build_draft(cfg, *, model: torch.nn.Module, tokenizer, task_overrides: list[str]) -> torch.nn.Module | None:
+    """The speculative draft ``cfg.draft`` asks for, or ``None``.
+
+    A draft speeds decoding up only if it guesses the target's tokens, so it must be trained, on the
+    same tokenizer: ``draft.checkpoint``, a smaller model trained by ``zoo-train``. ``draft.overrides``
+    builds a model with random weights; it is accepted only next to a target with random weights (no
+    ``checkpoint``: a smoke test of the decoding loop, said so on stderr) and refused next to a trained one.
+    """
+    from omegaconf import OmegaConf
+
+    from zoo.config import instantiate_model
+    from zoo.tokenizer import ByteTokenizer
+
+    check_draft(cfg)
     d = cfg.draft
     if d.checkpoint:
-        draft, _ = load_checkpoint(d.checkpoint, device=device)
-    elif d.overrides:
-        # a list, or one quoted string of space-separated overrides (Hydra needs '=' inside a value quoted)
-        overrides = str(d.overrides).split() if isinstance(d.overrides, str) else [str(o) for o in d.overrides]
-        if cfg.checkpoint:
-            draft, _ = load_checkpoint(cfg.checkpoint, device=device, overrides=overrides)
-        else:
-            draft_cfg = OmegaConf.merge(compose_model([*model_overrides(task_overrides), *overrides]), {"vocab_size": tokenizer.vocab_size})
-            draft = instantiate_model(draft_cfg, device=device)
-    return model, draft, tokenizer
+        draft, draft_tokenizer = load_checkpoint(d.checkpoint, device=torch.device(cfg.device))
+        draft_tokenizer = draft_tokenizer or ByteTokenizer()  # as for the target
+        if draft_tokenizer.id != tokenizer.id or draft.vocab_size != model.vocab_size:
+            raise ConfigError(
+                "draft.checkpoint", str(d.checkpoint),
+                f"a model trained with the target's tokenizer ({tokenizer.id}, {model.vocab_size} ids; it has {draft_tokenizer.id}, {draft.vocab_size} ids)",
+            )  # fmt: skip
+        return draft
+    if not d.overrides:
+        return None
+    # a list, or one quoted string of space-separated overrides (Hydra needs '=' inside a value quoted)
+    overrides = str(d.overrides).split() if isinstance(d.overrides, str) else [str(o) for o in d.overrides]
+    print("zoo-generate: target and draft have random weights (no checkpoint): a smoke test of speculative decoding, not a speed-up", file=sys.stderr)
+    draft_cfg = OmegaConf.merge(compose_model([*model_overrides(task_overrides), *overrides]), {"vocab_size": tokenizer.vocab_size})
+    return instantiate_model(draft_cfg, device=torch.device(cfg.device))
+
+
+def check_draft(cfg) -> None:
+    """Refuse, before any model is built, a draft that cannot help: both kinds at once, or random
+    weights (``draft.overrides``) next to a trained target."""
+    d = cfg.draft
+    if d.checkpoint and d.overrides:
+        raise ConfigError("draft.overrides", str(d.overrides), "null when draft.checkpoint is set (a draft is one or the other)")
+    if d.overrides and cfg.checkpoint:
+        raise ConfigError(
+            "draft.overrides", str(d.overrides),
+            "null next to a trained checkpoint: a draft built from overrides has random weights and can never speed it up; "
+            "train a small draft on the same data (zoo-train model.n_layers=1 ...) and pass draft.checkpoint=<its run folder>",
+        )  # fmt: skip
+
+
+def prompt_text(cfg) -> str:
+    """The text to continue: ``prompt_file``'s contents, verbatim, when it is set; else ``prompt``."""
+    if cfg.get("prompt_file"):
+        path = Path(str(cfg.prompt_file)).expanduser()
+        if not path.is_file():
+            raise ConfigError("prompt_file", str(cfg.prompt_file), "a text file to read the prompt from")
+        return path.read_text(encoding="utf-8")
+    # Hydra reads an unquoted number or bool as one: the prompt is its text
+    return "" if cfg.prompt is None else str(cfg.prompt)
 
 
 def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]:
@@ -141,12 +185,17 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    text_in = prompt_text(cfg)  # a missing prompt_file fails before any model is built
+    check_draft(cfg)
     model, draft, tokenizer = build_models(cfg, task_overrides=list(task_overrides))
     if not getattr(model, "can_generate", False):
         model.new_cache()  # the encoder-only ConfigError
-    encdec = hasattr(model, "encode")
-    prompt = tokenizer.encode(cfg.prompt)
-    if encdec:
+    prompt = tokenizer.encode(text_in)
+    if cfg.get("chat"):  # the prompt is a user's message; the model answers as the assistant
+        from zoo.finetune.chat import ChatTemplate
+
+        prompt = ChatTemplate(tokenizer).prompt([{"role": "user", "content": text_in}])
+    if not model.continues_prompt:
         prompt = [*prompt, tokenizer.eos_id]  # a source ends with <eos>, as span corruption writes it
     prompt = prompt or [tokenizer.bos_id]
     eos = tokenizer.eos_id if cfg.stop_at_eos else None
@@ -158,10 +207,10 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     seconds = time.perf_counter() - start
     new = out.tokens[0]
     text = tokenizer.decode(new[:-1] if new and new[-1] == eos else new)
-    if encdec:
-        print(f"source: {cfg.prompt}\noutput: {text}")
+    if not model.continues_prompt:
+        print(f"source: {text_in}\noutput: {text}")
     else:
-        print(cfg.prompt + text)
+        print(text_in + text)
     stats = f"[{len(new)} new tokens in {seconds:.2f} s: {len(new) / max(seconds, 1e-9):.1f} tokens/s"
     if out.acceptance_rate is not None:
         stats += f"; draft acceptance {out.acceptance_rate:.2f} ({out.accepted}/{out.drafted}, n_draft={cfg.draft.n_draft})"

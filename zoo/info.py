@@ -14,8 +14,6 @@ from omegaconf import OmegaConf
 
 from zoo.config import CONF_MODULE, GROUPS, plugin_config_modules, register_plugins
 
-ARCHS = ("causal", "prefix", "encoder", "encdec")
-
 
 @dataclass
 class Option:
@@ -89,20 +87,24 @@ def _resolve(target: str):
 
 
 def compatibility(options: list[Option]) -> dict[str, dict[str, str]]:
-    """``{option: {architecture or property: verdict}}`` from the classes' declarations."""
+    """``{option: {architecture or property: verdict}}`` from the classes' declarations; the
+    architectures are the ``model`` group's options (plugins included), each asked what it holds."""
+    archs = [_resolve(o.target) for o in options if o.group == "model" and o.target is not None]
+    names = [a.arch for a in archs]
     rows = {}
     for opt in options:
         if opt.target is None or opt.group not in ("model/residual", "model/pos", "model/attention", "objective"):
             continue
         cls = _resolve(opt.target)
-        row = {arch: "yes" for arch in ARCHS}
-        archs = getattr(cls, "compatible_archs", ARCHS)
-        row.update({arch: "no" for arch in ARCHS if arch not in archs})
-        if opt.group == "model/residual" and not getattr(cls, "supports_cross_attention", True):
-            row["encdec"] = "no: no cross-attention slot"
+        row = {arch: "yes" for arch in names}
+        compatible = getattr(cls, "compatible_archs", names)
+        row.update({arch: "no" for arch in names if arch not in compatible})
+        for arch in archs:
+            if opt.group == "model/residual" and arch.cross_attends and not getattr(cls, "supports_cross_attention", True):
+                row[arch.arch] = "no: no cross-attention slot"
+            if opt.group == "model/pos" and arch.has_bidirectional_stack and getattr(cls, "requires_causal", False):
+                row[arch.arch] = "no: needs a causal mask"
         if opt.group == "model/pos":
-            if getattr(cls, "requires_causal", False):
-                row["encoder"] = row["encdec"] = "no: needs a causal mask"
             row["past max_seq_len"] = "yes" if getattr(cls, "extrapolates", True) else "no"
         if opt.group == "model/attention":
             row["KV cache"] = "yes"
@@ -170,10 +172,35 @@ def text(options: list[Option]) -> str:
     return "\n".join(out)
 
 
+def cost(overrides: list[str]) -> str:
+    """Parameters and per-token FLOPs per component of the model ``overrides`` compose, at
+    ``trainer.seq_len``, as the model counts them (the figures W&B and zoo-bench report)."""
+    from zoo.arch.cost import cost_report
+    from zoo.config import compose, instantiate_model
+
+    cfg = compose(overrides)
+    seq_len = int(cfg.trainer.seq_len)
+    report = cost_report(instantiate_model(cfg.model, device="meta"), seq_len=seq_len)
+    lines = [f"{type_name(cfg.model)} at seq_len={seq_len}"]
+    lines += [f"  {k:<24}{v:>16,.0f}" for k, v in report.items()]
+    return "\n".join(lines)
+
+
+def type_name(model_cfg) -> str:
+    return str(model_cfg._target_).rsplit(".", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zoo-info", description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print docs/components.md")
+    parser.add_argument(
+        "--cost", nargs="*", metavar="OVERRIDE",
+        help="parameters and FLOPs per token of the model these overrides compose (e.g. model/ffn=moe)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.cost is not None:
+        sys.stdout.write(cost(args.cost) + "\n")
+        return
     options = catalogue()
     sys.stdout.write((markdown(options) if args.markdown else text(options)) + "\n")
 

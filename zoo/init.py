@@ -2,14 +2,33 @@
 
 A scheme is called once on the whole built model. Residual-output projections are recognised by
 their names, ``o_proj`` and ``down_proj``, which every attention and FFN of zoo uses.
+
+Each weight is drawn from its own random stream, keyed by the seed last given to
+``torch.manual_seed`` and the weight's module name, not from one stream consumed in module order.
+Two variants built under one seed therefore start with equal values in every weight they share (same
+name and shape: embeddings, attention projections when only the FFN differs), however their other
+modules differ: common random numbers, so a seed's luck cancels in the variants' difference.
 """
 
+import hashlib
 import math
 
 import torch
 from torch import nn
 
 RESIDUAL_OUTPUTS = ("o_proj", "down_proj")
+
+
+def stream(name: str) -> torch.Generator:
+    """The CPU generator of the weight ``name`` under the current ``torch.initial_seed()``."""
+    digest = hashlib.blake2b(f"{torch.initial_seed()}/{name}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def normal_(weight: torch.Tensor, *, std: float, name: str) -> None:
+    """Fill ``weight`` from ``N(0, std)`` with the values of its own stream (drawn on the CPU in
+    float32, so a weight starts alike on every device and dtype)."""
+    weight.copy_(torch.randn(weight.shape, generator=stream(name)) * std)
 
 
 class NormalInit:
@@ -31,7 +50,7 @@ class NormalInit:
             return  # a shape-only build (config validation) has no values to initialise
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.std_for(name, n_layers))
+                normal_(module.weight, std=self.std_for(name, n_layers), name=name)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         for module in model.modules():

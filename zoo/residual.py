@@ -131,17 +131,25 @@ class DeepNorm(Residual):
 
     @torch.no_grad()
     def post_init(self) -> None:
-        """Re-initialise the sub-layers with DeepNet's gains; the architecture calls it after its init."""
-        for attn in (self.attn, self.cross_attn):
-            if attn is None:
+        """Re-initialise the sub-layers with DeepNet's gains; the architecture calls it after its init.
+
+        Projections that make scores (attention's queries and keys, a router's logits: each module
+        names its own in ``score_projections()``) get gain 1; every other linear layer, on the path of
+        the values into the residual stream, gets ``beta``.
+        """
+        for sublayer in (self.attn, self.cross_attn, self.ffn):
+            if sublayer is None:
                 continue
-            for name in ("q_proj", "k_proj"):
-                nn.init.xavier_normal_(getattr(attn, name).weight, gain=1.0)
-            for name in ("v_proj", "o_proj"):
-                nn.init.xavier_normal_(getattr(attn, name).weight, gain=self.beta)
-        for name, module in self.ffn.named_modules():
-            if isinstance(module, nn.Linear) and "router" not in name:
-                nn.init.xavier_normal_(module.weight, gain=self.beta)
+            scores = {id(p) for m in sublayer.modules() for p in score_projections(m)}
+            for module in sublayer.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_normal_(module.weight, gain=1.0 if id(module) in scores else self.beta)
+
+
+def score_projections(module: nn.Module) -> tuple[nn.Linear, ...]:
+    """The linear layers ``module`` says make scores rather than values (none unless it says so)."""
+    answer = getattr(module, "score_projections", None)
+    return tuple(answer()) if callable(answer) else ()
 
 
 class Parallel(Residual):

@@ -17,18 +17,18 @@ Every tokenizer keeps one contract, which the packer (:mod:`zoo.data.packing`) a
 
 import functools
 import hashlib
-import importlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, DamagedFile, FileError
 
 #: the specials every tokenizer carries, before its sentinels
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>")
@@ -214,9 +214,13 @@ class BPETokenizer(Tokenizer):
         key = f"{BPE_RECIPE}-v{vocab_size}-s{n_sentinels}-{fingerprint}" + (f"-b{max_train_bytes}" if max_train_bytes else "")
         cached = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / key
         if (cached / "tokenizer.json").exists():
-            tok = cls.load(cached)
-            tok.from_cache = True
-            return tok
+            try:
+                tok = load_tokenizer(cached)
+                tok.from_cache = True
+                return tok
+            except FileError as e:  # a cache entry is ours to rebuild
+                print(f"zoo: rebuilding the tokenizer cache entry {cached}: {e}", file=sys.stderr)
+                shutil.rmtree(cached, ignore_errors=True)
         tok = cls(hf=_train_hf(documents, vocab_size=vocab_size, n_sentinels=n_sentinels), vocab_size=vocab_size, n_sentinels=n_sentinels)
         _save_atomically(tok, cached)
         return tok
@@ -275,11 +279,36 @@ class BPETokenizer(Tokenizer):
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
 
+def tokenizer_classes() -> dict[str, type[Tokenizer]]:
+    """zoo's tokenizers by the name ``save`` writes into ``zoo_tokenizer.json``: the only classes
+    :func:`load_tokenizer` builds, so a checkpoint's metadata cannot choose a module to import."""
+    return {f"{c.__module__}.{c.__qualname__}": c for c in (ByteTokenizer, BPETokenizer)}
+
+
+def read_meta(path: str | Path) -> dict:
+    """``zoo_tokenizer.json`` of the folder ``path``; a damaged file is a one-line :class:`DamagedFile`."""
+    file = Path(path) / META_FILE
+    try:
+        meta = json.loads(file.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        return meta
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFile(file, str(e), "copy the tokenizer/ folder again from the run it came from") from None
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer saved in the folder ``path`` by ``save``, of whichever class saved it."""
-    meta = json.loads((Path(path) / META_FILE).read_text())
-    module, _, name = meta["class"].rpartition(".")
-    return getattr(importlib.import_module(module), name).load(path)
+    """The tokenizer saved in the folder ``path`` by ``save``: one of :func:`tokenizer_classes`,
+    anything else a one-line :class:`~zoo.errors.FileError` before anything is imported."""
+    meta = read_meta(path)
+    classes = tokenizer_classes()
+    cls = classes.get(meta.get("class"))
+    if cls is None:
+        raise FileError(Path(path) / META_FILE, "class", meta.get("class"), f"one of zoo's tokenizers: {', '.join(classes)}")
+    try:
+        return cls.load(path)
+    except Exception as e:  # a garbled tokenizer.json, or metadata fields that do not fit
+        raise DamagedFile(Path(path), f"{type(e).__name__}: {e}", "copy the tokenizer/ folder again from the run it came from") from None
 
 
 def _train_hf(documents: Sequence[str], *, vocab_size: int, n_sentinels: int):

@@ -11,7 +11,7 @@ from zoo.arch import CausalLM, EncoderDecoder, PrefixLM
 from zoo.attention import Attention, CrossAttention
 from zoo.attention.cache import KVCache, cache_nbytes, prepare_cache, truncate_cache
 from zoo.ffn import SwiGLU
-from zoo.generation.session import EncDecSession, LMSession
+from zoo.arch.session import EncDecSession, LMSession
 from zoo.init import NormalInit
 from zoo.norm import RMSNorm
 from zoo.pos import ALiBi, LearnedPositions, NoPositions, RoPE, SinusoidalPositions, T5RelativeBias

@@ -10,7 +10,6 @@ from zoo.ffn import GeGLU, GeLUMLP, MoE, ReLUMLP, SwiGLU
 from zoo.ffn.moe import (
     ExpertChoiceRouter,
     TopKRouter,
-    active_parameters,
     aux_loss,
     load_balancing_loss,
     moe_stats,
@@ -291,7 +290,7 @@ def test_full_model_trains_and_aux_loss_sums_over_layers():
     total = sum(p.numel() for p in model.parameters())
     ffn = model.stack.layers[0].ffn
     inactive_per_layer = sum(p.numel() for p in ffn.parameters()) - ffn.active_params()
-    assert active_parameters(model) == total - 2 * inactive_per_layer < total
+    assert model.param_counts()["active_params"] == total - 2 * inactive_per_layer < total
 
 
 def test_dense_model_has_no_aux_loss():

@@ -40,6 +40,18 @@ T5 = dict(d_model=64, d_ff=96, num_heads=4, relative_attention_num_buckets=8, re
 #: case name -> builder of its tiny transformers model
 CASES = {
     "llama": lambda: hf_model("LlamaConfig", "LlamaForCausalLM", **LLAMA, rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+    # scaled RoPE: the training length is short, so the tokens of a test reach the stretched range
+    "llama-3.1-rope": lambda: hf_model(
+        "LlamaConfig", "LlamaForCausalLM", **LLAMA, max_position_embeddings=64,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    ),
+    "llama-yarn-rope": lambda: hf_model(
+        "LlamaConfig", "LlamaForCausalLM", **LLAMA, max_position_embeddings=32,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 8},
+    ),
+    "llama-linear-rope": lambda: hf_model(
+        "LlamaConfig", "LlamaForCausalLM", **LLAMA, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}
+    ),
     "llama-biases-tied-wide-heads": lambda: hf_model(
         "LlamaConfig", "LlamaForCausalLM", **LLAMA, head_dim=32, attention_bias=True, mlp_bias=True, tie_word_embeddings=True
     ),

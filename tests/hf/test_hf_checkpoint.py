@@ -72,8 +72,9 @@ def llama_config(**changes) -> dict:
 @pytest.mark.parametrize(
     "config, key",
     [
-        (llama_config(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}), "rope_parameters.rope_type"),
-        (llama_config(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_scaling.rope_type"),
+        (llama_config(rope_parameters={"rope_type": "longrope", "rope_theta": 5e5, "factor": 8.0}), "rope_parameters.rope_type"),
+        (llama_config(rope_scaling={"type": "llama3", "factor": 8.0, "short_factor": [1.0]}), "rope_parameters.short_factor"),
+        (dict(model_type="gpt_neox", rope_scaling={"type": "linear", "factor": 2.0}), "rope_parameters.rope_type"),
         (llama_config(model_type="gemma2"), "model_type"),
         (llama_config(model_type="mixtral", num_local_experts=4, hidden_act="quick_gelu"), "hidden_act"),
         (llama_config(hidden_act="quick_gelu"), "hidden_act"),

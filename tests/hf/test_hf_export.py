@@ -27,7 +27,7 @@ def load_exported(folder, auto_class: str) -> torch.nn.Module:
 @pytest.mark.parametrize(
     "case",
     [
-        "llama-biases-tied-wide-heads", "mistral-window-4", "mixtral-window-6", "qwen2", "gpt2", "bloom-6-heads",
+        "llama-biases-tied-wide-heads", "llama-3.1-rope", "llama-yarn-rope", "llama-linear-rope", "mistral-window-4", "mixtral-window-6", "qwen2", "gpt2", "bloom-6-heads",
         "falcon-40b-style", "gpt-neox", "t5-v1.1-untied",
     ],
 )
@@ -47,12 +47,15 @@ def test_round_trip_gives_identical_weights(case, tmp_path):
     "overrides",
     [
         ["preset=llama"],
+        ["preset=llama", "model/pos=rope_llama3", "model.pos.original_max_seq_len=8"],
+        ["preset=llama", "model/pos=rope_yarn", "model.pos.original_max_seq_len=4"],
+        ["preset=llama", "model/pos=rope_dynamic", "model.pos.factor=3.0"],
         ["preset=mistral", "model.attention.window=4"],
         ["preset=gpt2"],
         ["preset=bloom", "model.tie_embeddings=false"],
         ["preset=palm", "model/norm=layernorm", "model/ffn=gelu", "model.norm.bias=true"],
     ],
-    ids=["llama", "mistral", "gpt2", "bloom-untied", "falcon-from-palm"],
+    ids=["llama", "llama-3.1-rope", "llama-yarn-rope", "llama-dynamic-rope", "mistral", "gpt2", "bloom-untied", "falcon-from-palm"],
 )
 def test_composed_models_export_with_parity(overrides, tmp_path):
     torch.manual_seed(0)

@@ -59,3 +59,32 @@ def test_kernels_agree_on_an_imported_model():
     tokens, _ = inputs(hf)
     eager = from_pretrained(hf, overrides=["model.attention.kernel=eager"])
     assert (zoo_logits(eager, tokens) - hf_logits(hf, tokens)).abs().max() <= TOL
+
+
+@torch.no_grad()
+def hf_incremental_logits(hf, tokens: torch.Tensor, *, prefill: int) -> torch.Tensor:
+    """``transformers``' own cached decoding: the prompt at once, then one token at a time."""
+    import inspect
+
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"  # 5.25 renamed it
+    out = hf(input_ids=tokens[:, :prefill], use_cache=True)
+    chunks = [out.logits]
+    for i in range(prefill, tokens.shape[1]):
+        out = hf(input_ids=tokens[:, i : i + 1], use_cache=True, **{key: getattr(out, key)})
+        chunks.append(out.logits)
+    return torch.cat(chunks, dim=1)
+
+
+def test_dynamic_ntk_rope_matches_in_full_forward_and_in_cached_decoding():
+    """Dynamic NTK rotates each forward by its longest position: past the training length (8 here), cached
+    decoding differs from a full forward, in transformers as in zoo, so each is held to its counterpart."""
+    from hf_cases import LLAMA, hf_model
+
+    rope = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}
+    hf = hf_model("LlamaConfig", "LlamaForCausalLM", **LLAMA, max_position_embeddings=8, rope_parameters=rope)
+    model = from_pretrained(hf)
+    tokens, _ = inputs(hf)
+    assert (zoo_logits(model, tokens) - hf_logits(hf, tokens)).abs().max() <= TOL
+    cached = incremental_logits(model, tokens, prefill=5)
+    assert (cached - hf_incremental_logits(hf, tokens, prefill=5)).abs().max() <= TOL
+    assert (cached - zoo_logits(model, tokens)).abs().max() > 1e-3, "the scaling never engaged"

@@ -22,6 +22,8 @@ def test_training_reduces_the_loss_on_the_default_corpus(tmp_path, tiny):
     assert metrics["status"] == "ok" and metrics["val_loss"] < first
     # bits per byte: nats over ln 2 and the bytes of the targets; a byte tokenizer's <eos> has no bytes
     assert metrics["val_bpb"] >= metrics["val_loss"] / 0.6931471805599453
+    # the compressors' reference on the same validation split, given the training split
+    assert 1.0 < metrics["val_lzma_bpb"] < metrics["val_zlib_bpb"] < 8.0
     for key in ("val_ppl", "tokens_per_s", "parameters", "flops_per_token", "corpus_fingerprint", "sample", "checkpoint"):
         assert metrics[key], key
     assert metrics["choices"]["model/ffn"] == "swiglu" and metrics["choices"]["tokenizer"] == "byte"

@@ -1,10 +1,13 @@
 """The encoder-decoder (T5-style): a bidirectional encoder, and a causal decoder that cross-attends to it."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from zoo.arch import cost
+from zoo.arch.protocol import Example, device_of
+from zoo.arch.session import EncDecSession
 from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
@@ -27,11 +30,17 @@ class EncoderDecoder(nn.Module):
         logit_scale: multiply the decoder output before the head (T5 v1.0 uses ``dim ** -0.5`` when tied).
 
     Shapes: ``src (b, n_src)``, ``tgt (b, n_tgt)`` -> logits ``(b, n_tgt, vocab_size)``.
+
+    It answers :class:`~zoo.arch.protocol.Architecture`: example inputs, decoding sessions, costs.
     """
 
     arch = "encdec"
     causal = True
     can_generate = True
+    #: a prompt is the source; the output is a new sequence decoded from ``start_id``
+    continues_prompt = False
+    has_bidirectional_stack = True
+    cross_attends = True
 
     def __init__(
         self,
@@ -138,3 +147,37 @@ class EncoderDecoder(nn.Module):
 
     def new_cache(self) -> list[LayerCache]:
         return self.decoder.new_cache()
+
+    def example(self, *, batch: int, length: int, generator: torch.Generator | None = None) -> Example:
+        """A random source and target of ``length`` tokens each, on the model's device."""
+        device = device_of(self)
+        src = torch.randint(0, self.vocab_size, (batch, length), generator=generator).to(device)
+        tgt = torch.randint(0, self.vocab_size, (batch, length), generator=generator).to(device)
+        return Example({"src": src, "tgt": tgt}, "tgt", 0, 2 * batch * length)
+
+    def input_length(self, seq_len: int) -> int:
+        # either side sees at most the whole row plus its <eos>
+        return seq_len + 1
+
+    def open_session(
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0
+    ) -> EncDecSession:
+        """The prompts encoded once as right-padded sources; the decoder starts from ``start_id``."""
+        return EncDecSession(self, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
+
+    def uncached_next_logits(self, prompt: Sequence[int], generated: Sequence[int], *, start_id: int = 0) -> torch.Tensor:
+        device = device_of(self)
+        src = torch.tensor([list(prompt)], device=device)
+        tgt = torch.tensor([[start_id, *generated]], device=device)
+        return self(src, tgt)[0, -1]
+
+    def flops(self, *, seq_len: int, src_len: int | None = None) -> cost.FlopCount:
+        """Forward FLOPs of ``seq_len`` target tokens over ``src_len`` (default ``seq_len``) source
+        tokens; per-token figures divide by source plus target tokens."""
+        src_len = seq_len if src_len is None else src_len
+        count = cost.stack_flops(self.encoder, n=src_len) + cost.stack_flops(self.decoder, n=seq_len, memory_len=src_len)
+        count.lm_head = cost.head_flops(self.lm_head, seq_len)
+        return count
+
+    def param_counts(self) -> dict[str, int]:
+        return cost.param_counts(self)

@@ -4,11 +4,14 @@ They differ only in the mask they build (x-transformers' insight): all three sha
 :class:`TransformerLM`.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from zoo.arch import cost
+from zoo.arch.protocol import Example, device_of
+from zoo.arch.session import LMSession
 from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
@@ -35,12 +38,17 @@ class TransformerLM(nn.Module):
         dropout: residual, attention, FFN and embedding dropout.
 
     Shapes: tokens ``(b, n)`` -> logits ``(b, n, vocab_size)``.
+
+    It answers :class:`~zoo.arch.protocol.Architecture`: example inputs, decoding sessions, costs.
     """
 
     #: the architecture's name, as in ``model=<arch>``
     arch: str = ""
     causal: bool = True
     can_generate: bool = True
+    continues_prompt: bool = True
+    has_bidirectional_stack: bool = False
+    cross_attends: bool = False
 
     def __init__(
         self,
@@ -100,6 +108,7 @@ class TransformerLM(nn.Module):
         valid: torch.Tensor | None = None,
         prefix_len: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Logits for ``tokens (b, n)``.
 
@@ -108,12 +117,13 @@ class TransformerLM(nn.Module):
             valid: ``(b, n)`` ``False`` at padding tokens.
             prefix_len: ``(b,)`` prefix lengths (prefix decoder only).
             cache: from :meth:`new_cache`, updated in place.
+            hidden: return the last hidden states ``(b, n, dim)`` instead of the logits (a task head's input).
         """
         if positions is None:
             offset = cache[0].self_attn.seen if cache else 0
             positions = default_positions(tokens.shape[1], tokens.device, offset)
         x = self.stack(self.embed(tokens), positions=positions, mask=self.mask(positions=positions, prefix_len=prefix_len, valid=valid), cache=cache)
-        return self.lm_head(x)
+        return x if hidden else self.lm_head(x)
 
     def aux_loss(self) -> torch.Tensor | None:
         """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""
@@ -127,6 +137,33 @@ class TransformerLM(nn.Module):
         if not self.can_generate:
             raise ConfigError("model", self.arch, "an encoder-only model cannot generate: use model=causal, prefix or encdec")
         return self.stack.new_cache()
+
+    def example(self, *, batch: int, length: int, generator: torch.Generator | None = None) -> Example:
+        """Random ``tokens (batch, length)`` on the model's device (drawn on the CPU, so a seed repeats anywhere)."""
+        tokens = torch.randint(0, self.vocab_size, (batch, length), generator=generator)
+        return Example({"tokens": tokens.to(device_of(self))}, "tokens", 0 if self.causal else None, batch * length)
+
+    def input_length(self, seq_len: int) -> int:
+        return seq_len
+
+    def open_session(
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0
+    ) -> LMSession:
+        """Prompts left-padded and read whole (a prefix LM's prefix); ``start_id`` is unused."""
+        return LMSession(self, prompts, pad_id=pad_id, room=room, rollback=rollback)
+
+    def uncached_next_logits(self, prompt: Sequence[int], generated: Sequence[int], *, start_id: int = 0) -> torch.Tensor:
+        device = device_of(self)
+        seq = torch.tensor([[*prompt, *generated]], device=device)
+        return self(seq, prefix_len=torch.tensor([len(prompt)], device=device))[0, -1]
+
+    def flops(self, *, seq_len: int) -> cost.FlopCount:
+        count = cost.stack_flops(self.stack, n=seq_len)
+        count.lm_head = cost.head_flops(self.lm_head, seq_len)
+        return count
+
+    def param_counts(self) -> dict[str, int]:
+        return cost.param_counts(self)
 
 
 class CausalLM(TransformerLM):
@@ -146,6 +183,14 @@ class PrefixLM(TransformerLM):
 
     arch = "prefix"
 
+    def example(self, *, batch: int, length: int, generator: torch.Generator | None = None) -> Example:
+        """Random tokens and a random prefix length in ``[1, length)`` per sequence."""
+        example = super().example(batch=batch, length=length, generator=generator)
+        prefix_len = torch.randint(1, max(length, 2), (batch,), generator=generator)
+        example.inputs["prefix_len"] = prefix_len.to(device_of(self))
+        example.causal_from = int(prefix_len.max())
+        return example
+
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:
             raise ValueError("PrefixLM needs prefix_len (b,): the number of bidirectional tokens of each sequence")
@@ -162,6 +207,7 @@ class EncoderLM(TransformerLM):
     arch = "encoder"
     causal = False
     can_generate = False
+    has_bidirectional_stack = True
 
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         return Mask(causal=False, key_valid=valid)

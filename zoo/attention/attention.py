@@ -10,10 +10,11 @@ from einops import rearrange
 from torch import nn
 
 from zoo.attention.cache import KVCache
-from zoo.attention.kernels import check_kernel, needs_backward, pick_kernel
+from zoo.attention.kernels import check_kernel, pick_kernel
+from zoo.attention.signature import needs_backward
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
-from zoo.pos.base import Positions
+from zoo.pos.base import Positions, Rotation
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Context:
     pos: Positions
     memory: torch.Tensor | None = None
     memory_valid: torch.Tensor | None = None
-    rotation: object | None = None
+    rotation: Rotation | None = None
 
 
 class Attention(nn.Module):
@@ -92,6 +93,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
 
+    def score_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """The projections that make the scores (queries, keys), apart from the values' path (DeepNorm's init)."""
+        return self.q_proj, self.k_proj
+
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
         q = rearrange(self.q_proj(x), "b n (h d) -> b n h d", d=self.head_dim)
         k = rearrange(self.k_proj(x), "b n (k d) -> b n k d", d=self.head_dim)
@@ -123,6 +128,10 @@ def _no_bias(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
 
 class CrossAttention(Attention):
     """Attention from the decoder's tokens to the encoder's output (no positions, padding mask only)."""
+
+    def score_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """The projections that make the scores (queries, keys), apart from the values' path (DeepNorm's init)."""
+        return self.q_proj, self.k_proj
 
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
         if ctx.memory is None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.attention.mask import Mask
+from zoo.attention.signature import BiasFn, needs_backward
 from zoo.errors import ConfigError
 
 #: tile size of the block mask (FlexAttention's default)
@@ -126,7 +127,7 @@ def rule_mod(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor):
     return mask_mod
 
 
-def bias_mod(bias, q_pos: torch.Tensor, k_pos: torch.Tensor):
+def bias_mod(bias: BiasFn, q_pos: torch.Tensor, k_pos: torch.Tensor):
     """``score_mod`` adding ``bias(q_pos, k_pos)``, or ``None`` when the position scheme has no bias.
 
     The bias is tabulated once per call as a function of ``q_pos - k_pos`` (ALiBi and T5 are);
@@ -171,11 +172,6 @@ def block_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, *, backward
     )
 
 
-def needs_backward(*tensors: torch.Tensor) -> bool:
-    """Whether autograd will differentiate through a kernel called on ``tensors`` now."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def flex(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -184,7 +180,7 @@ def flex(
     mask: Mask,
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
-    bias,
+    bias: BiasFn,
     scale: float,
     dropout: float = 0.0,
 ) -> torch.Tensor:

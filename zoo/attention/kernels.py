@@ -1,10 +1,10 @@
 """Attention kernels: the arithmetic of ``softmax(q k^T * scale + bias) v`` under a :class:`Mask`.
 
 Kept apart from the attention *structure* (projections, heads, positions, cache) so that each fast
-path can be held equal to the short eager reference by tests. Here: the reference (``eager``), torch's
-fused ``sdpa``, the registry :data:`KERNEL_SPECS` of what every kernel supports (with the blocked
-sliding window ``local`` of :mod:`zoo.attention.local` and the compiled ``flex`` of
-:mod:`zoo.attention.flex`), and ``auto``, which picks one per call.
+path can be held equal to the short eager reference by tests. Here: the registry :data:`KERNEL_SPECS`
+of what every kernel supports (the reference ``eager`` and torch's fused ``sdpa`` of
+:mod:`zoo.attention.dense`, the blocked sliding window ``local`` of :mod:`zoo.attention.local`, the
+compiled ``flex`` of :mod:`zoo.attention.flex`), and ``auto``, which picks one per call.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
 Every kernel takes ``q (b, h, n, d)``, ``k, v (b, k, m, d)`` and returns ``(b, h, n, d)``.
@@ -15,81 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from einops import repeat
 
-from zoo.attention.flex import flex, flex_importable, needs_backward
+from zoo.attention.dense import eager, sdpa
+from zoo.attention.flex import flex, flex_importable
 from zoo.attention.local import local
 from zoo.attention.mask import Mask
+from zoo.attention.signature import Kernel, needs_backward
 from zoo.errors import ConfigError
-
-BiasFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
-Kernel = Callable[..., torch.Tensor]
-
-
-def eager(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    mask: Mask,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    bias: BiasFn,
-    scale: float,
-    dropout: float = 0.0,
-) -> torch.Tensor:
-    """The reference: every score materialised, masked with ``-inf``, softmax in float32."""
-    groups = q.shape[1] // k.shape[1]
-    k = repeat(k, "b k m d -> b (k g) m d", g=groups)
-    v = repeat(v, "b k m d -> b (k g) m d", g=groups)
-    scores = torch.einsum("bhnd,bhmd->bhnm", q, k).float() * scale
-    score_bias = bias(q_pos, k_pos)
-    if score_bias is not None:
-        scores = scores + score_bias
-    scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
-    weights = F.dropout(scores.softmax(dim=-1), p=dropout).to(v.dtype)
-    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
-
-
-def sdpa(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    mask: Mask,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    bias: BiasFn,
-    scale: float,
-    dropout: float = 0.0,
-) -> torch.Tensor:
-    """PyTorch's fused ``scaled_dot_product_attention``; uses its causal fast path when it can."""
-    score_bias = bias(q_pos, k_pos)
-    n, m = q.shape[2], k.shape[2]
-    is_causal = False
-    attn_mask = None
-    if score_bias is None and mask.is_plain_causal and n == m:
-        is_causal = True  # SDPA's is_causal aligns query i with key i, true only without a cache offset
-    elif score_bias is None and (mask.is_full or (mask.is_plain_causal and n == 1)):
-        pass  # a single new query after its cache sees every cached key
-    else:
-        allowed = mask.allows(q_pos, k_pos)[:, None]
-        if score_bias is None:
-            attn_mask = allowed
-        else:
-            attn_mask = score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
-    return F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=attn_mask,
-        is_causal=is_causal,
-        dropout_p=dropout,
-        scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
-    )
-
 
 @dataclass(frozen=True)
 class KernelSpec:

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from zoo.attention.dense import sdpa
 from zoo.attention.mask import Mask
+from zoo.attention.signature import BiasFn
 
 
 def default_block(window: int) -> int:
@@ -81,7 +83,7 @@ def local(
     mask: Mask,
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
-    bias,
+    bias: BiasFn,
     scale: float,
     dropout: float = 0.0,
     block: int | None = None,
@@ -105,8 +107,6 @@ def local(
 
     Returns: ``(b, h, n, d)``.
     """
-    from zoo.attention.kernels import sdpa  # kernels imports this module for its registry
-
     n, m = q.shape[2], k.shape[2]
     block = default_block(mask.window) if block is None and mask.window is not None else block
     if mask.window is None or n <= 2 * block or m <= 2 * mask.window:
@@ -164,7 +164,7 @@ def banded(
     mask: Mask,
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
-    bias,
+    bias: BiasFn,
     scale: float,
     dropout: float,
     block: int,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.bench.flops import forward_flops, param_counts
 from zoo.errors import ConfigError
 
 BUDGET_KINDS = ("steps", "tokens", "flops", "time")
@@ -65,12 +64,12 @@ def measure(model_cfg: DictConfig, *, by: str, seq_len: int) -> float:
     from zoo.config import instantiate_model
 
     model = instantiate_model(model_cfg, device="meta")
-    counts = param_counts(model)
+    counts = model.param_counts()
     if by == "params":
         return counts["params"] - counts["embedding_params"]
     if by == "active_params":
         return counts["active_params"] - counts["embedding_params"]
-    return forward_flops(model, seq_len=seq_len).per_token()["total"]
+    return model.flops(seq_len=seq_len).per_token()["total"]
 
 
 def with_knob(model_cfg: DictConfig, knob: str, value: int) -> DictConfig:

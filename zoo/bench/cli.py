@@ -9,7 +9,6 @@ others run). ``study=peers`` runs the side-by-side peer comparison instead.
 
 import json
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -26,13 +25,9 @@ EXIT_CONFIG = 2
 NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
 
 
-def short(override: str) -> str:
-    """``study/arch_variant@_global_=encdec`` -> ``arch=encdec``; others as zoo-train shortens them."""
-    return re.sub(r"^[+~]*study/(\w+?)(_variant)?(@_global_)?=", r"\1=", override)
-
-
 def variant_name(overrides: list[str], choices: dict[str, str]) -> str:
     """The variant's label: its overrides, shortened (``pos=alibi``), or its components when none."""
+    from zoo.bench.report import short
     from zoo.train.sweep import default_name, job_name
 
     named = [short(o) for o in overrides if not o.lstrip("+~").startswith(NOT_VARIANT)]

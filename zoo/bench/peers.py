@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.bench.flops import forward_flops
 from zoo.bench.speed import Workload, adamw, train_step, unwrap
 from zoo.bench.timing import autocast, matmul_rate, median, page_faults, time_calls
 from zoo.malloc import keep_freed_memory
@@ -297,7 +296,7 @@ def run(
     """Build, time and compare the peers; everything a report needs, as plain data."""
     peers, notes = build_peers(names, shape, device=device, xt_flash=xt_flash)
     results = compare(peers, shape=shape, device=device, rounds=rounds, steps=steps, warmup=warmup)
-    flops = forward_flops(build_zoo(shape), seq_len=shape.seq_len).per_token()["total"]
+    flops = build_zoo(shape).flops(seq_len=shape.seq_len).per_token()["total"]
     add_mfu(results, flops_per_token=flops, matmul_flops=matmul_flops)
     return {
         "shape": shape.__dict__,

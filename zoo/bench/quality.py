@@ -68,6 +68,12 @@ def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None =
         "vocab_size": m.get("vocab_size"),
         "curve": curve(result.history, tokens_per_step=tokens_per_step),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        # what the batch stream is a function of: rows of two variants with equal records (and seeds) saw
+        # the same batches in the same order and are compared paired (zoo.bench.report.compare)
+        "data": {
+            "corpus": m.get("corpus_fingerprint"), "tokenizer": m.get("tokenizer"), "batch_size": int(run.trainer.batch_size),
+            "seq_len": int(run.trainer.seq_len), "data": OmegaConf.select(run, "data._target_", default=None),
+        },
     }
     if result.status != "ok":
         row["error"] = m.get("error")

@@ -10,6 +10,7 @@ whole ``-m`` sweep when it ends, from every job's ``results.jsonl``.
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.bench.plots import all_plots, by_variant, is_number
-from zoo.bench.stats import exceeds_noise, summarize
+from zoo.bench.stats import Difference, exceeds_noise, paired, summarize, unpaired
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.md"
@@ -122,6 +123,63 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_values(rows: list[dict], key: str) -> dict:
+    """``{seed: value}`` of the ok rows holding a number at ``key``."""
+    return {r.get("seed"): lookup(r, key) for r in rows if r.get("status", "ok") == "ok" and is_number(lookup(r, key))}
+
+
+def compare(rows: list[dict], reference: list[dict], key: str) -> tuple[Difference, Difference] | None:
+    """The variant's difference to the reference at ``key``: (paired over common seeds, Welch).
+
+    The paired figure is ``None``-free only when both ran the same seeds on the same data (the
+    ``data`` record of each seed); otherwise the first element is the Welch figure as well.
+    """
+    mine, theirs = seed_values(rows, key), seed_values(reference, key)
+    if len(mine) < 2 or len(theirs) < 2:
+        return None
+    welch_diff = unpaired(list(mine.values()), list(theirs.values()))
+    common = [seed for seed in mine if seed in theirs]
+    data = {seed: r.get("data") for r in reference for seed in [r.get("seed")]}
+    same_data = all(r.get("data") is not None and r.get("data") == data.get(r.get("seed")) for r in rows if r.get("seed") in common)
+    if len(common) < 2 or not same_data:
+        return welch_diff, welch_diff
+    return paired([mine[s] for s in common], [theirs[s] for s in common]), welch_diff
+
+
+def mark(d: Difference) -> str:
+    """What a reader may conclude: a difference beyond noise, or none."""
+    if d.p_value != d.p_value:  # nan: no noise estimate
+        return "no estimate"
+    return "**beyond noise**" if d.beyond_noise else "within noise"
+
+
+def differences_table(rows: list[dict], *, key: str = "val_loss", title: str = "val loss") -> str:
+    """Per variant, ``key``'s mean and its difference to the reference variant (the sweep's first), with
+    the paired 95% half-width and p-value next to Welch's unpaired half-width for the same runs."""
+    groups = by_variant(rows)
+    if len(groups) < 2:
+        return ""
+    ref_name, ref_rows = next(iter(groups.items()))
+    header = f"| variant | {title} | Δ vs {ref_name} | paired ± (95%) | unpaired ± (95%) | p | verdict |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---|"]
+    for variant, rs in groups.items():
+        values = list(seed_values(rs, key).values())
+        mean = f"{summarize(values).mean:.4g}" if values else ""
+        if variant == ref_name:
+            lines.append(f"| {variant} (reference) | {mean} | | | | | |")
+            continue
+        found = compare(rs, ref_rows, key)
+        if found is None:
+            lines.append(f"| {variant} | {mean} | | | | | too few seeds |")
+            continue
+        first, welch_diff = found
+        pair_hw = f"{first.half_width:.2g}" if first.paired else "n/a (different data)"
+        lines.append(
+            f"| {variant} | {mean} | {first.mean:+.4f} | {pair_hw} | {welch_diff.half_width:.2g} | {first.p_value:.2g} | {mark(first)} |"
+        )
+    return "\n".join(lines)
+
+
 def failures(rows: list[dict]) -> list[str]:
     return [f"- {r['variant']} (seed {r.get('seed')}): {r.get('status')}: {r.get('error', '')}" for r in rows if r.get("status", "ok") != "ok"]
 
@@ -140,6 +198,12 @@ def write_report(rows: list[dict], folder: Path, *, title: str, command: str | N
     parts += [summary_table(rows), "", "Mean ± 95% CI half-width over seeds (t distribution) for trained figures; "
               "**bold**: best of the column; †: differs from the best beyond seed noise (Welch's t-test, 5%). "
               "Speed is measured once per variant (median of repeated steps).", ""]  # fmt: skip
+    diffs = differences_table(rows)
+    if diffs:
+        parts += ["## Differences to the reference", "", diffs, "", "Δ: mean over seeds of (variant - reference); paired: "
+                  "t-interval of the per-seed differences (same seeds, same batches, shared weights starting equal); "
+                  "unpaired: Welch's interval over the same runs; p: the paired test's two-sided p-value (Welch's where "
+                  "the data differ). Beyond noise: p < 0.05. See docs/methodology.md.", ""]  # fmt: skip
     budgets = {r["variant"]: r.get("budget") for r in rows if r.get("budget")}
     matches = {r["variant"]: r.get("match") for r in rows if r.get("match")}
     if matches:
@@ -160,10 +224,14 @@ def collect(sweep_dir: Path) -> list[dict]:
     return [row for f in files for row in read_jsonl(f)]
 
 
+def short(override: str) -> str:
+    """``study/arch_variant@_global_=encdec`` -> ``arch=encdec``; others as zoo-train shortens them."""
+    return re.sub(r"^[+~]*study/(\w+?)(_variant)?(@_global_)?=", r"\1=", override)
+
+
 def relabel(rows: list[dict]) -> list[dict]:
     """Name each variant of a sweep by the overrides that differ between its jobs (``pos=alibi``),
     not by those every job shares (``trainer.max_steps=5``)."""
-    from zoo.bench.cli import short
     from zoo.train.sweep import job_name
 
     def split(override: str) -> tuple[str, str]:

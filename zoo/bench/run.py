@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zoo.bench import quality
 from zoo.bench.budget import match_knob, measure
-from zoo.bench.flops import flop_report, training_flops_per_token
+from zoo.arch.cost import cost_report
 from zoo.bench.settings import BenchSettings
 from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
@@ -88,8 +88,7 @@ def speed_figures(cfg: DictConfig, s: BenchSettings, *, device: torch.device, vo
     torch.manual_seed(0)
     model = instantiate_model(model_cfg, device=device)
     seq_len = s.speed.seq_len or int(cfg.trainer.seq_len)
-    out = flop_report(model, seq_len=seq_len)
-    out["train_flops_per_token"] = training_flops_per_token(model, seq_len=seq_len)
+    out = cost_report(model, seq_len=seq_len)
     if not s.speed.enabled:
         return out
     rate = matmul_rate(device=device, size=s.speed.matmul_size)

@@ -1,9 +1,9 @@
 """Speed of one built model: training, prefill and cached-decode tokens/s, latency, memory, MFU,
 and how training and prefill scale with the sequence length.
 
-Every architecture is driven through :func:`workload`, which knows how each ``arch`` is called
-(a prefix decoder needs ``prefix_len``; an encoder-decoder reads a source and a target, both counted
-as tokens). Speeds never enter a test's assertions.
+Every architecture is driven through inputs it makes itself (``model.example``: a prefix decoder's
+``prefix_len``, an encoder-decoder's source and target, both counted as tokens) and decoded through
+the session it opens (``model.open_session``). Speeds never enter a test's assertions.
 """
 
 import time
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.bench.flops import forward_flops
+from zoo.arch.session import position_limit
 from zoo.bench.timing import autocast, median, peak_memory, reset_peak_memory, synchronize, time_calls
 
 NA_LENGTH = "n/a (max length)"
@@ -42,26 +42,17 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def max_length(model: nn.Module) -> int | None:
     """The longest sequence the model's position scheme can encode, or ``None`` when unlimited."""
-    base = unwrap(model)
-    stacks = [getattr(base, name, None) for name in ("stack", "encoder", "decoder")]
-    limits = [s.pos.max_positions for s in stacks if s is not None and s.pos.max_positions is not None]
-    return min(limits) if limits else None
+    return position_limit(unwrap(model))
 
 
 def workload(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, seed: int = 0) -> Workload:
-    """Random tokens shaped for ``model``'s architecture."""
+    """Random inputs the model makes for itself (``model.example``), and random targets for its logits."""
     base = unwrap(model)
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(base.vocab_size, (batch, seq_len + 1), generator=gen).to(device)
-    x, y = tokens[:, :-1], tokens[:, 1:]
-    arch = getattr(base, "arch", "causal")
-    if arch == "encdec":
-        src = torch.randint(base.vocab_size, (batch, seq_len), generator=gen).to(device)
-        return Workload(lambda: model(src, x), y, 2 * batch * seq_len)
-    if arch == "prefix":
-        prefix_len = torch.full((batch,), seq_len // 2, device=device)
-        return Workload(lambda: model(x, prefix_len=prefix_len), y, batch * seq_len)
-    return Workload(lambda: model(x), y, batch * seq_len)
+    example = base.example(batch=batch, length=seq_len, generator=gen)
+    inputs = {k: v.to(device) for k, v in example.inputs.items()}
+    targets = torch.randint(base.vocab_size, tuple(inputs[example.scored].shape), generator=gen).to(device)
+    return Workload(lambda: model(**inputs), targets, example.tokens)
 
 
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
@@ -123,25 +114,17 @@ def prefill_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.d
 def decode_once(model: nn.Module, *, batch: int, prompt_len: int, new_tokens: int, device: torch.device) -> tuple[float, int]:
     """Seconds to greedily decode ``new_tokens`` after a ``prompt_len`` prefill, and the cache's bytes."""
     gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(model.vocab_size, (batch, prompt_len), generator=gen).to(device)
-    cache = model.new_cache()
+    prompts = torch.randint(model.vocab_size, (batch, prompt_len), generator=gen).tolist()
     with autocast(device):
-        if model.arch == "encdec":
-            memory = model.encode(prompt)
-            step = lambda t: model.decode(t, memory, cache=cache)  # noqa: E731
-            logits = step(prompt[:, :1])
-        else:
-            prefix_len = torch.full((batch,), prompt_len, device=device) if model.arch == "prefix" else None
-            step = lambda t: model(t, cache=cache, prefix_len=prefix_len)  # noqa: E731
-            logits = step(prompt)
-        token = logits[:, -1:].argmax(-1)
+        session = model.open_session(prompts, pad_id=0, start_id=0, room=new_tokens)
+        token = session.feed(session.prompt)[:, -1:].argmax(-1)
         synchronize(device)
         t0 = time.perf_counter()  # wall clock on every device: a decode step's Python overhead is real cost
         for _ in range(new_tokens):
-            token = step(token)[:, -1:].argmax(-1)
+            token = session.feed(token)[:, -1:].argmax(-1)
         synchronize(device)
         elapsed = time.perf_counter() - t0
-    return elapsed, sum(c.nbytes() for c in cache)
+    return elapsed, sum(c.nbytes() for c in session.cache)
 
 
 def decode_speed(model: nn.Module, *, batch: int, prompt_len: int, new_tokens: int, device: torch.device, repeats: int) -> dict:
@@ -203,7 +186,7 @@ def measure(
     out.update(prefill_speed(model, batch=batch, seq_len=seq_len, device=device, steps=steps, warmup=warmup))
     out["peak_memory_bytes"] = peak_memory(device)
     out.update(decode_speed(model, batch=decode_batch, prompt_len=prompt_len, new_tokens=new_tokens, device=device, repeats=max(1, steps // 2)))
-    flops = forward_flops(unwrap(model), seq_len=seq_len).per_token()["total"]
+    flops = unwrap(model).flops(seq_len=seq_len).per_token()["total"]
     out["mfu_train"] = 3 * flops * out["train_tokens_per_s"] / matmul_flops
     out["mfu_prefill"] = flops * out["prefill_tokens_per_s"] / matmul_flops
     return out

@@ -14,6 +14,7 @@ is a target exactly once.
 
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -187,8 +188,9 @@ class TokenData:
         key = (split, tokenizer.id)
         if key not in self._streams:
             path = self.cache_dir / f"{self.corpus.fingerprint}-{tokenizer.id}-{split}.pt" if self.cache_dir else None
-            if path is not None and path.exists():
-                self._streams[key] = torch.load(path, weights_only=True)
+            cached = _read_cache(path) if path is not None and path.exists() else None
+            if cached is not None:
+                self._streams[key] = cached
             else:
                 self._streams[key] = tokenize_documents(self.corpus.documents(split), tokenizer=tokenizer)
                 if path is not None:
@@ -219,6 +221,20 @@ class TokenData:
 
     def __repr__(self) -> str:
         return f"TokenData(corpus={self.corpus!r}, boundaries={self.boundaries!r})"
+
+
+def _read_cache(path: Path) -> torch.Tensor | None:
+    """A cached token stream, or ``None`` (with one line saying so) when the entry is damaged or not
+    ours: it is rebuilt then. ``weights_only`` refuses any pickled object that is not a tensor."""
+    try:
+        stream = torch.load(path, weights_only=True)
+        if not isinstance(stream, torch.Tensor) or stream.dim() != 1 or stream.dtype != torch.int32:
+            raise ValueError(f"a {type(stream).__name__}, not a 1-d int32 tensor")
+        return stream
+    except Exception as e:  # truncated zip, a pickle weights_only refuses, another object
+        detail = " ".join(str(e).split())[:120]
+        print(f"zoo: rebuilding the token cache entry {path}: damaged or not a token stream ({type(e).__name__}: {detail})", file=sys.stderr)
+        return None
 
 
 def _save_atomically(tensor: torch.Tensor, path: Path) -> None:

@@ -4,9 +4,9 @@
 (:mod:`zoo.generate`) is its command line. Imports only torch.
 """
 
-from zoo.generation.loop import Generation, generate, greedy_reference
+from zoo.generation.loop import generate, greedy_reference
+from zoo.generation.result import Generation
 from zoo.generation.sampling import filter_logits, next_token, probabilities
-from zoo.generation.session import EncDecSession, LMSession, Session, open_session
 from zoo.generation.speculative import speculative_generate
 
 __all__ = [
@@ -17,8 +17,4 @@ __all__ = [
     "filter_logits",
     "probabilities",
     "next_token",
-    "Session",
-    "LMSession",
-    "EncDecSession",
-    "open_session",
 ]

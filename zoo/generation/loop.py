@@ -4,56 +4,15 @@ Letters: ``b`` batch, ``v`` vocabulary.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.generation.sampling import check_sampling, next_token
-from zoo.generation.session import Prompts, as_lists, open_session
-
-
-@dataclass
-class Generation:
-    """What :func:`generate` returns.
-
-    Args:
-        tokens: the new tokens of each prompt, up to and including its EOS when one was produced.
-        drafted: draft tokens proposed (speculative decoding only).
-        accepted: draft tokens the target model agreed with.
-        target_calls: forward passes of the (target) model after the prefill.
-    """
-
-    tokens: list[list[int]]
-    drafted: int = 0
-    accepted: int = 0
-    target_calls: int = 0
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        """Share of draft tokens accepted (Leviathan et al.'s alpha), ``None`` without a draft."""
-        return self.accepted / self.drafted if self.drafted else None
-
-    @property
-    def n_new(self) -> int:
-        return sum(len(t) for t in self.tokens)
-
-
-def trim_at_eos(rows: torch.Tensor, eos_id: int | None) -> list[list[int]]:
-    """Rows of ``(b, n)`` ids as lists, each cut after its first ``eos_id``."""
-    out = []
-    for row in rows.tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[: row.index(eos_id) + 1]
-        out.append(row)
-    return out
-
-
-def _generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    if generator is not None or seed is None:
-        return generator
-    return torch.Generator(device=device).manual_seed(seed)
+from zoo.generation.prompts import Prompts, as_lists, evaluating
+from zoo.generation.result import Generation, trim_at_eos
+from zoo.generation.sampling import check_sampling, next_token, seeded_generator
+from zoo.generation.speculative import speculative_generate
 
 
 def generate(
@@ -100,15 +59,13 @@ def generate(
         raise ConfigError("generate.max_new_tokens", max_new_tokens, ">= 0")
     rows = as_lists(prompts)
     if draft is not None:
-        from zoo.generation.speculative import speculative_generate
-
         return speculative_generate(
             model, draft, rows, max_new_tokens=max_new_tokens, n_draft=n_draft, temperature=temperature, top_k=top_k,
             top_p=top_p, eos_id=eos_id, pad_id=pad_id, start_id=start_id, seed=seed, generator=generator,
         )
     with evaluating(model), torch.inference_mode():
-        session = open_session(model, rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens)
-        gen = _generator(seed, generator, session.device)
+        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens)
+        gen = seeded_generator(seed, generator, session.device)
         b = len(rows)
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=session.device)
         if max_new_tokens == 0:
@@ -129,37 +86,13 @@ def generate(
         return Generation(tokens=trim_at_eos(out[:, : t + 1], eos_id), target_calls=calls)
 
 
-class evaluating:
-    """Put modules in eval mode (no dropout) for a block, restoring their training flags after."""
-
-    def __init__(self, *modules: nn.Module) -> None:
-        self.modules = modules
-
-    def __enter__(self) -> None:
-        self.flags = [m.training for m in self.modules]
-        for m in self.modules:
-            m.eval()
-
-    def __exit__(self, *exc) -> None:
-        for m, flag in zip(self.modules, self.flags):
-            m.train(flag)
-
-
 def greedy_reference(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: int, start_id: int = 0) -> list[int]:
     """Greedy decoding without any cache: a full forward over the whole sequence at every step.
 
     The slow, obviously-correct reference the cached decoders are tested against.
     """
-    device = next(model.parameters()).device
     new: list[int] = []
     with evaluating(model), torch.inference_mode():
         for _ in range(max_new_tokens):
-            if hasattr(model, "encode"):
-                src = torch.tensor([list(prompt)], device=device)
-                tgt = torch.tensor([[start_id, *new]], device=device)
-                logits = model(src, tgt)
-            else:
-                seq = torch.tensor([[*prompt, *new]], device=device)
-                logits = model(seq, prefix_len=torch.tensor([len(prompt)], device=device))
-            new.append(int(logits[0, -1].argmax()))
+            new.append(int(model.uncached_next_logits(prompt, new, start_id=start_id).argmax()))
     return new

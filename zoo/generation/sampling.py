@@ -70,3 +70,10 @@ def next_token(
     if temperature == 0:
         return logits.argmax(dim=-1)
     return draw(probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p), generator=generator)
+
+
+def seeded_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` when given; else a new one on ``device`` seeded with ``seed``; else ``None`` (global RNG)."""
+    if generator is not None or seed is None:
+        return generator
+    return torch.Generator(device=device).manual_seed(seed)

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.generation.loop import Generation, _generator, evaluating, trim_at_eos
-from zoo.generation.sampling import draw, probabilities
-from zoo.generation.session import open_session
+from zoo.generation.prompts import evaluating
+from zoo.generation.result import Generation, trim_at_eos
+from zoo.generation.sampling import draw, probabilities, seeded_generator
 
 
 def speculative_generate(
@@ -54,9 +54,9 @@ def speculative_generate(
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     with evaluating(target, draft), torch.inference_mode():
         room = max_new_tokens + n_draft + 1
-        t = open_session(target, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1)
-        d = open_session(draft, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1)
-        gen = _generator(seed, generator, t.device)
+        t = target.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1)
+        d = draft.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1)
+        gen = seeded_generator(seed, generator, t.device)
         b = len(prompts)
         # Prefill both models with the whole prompt in one pass (a prefix LM's prompt must be read whole);
         # afterwards each round feeds the previous round's last token with the new drafts.

@@ -127,15 +127,20 @@ def convert(source: Source, out: str | Path, *, overrides: Sequence[str] = (), d
 
 
 def load(folder: str | Path, *, device: torch.device | str | None = None) -> torch.nn.Module:
-    """The model of a folder :func:`convert` wrote, in eval mode."""
-    from safetensors.torch import load_model
-
+    """The model of a folder :func:`convert` wrote, in eval mode; its ``config.yaml`` may name only
+    zoo's classes and its weights load with safetensors (docs/security.md)."""
     from zoo.config import instantiate_model
+    from zoo.run.checkpoint import CONFIG, Checkpoint, load_weights
 
-    folder = Path(folder)
-    cfg = OmegaConf.load(folder / "config.yaml")
-    model = instantiate_model(cfg.model, device=device)
-    load_model(model, str(folder / "model.safetensors"), strict=True, device=str(device or "cpu"))
+    checkpoint = Checkpoint(path=Path(folder), state={})
+    cfg = checkpoint.config()
+    model = instantiate_model(cfg.model, device=device, source=str(checkpoint.path / CONFIG))
+    try:
+        load_weights(checkpoint, model, device=str(device or "cpu"))
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError("folder", str(folder), f"weights that fit its config.yaml ({e})") from None
     return model.eval()
 
 

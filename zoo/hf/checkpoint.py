@@ -6,13 +6,13 @@ because unpickling can execute code; so are configs that ask for remote code (``
 An in-memory ``transformers`` model is read through its ``config`` and ``state_dict()``.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, DamagedFile
+from zoo.run.checkpoint import read_json
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -63,7 +63,7 @@ def read_config(folder: str | Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError("source", str(folder), "a checkpoint folder with a config.json")
-    config = json.loads(path.read_text())
+    config = read_json(path, remedy="download or copy the checkpoint again")
     if config.get("auto_map"):
         raise ConfigError(
             "hf_config.auto_map", config["auto_map"], "this checkpoint needs its own modeling code, which zoo never runs: only built-in transformers families import"
@@ -75,7 +75,10 @@ def weight_files(folder: Path) -> list[Path]:
     """The safetensors files holding a checkpoint's weights, in shard order."""
     index = folder / INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index, remedy="download or copy the checkpoint again").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) and Path(s).name == s for s in weight_map.values()):
+            raise DamagedFile(index, "its weight_map is not a map of names to shard files in this folder", "download or copy the checkpoint again")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise ConfigError("source", str(folder), f"{INDEX} names shards that are not in the folder: {missing}")
@@ -94,13 +97,20 @@ def weight_files(folder: Path) -> list[Path]:
     raise ConfigError("source", str(folder), f"a checkpoint folder with {SINGLE} or {INDEX}")
 
 
-def read_folder(folder: str | Path) -> Checkpoint:
-    """Config and weights of a checkpoint folder, as ``transformers``' ``save_pretrained`` writes it."""
+def _load_shard(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except Exception as e:  # SafetensorError: a truncated header or body, or not safetensors at all (a pickle)
+        raise DamagedFile(path, str(e).splitlines()[0] if str(e) else type(e).__name__, "download or copy the checkpoint again") from None
+
+
+def read_folder(folder: str | Path) -> Checkpoint:
+    """Config and weights of a checkpoint folder, as ``transformers``' ``save_pretrained`` writes it."""
     folder = Path(folder)
     config = read_config(folder)
     weights: dict[str, torch.Tensor] = {}
     for path in weight_files(folder):
-        weights.update(load_file(path))
+        weights.update(_load_shard(path))
     return Checkpoint(config=config, weights=weights, source=str(folder))

@@ -190,25 +190,35 @@ def require(c: dict, key: str, allowed: Iterable, *, default=None) -> None:
         raise ConfigError(f"hf_config.{key}", value, f"zoo supports only {allowed} here")
 
 
-def rope_settings(c: dict, *, theta: float = 10000.0, fraction: float = 1.0) -> tuple[float, float]:
-    """``(theta, fraction)`` of a config's rotary embedding; scaled RoPE (which zoo lacks) is an error.
+def rope_parameters(c: dict) -> dict:
+    """A config's rotary settings as one dict with ``rope_type`` (``default`` when unscaled).
 
-    transformers 5 keeps them in ``rope_parameters``; 4.x in ``rope_theta`` and ``rope_scaling``;
-    ``theta`` and ``fraction`` are the family's defaults when the config has neither.
+    transformers 5 keeps them in ``rope_parameters`` (possibly one entry per layer type); 4.x in
+    ``rope_theta`` and ``rope_scaling`` (whose ``type`` is the older spelling of ``rope_type``).
     """
     params = dict(c.get("rope_parameters") or {})
     if params and all(isinstance(v, dict) for v in params.values()):  # one entry per layer type
         distinct = {repr(sorted(v.items())) for v in params.values()}
         if len(distinct) > 1:
             raise ConfigError("hf_config.rope_parameters", params, "zoo uses one RoPE for every layer")
-        params = next(iter(params.values()))
-    scaling = c.get("rope_scaling") or {}
-    for source, key in ((params, "rope_parameters"), (scaling, "rope_scaling")):
-        kind = source.get("rope_type", source.get("type", "default"))
-        if kind != "default":
-            raise ConfigError(
-                f"hf_config.{key}.rope_type", kind, "zoo's RoPE is the plain rotation ('default'); scaled RoPE variants are not implemented"
-            )
+        params = dict(next(iter(params.values())))
+    scaling = dict(c.get("rope_scaling") or {})
+    kind = scaling.pop("rope_type", scaling.pop("type", None)) or params.get("rope_type", params.get("type")) or "default"
+    params.pop("type", None)
+    return {**params, **scaling, "rope_type": kind}
+
+
+def rope_settings(c: dict, *, theta: float = 10000.0, fraction: float = 1.0) -> tuple[float, float]:
+    """``(theta, fraction)`` of a config's unscaled rotary embedding; scaled RoPE is an error here.
+
+    ``theta`` and ``fraction`` are the family's defaults when the config has neither. Families that
+    import scaled RoPE use :func:`zoo.hf.rope.rope_overrides` instead.
+    """
+    params = rope_parameters(c)
+    if params["rope_type"] != "default":
+        raise ConfigError(
+            "hf_config.rope_parameters.rope_type", params["rope_type"], "this family's mapping reads only the plain rotation ('default')"
+        )
     theta = params.get("rope_theta", c.get("rope_theta", theta))
     fraction = params.get("partial_rotary_factor", c.get("partial_rotary_factor", fraction))
     return float(theta), float(fraction)

@@ -1,8 +1,8 @@
 """Llama (Touvron et al. 2023, arXiv:2302.13971) and the families that share its layout.
 
 Composition: causal LM, pre-norm RMSNorm, gated FFN (SwiGLU for ``hidden_act=silu``), RoPE with the
-half-split pairing of ``rotate_half``, grouped-query attention. Mistral and Qwen2 subclass it and
-change only the window and the biases.
+half-split pairing of ``rotate_half`` (plain or scaled: linear, dynamic NTK, YaRN, Llama 3.1),
+grouped-query attention. Mistral and Qwen2 subclass it and change only the window and the biases.
 """
 
 from omegaconf import DictConfig
@@ -19,8 +19,8 @@ from zoo.hf.family import (
     fmt,
     linear,
     rename,
-    rope_settings,
 )
+from zoo.hf.rope import rope_export, rope_overrides
 
 #: zoo's gated FFN classes -> ``hidden_act`` (GeGLU by its approximation)
 GLU_NAMES = {
@@ -74,7 +74,6 @@ class Llama(Family):
         return n_heads, n_kv_heads, c.get("head_dim") or c["hidden_size"] // n_heads
 
     def overrides(self, c: dict) -> list[str]:
-        theta, fraction = rope_settings(c)
         n_heads, n_kv_heads, head_dim = self.sizes(c)
         qkv_bias, o_bias, mlp_bias = self.biases(c)
         window = self.window(c)
@@ -82,7 +81,6 @@ class Llama(Family):
             "model=causal",
             "model/norm=rmsnorm",
             "model/residual=pre",
-            "model/pos=rope",
             f"model/attention={attention_option(n_heads, n_kv_heads, window)}",
             f"model.vocab_size={c['vocab_size']}",
             f"model.dim={c['hidden_size']}",
@@ -91,8 +89,7 @@ class Llama(Family):
             f"model.head_dim={head_dim}",
             f"model.max_seq_len={c.get('max_position_embeddings', 2048)}",
             f"model.norm.eps={fmt(float(c.get('rms_norm_eps', 1e-6)))}",
-            f"model.pos.theta={fmt(theta)}",
-            f"model.pos.fraction={fmt(fraction)}",
+            *rope_overrides(c),
             f"model.attention.n_kv_heads={n_kv_heads}",
             f"model.attention.window={fmt(window)}",
             f"model.attention.bias={fmt(o_bias)}",
@@ -139,13 +136,11 @@ class Llama(Family):
     def export_config(self, m: DictConfig) -> dict:
         expect_slots(
             m, self.hf_class, arch="zoo.arch.CausalLM", norm="zoo.norm.RMSNorm", residual="zoo.residual.PreNorm",
-            pos="zoo.pos.RoPE", attention="zoo.attention.Attention",
+            attention="zoo.attention.Attention",
         )
         expect(m, "embed_norm", m.get("embed_norm", False), [False], self.hf_class)
         expect(m, "final_norm", m.get("final_norm"), [None, True], self.hf_class)
         expect(m, "attention.scale", m.attention.get("scale"), [None], self.hf_class)
-        expect(m, "pos.fraction", float(m.pos.get("fraction", 1.0)), [1.0], self.hf_class)
-        theta = float(m.pos.get("theta", 10000.0))
         n_heads = m.n_heads
         return {
             "vocab_size": m.vocab_size,
@@ -156,9 +151,7 @@ class Llama(Family):
             "head_dim": m.get("head_dim") or m.dim // n_heads,
             "max_position_embeddings": m.max_seq_len,
             "rms_norm_eps": float(m.norm.get("eps", 1e-6)),
-            # 5.x reads rope_parameters, 4.x rope_theta
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-            "rope_theta": theta,
+            **rope_export(m, self.hf_class),
             **self.export_ffn(m),
             **self.export_biases(m),
             **self.export_window(m),

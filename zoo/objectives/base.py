@@ -67,6 +67,14 @@ class Objective:
         if arch:
             check_compatible(self, arch)
 
+    def prepare(self, model, *, data=None) -> None:
+        """Add to ``model`` what this objective needs beyond it (a task head); called once per run,
+        after the adapter froze what it freezes, so what is added here trains. Language modelling adds nothing."""
+
+    def summary(self) -> dict[str, float]:
+        """Metrics over every call so far that are not sums of per-batch numbers (macro-F1); none here."""
+        return {}
+
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 

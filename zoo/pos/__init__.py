@@ -13,6 +13,7 @@ from zoo.pos.absolute import LearnedPositions, SinusoidalPositions
 from zoo.pos.alibi import ALiBi, alibi_slopes
 from zoo.pos.base import NoPositions, Positions
 from zoo.pos.rope import RoPE
+from zoo.pos.rope_scaling import DynamicNTKRoPE, Llama3RoPE, LinearRoPE, YaRNRoPE
 from zoo.pos.t5 import T5RelativeBias
 
 __all__ = [
@@ -21,6 +22,10 @@ __all__ = [
     "LearnedPositions",
     "SinusoidalPositions",
     "RoPE",
+    "LinearRoPE",
+    "DynamicNTKRoPE",
+    "YaRNRoPE",
+    "Llama3RoPE",
     "ALiBi",
     "alibi_slopes",
     "T5RelativeBias",

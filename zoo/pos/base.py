@@ -3,6 +3,9 @@
 import torch
 from torch import nn
 
+#: what a scheme's :meth:`Positions.rotation` precomputes for its own :meth:`Positions.rotate` (RoPE: ``(cos, sin)``)
+Rotation = tuple[torch.Tensor, ...]
+
 
 class Positions(nn.Module):
     """Base of the position schemes; on its own it adds nothing.
@@ -32,11 +35,11 @@ class Positions(nn.Module):
         """``x (b, n, dim)``, ``positions (b, n)`` -> ``(b, n, dim)``."""
         return x
 
-    def rotation(self, positions: torch.Tensor) -> object | None:
+    def rotation(self, positions: torch.Tensor) -> Rotation | None:
         """What :meth:`rotate` needs for ``positions``, computed once per forward and shared by all layers."""
         return None
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor, rotation: object | None = None) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor, rotation: Rotation | None = None) -> torch.Tensor:
         """``x (b, n, h, d)``, ``positions (b, n)`` -> ``(b, n, h, d)``; ``rotation`` from :meth:`rotation`."""
         return x
 

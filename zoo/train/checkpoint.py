@@ -1,8 +1,10 @@
-"""Checkpoints that resume a run exactly and load without unpickling anything.
+"""Writing checkpoints that resume a run exactly and load without unpickling anything.
 
-A checkpoint is a folder ``<root>/step_<step>/``:
+The layout and the readers every entry point shares are :mod:`zoo.run.checkpoint`. A checkpoint is
+a folder ``<root>/step_<step>/``:
 
-- ``model.safetensors``: the weights (tied matrices stored once);
+- ``model.safetensors``: the weights (tied matrices stored once), or ``trainable.safetensors``: only
+  the parameters that train, when the rest is frozen (LoRA, a probe) and comes from ``trainer.init_from``;
 - ``optimizer.safetensors``: every optimizer state tensor, flattened to ``state.<param>.<name>``;
 - ``rng.safetensors``: each rank's torch CPU (and CUDA) generator state;
 - ``state.json``: step, tokens seen, the data loader's position, the optimizer's hyper-parameters
@@ -21,40 +23,14 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-LATEST = "latest.json"
-STATE = "state.json"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's (or a folder's entries') bytes to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text``: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+# the layout and the readers live in the run layer, which zoo-generate and zoo-bench share
+from zoo.run.checkpoint import LATEST, STATE, TRAINABLE, Checkpoint, find, fsync_path, load_safetensors, load_weights, write_atomic  # noqa: F401
 
 
 def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -96,18 +72,6 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-@dataclass
-class Checkpoint:
-    """A checkpoint folder found on disk, and its ``state.json``."""
-
-    path: Path
-    state: dict
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-
 def save(
     root: str | Path,
     *,
@@ -119,6 +83,7 @@ def save(
     config_yaml: str,
     tokenizer=None,
     keep_last: int = 1,
+    only_trainable: bool = False,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically under ``root`` and prune older ones.
 
@@ -133,6 +98,8 @@ def save(
         config_yaml: the resolved config.
         tokenizer: saved into ``tokenizer/`` when given.
         keep_last: how many checkpoints to keep (the newest ones).
+        only_trainable: ``weights`` holds only the parameters that train (``trainable.safetensors``):
+            the frozen rest comes from ``trainer.init_from`` (LoRA, a probe).
 
     Returns: the checkpoint folder.
     """
@@ -141,7 +108,7 @@ def save(
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
     try:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / (TRAINABLE if only_trainable else "model.safetensors")))
         tensors, optim_meta = optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
@@ -169,8 +136,9 @@ def save(
 def prune(root: Path, *, keep_last: int, keep: Path) -> None:
     """Delete all but the ``keep_last`` newest checkpoints (never ``keep``; ``keep_last <= 0`` keeps
     all), and temp folders a crashed save left behind (only rank 0 ever writes here)."""
-    for stale in root.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (".tmp-step-*", ".old-step-*"):
+        for stale in root.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     if keep_last <= 0:
         return
     steps = sorted(p for p in root.glob("step_*") if p.is_dir() and p != keep)
@@ -178,37 +146,17 @@ def prune(root: Path, *, keep_last: int, keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def find(path: str | Path) -> Checkpoint:
-    """The checkpoint at ``path``: a checkpoint folder, a checkpoints folder (its ``latest.json``),
-    or a run folder holding ``checkpoints/``. Raises ``FileNotFoundError`` naming what is missing."""
-    path = Path(path).expanduser()
-    for root in (path, path / "checkpoints"):
-        if (root / LATEST).exists():
-            path = root / json.loads((root / LATEST).read_text())["path"]
-            break
-    if not (path / STATE).exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected {STATE}, {LATEST} or checkpoints/{LATEST})")
-    return Checkpoint(path=path, state=json.loads((path / STATE).read_text()))
-
-
-def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
-    """Load the weights into ``model`` (strict: every key must match)."""
-    missing, unexpected = load_model(model, str(checkpoint.path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {checkpoint.path} does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-
-
 def load_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
     """Load the optimizer state, each tensor sharded like its parameter when the model is sharded (FSDP)."""
     from zoo.train.distributed import shard_like
 
-    tensors = load_file(str(checkpoint.path / "optimizer.safetensors"))
+    tensors = load_safetensors(checkpoint.path / "optimizer.safetensors")
     optimizer.load_state_dict(shard_like(optimizer_state_dict(tensors, checkpoint.state["optimizer"]), optimizer))
 
 
 def load_rng(checkpoint: Checkpoint, *, rank: int) -> None:
     """Restore this rank's generators (rank 0's when the run had fewer ranks) and Python's ``random``."""
-    tensors = load_file(str(checkpoint.path / "rng.safetensors"))
+    tensors = load_safetensors(checkpoint.path / "rng.safetensors")
     prefix = f"rank{rank}." if any(k.startswith(f"rank{rank}.") for k in tensors) else "rank0."
     restore_rng({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     random.setstate(_tuples(checkpoint.state["python_random"]))

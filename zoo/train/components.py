@@ -17,11 +17,14 @@ from torch import nn
 
 from zoo.config import instantiate_model
 from zoo.data.packing import ResumableLoader, derive_seed
+from zoo.data.source import DataSource
 from zoo.errors import ConfigError
 from zoo.objectives import check_compatible
 from zoo.pos.base import Positions
 from zoo.train.distributed import Dist
+from zoo.tokenizer import Tokenizer
 from zoo.train.settings import Settings
+from zoo.trust import check_config, check_target
 
 
 @dataclass
@@ -33,16 +36,16 @@ class Components:
     """
 
     model: nn.Module
-    tokenizer: object | None
-    data: object
+    tokenizer: Tokenizer | None
+    data: DataSource
     make_objective: Callable[..., object]
     train_loader: ResumableLoader
     val_loader: ResumableLoader
-    arch: str
 
 
 def build_node(node: DictConfig, key: str, **kwargs):
     """``instantiate(node)``, with a user's mistake surfaced as the :class:`ConfigError` it is."""
+    check_config(node, prefix=key)
     try:
         missing = list(_missing_keys(node))
         if missing:
@@ -70,6 +73,7 @@ def _missing_keys(node, prefix: str = ""):
 def class_of(node: DictConfig, key: str) -> type:
     """The class (or the class of the factory method) ``node._target_`` names, without building it."""
     target = str(node._target_)
+    check_target(target, source="the config", key=f"{key}._target_")
     try:
         return get_class(target)
     except Exception:
@@ -98,8 +102,7 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
         dist: this process's place in the process group.
         tokenizer: a tokenizer to use instead of building one (a resumed run's own).
     """
-    arch = class_of(cfg.model, "model").arch
-    check_compatible(class_of(cfg.objective, "objective"), arch)
+    check_compatible(class_of(cfg.objective, "objective"), class_of(cfg.model, "model").arch)
     settings.micro_batch(dist.world)
     data = build_node(cfg.data, "data")
     task_vocab = getattr(data, "vocab_size", None)
@@ -110,7 +113,7 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
     with open_dict(cfg):
         cfg.model.vocab_size = task_vocab or OmegaConf.select(cfg, "tokenizer.vocab_size", default=None) or cfg.model.vocab_size
     probe = instantiate_model(cfg.model, device="meta")
-    check_positions(probe, seq_len=_model_len(arch, settings.seq_len))
+    check_positions(probe, seq_len=probe.input_length(settings.seq_len))
     del probe
 
     if task_vocab is None:
@@ -134,10 +137,6 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
     train_loader = data.loader(split="train", batch_size=settings.batch_size, **loader_args)
     val_loader = data.loader(split="validation", batch_size=settings.eval_batch_size or settings.batch_size, **loader_args)
     return Components(
-        model=model, tokenizer=tokenizer, data=data, make_objective=make_objective, train_loader=train_loader, val_loader=val_loader, arch=arch
+        model=model, tokenizer=tokenizer, data=data, make_objective=make_objective, train_loader=train_loader, val_loader=val_loader
     )
 
-
-def _model_len(arch: str, seq_len: int) -> int:
-    # an encoder-decoder sees at most the whole row (plus <eos>) on either side
-    return seq_len + 1 if arch == "encdec" else seq_len

@@ -11,24 +11,29 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.objectives.base import Objective
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import (
     Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, full_state, full_tensor, no_sync, pick_strategy,
     setup, sharded, teardown, wrap,
 )  # fmt: skip
-from zoo.train.metrics import count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
+from zoo.train.metrics import compressor_metrics, count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
+from zoo.train.recompute import recompute_blocks
 from zoo.train.sample import can_sample, sample
+from zoo.train.optim import Schedule
 from zoo.train.settings import Settings
 from zoo.train.sweep import RunInfo
 
@@ -36,8 +41,17 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 
 
-class Diverged(RuntimeError):
-    """The loss (or the gradient norm) stopped being finite."""
+#: a run's mixed-precision context: ``with autocast(): ...``
+Autocast = Callable[[], AbstractContextManager]
+
+
+class OptimizerConfig(Protocol):
+    """The ``optim`` option (:mod:`zoo.train.optim`): it builds the optimizer and holds the peak rate and clipping."""
+
+    lr: float
+    grad_clip: float | None
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer: ...
 
 
 @dataclass
@@ -59,26 +73,13 @@ def resolved_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(copy, resolve=True)
 
 
-def autocast_for(settings: Settings, device: torch.device):
+def autocast_for(settings: Settings, device: torch.device) -> Autocast:
     """bf16 autocast on a CUDA device that has it (precision ``auto`` or ``bf16``); fp32 elsewhere."""
     if settings.precision == "bf16" and device.type != "cuda":
         raise ConfigError("trainer.precision", "bf16", "bf16 autocast needs a CUDA device here; use auto or fp32")
     if settings.precision != "fp32" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     return nullcontext
-
-
-def checkpoint_blocks(model: nn.Module) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them (Chen et al. 2016,
-    arXiv:1604.06174): the forward of every ``stack.layers[i]`` goes through ``torch.utils.checkpoint``.
-    The modules stay in place, so the state dict is unchanged."""
-    from torch.utils.checkpoint import checkpoint
-
-    from zoo.arch.stack import Stack
-
-    for stack in (m for m in model.modules() if isinstance(m, Stack)):
-        for layer in stack.layers:
-            layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
 
 
 def forever(loader):
@@ -111,18 +112,30 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         autocast = autocast_for(settings, dist.device)
         resume = _find_resume(settings, out_dir)
         tokenizer = None
-        if resume is not None and (resume.path / "tokenizer").exists():
-            from zoo.tokenizer import load_tokenizer
+        if resume is not None:
+            tokenizer = resume.tokenizer()  # one of zoo's tokenizer classes, never a module the file names
+        pretrained = None
+        if settings.init_from:
+            from zoo.finetune.pretrained import open_pretrained
 
-            tokenizer = load_tokenizer(resume.path / "tokenizer")
+            pretrained = open_pretrained(settings.init_from)
+            cfg = pretrained.rebase(cfg, info.overrides)
+            settings = Settings.from_config(cfg.trainer)  # seq_len may follow the source's model.max_seq_len
+            tokenizer = tokenizer or pretrained.tokenizer
         parts = build(cfg, settings=settings, dist=dist, tokenizer=tokenizer)
+        if pretrained is not None:  # also under a resume: a checkpoint of what trained needs the rest from here
+            report = pretrained.load_into(parts.model, strict=settings.init_strict)
+            result.metrics["init"] = {"from": str(pretrained.path), **report.summary()}
+            if dist.main and not (info.multirun if settings.quiet is None else settings.quiet):
+                print(f"zoo-train: initial weights from {pretrained.path}: {report.describe()}", file=sys.stderr)
+        objective = parts.make_objective(rank=dist.rank)
+        result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
         optim = build_node(cfg.optim, "optim")
         schedule = build_node(cfg.sched, "sched")
-        objective = parts.make_objective(rank=dist.rank)
         if resume is not None:
             _restore_weights(resume, parts)
         if settings.activation_checkpointing:
-            checkpoint_blocks(parts.model)
+            recompute_blocks(parts.model)
         strategy = pick_strategy(settings.strategy, parts.model, dist)
         wrapper = wrap(parts.model, dist, strategy=strategy, mixed_precision=torch.bfloat16 if autocast is not nullcontext else None)
         optimizer = optim.build(parts.model)  # after wrapping: FSDP replaces the parameters by shards
@@ -153,15 +166,36 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
             teardown()
 
 
+def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
+    """Apply the ``adapter`` (what trains), then let the objective add what it needs (a task head,
+    which trains); returns the number of trainable parameters."""
+    from zoo.finetune.adapters import FullFineTuning, count_trainable
+
+    adapter = build_node(cfg.adapter, "adapter") if "adapter" in cfg else FullFineTuning()
+    adapter.apply(model)
+    objective.prepare(model, data=data)
+    if getattr(data, "n_classes", None) and "n_classes" in cfg.objective:  # recorded, so the checkpoint rebuilds its head
+        with open_dict(cfg):
+            cfg.objective.n_classes = data.n_classes
+    trainable = count_trainable(model)
+    if not trainable:
+        raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
+    return trainable
+
+
 def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
     if settings.resume is None:
         return None
     try:
-        return ckpt.find(out_dir if settings.resume == "auto" else settings.resume)
+        found = ckpt.find(out_dir if settings.resume == "auto" else settings.resume)
     except FileNotFoundError as e:
         if settings.resume == "auto":
             return None
         raise ConfigError("trainer.resume", settings.resume, str(e)) from None
+    if not found.is_training:
+        raise ConfigError("trainer.resume", settings.resume, f"a training checkpoint ({found.path} has no {ckpt.STATE}: it holds weights only)")
+    found.config()  # its targets checked before anything of it is used (zoo.trust)
+    return found
 
 
 def _restore_weights(resume: ckpt.Checkpoint, parts: Components) -> None:
@@ -177,6 +211,8 @@ def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, d
     try:
         ckpt.load_optimizer(resume, optimizer)
         parts.train_loader.load_state_dict(resume.state["loader"])
+    except ConfigError:  # a damaged file names itself and the last good checkpoint
+        raise
     except (ValueError, RuntimeError, KeyError) as e:  # a checkpoint of another model, data or batch size
         raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config ({str(e).splitlines()[0]})") from None
     ckpt.load_rng(resume, rank=dist.rank)
@@ -194,62 +230,121 @@ def _finish(logger, result: RunResult, info: RunInfo, out_dir: Path, *, failed: 
     ckpt.write_atomic(out_dir / METRICS_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 
+@dataclass
+class StepContext:
+    """What every training step of one run uses, fixed for the run (built by :meth:`Loop.step_context`).
+
+    Args:
+        dist: this process's place in the process group.
+        autocast: the run's mixed-precision context.
+        wrapper: the model as the backward pass sees it (DDP across ranks).
+        view: the wrapper with the bare model's attributes, as objectives call it.
+        objective: the training objective (compiled with ``trainer.compile``).
+        params: the parameters that train.
+    """
+
+    dist: Dist
+    autocast: Autocast
+    wrapper: nn.Module
+    view: ModelView
+    objective: Callable
+    params: list[nn.Parameter]
+
+
 class Loop:
     """One run's optimisation state and the steps that move it (built by :func:`train`)."""
 
-    def __init__(self, cfg: DictConfig, *, settings: Settings, parts: Components, optimizer, optim, schedule, objective, out_dir: Path) -> None:
+    def __init__(
+        self, cfg: DictConfig, *, settings: Settings, parts: Components, optimizer: torch.optim.Optimizer, optim: OptimizerConfig,
+        schedule: Schedule, objective: Objective, out_dir: Path,
+    ) -> None:  # fmt: skip
         self.cfg, self.settings, self.parts, self.out_dir = cfg, settings, parts, out_dir
         self.optimizer, self.optim, self.schedule, self.objective = optimizer, optim, schedule, objective
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
 
-    def run(self, wrapper: nn.Module, *, dist: Dist, autocast, logger, info: RunInfo, result: RunResult, resume: ckpt.Checkpoint | None) -> None:
-        s, model = self.settings, self.parts.model
+    def run(self, wrapper: nn.Module, *, dist: Dist, autocast: Autocast, logger, info: RunInfo, result: RunResult, resume: ckpt.Checkpoint | None) -> None:
+        """Train from the step ``resume`` reached (or 0) to ``trainer.max_steps``, then evaluate, save and sample;
+        ``wrapper`` is the model made data-parallel (DDP, FSDP; the model itself on one process)."""
+        s = self.settings
         if resume is not None:
             self.step, self.tokens_seen = resume.step, int(resume.state["tokens_seen"])
             self.train_time = float(resume.state.get("train_time", 0.0))
-        view = ModelView(wrapper, model)
-        # compiled, the forward and the loss are one graph: the cross-entropy over the vocabulary fuses
-        # into a kernel or two (about a tenth of a small model's step, eager)
-        objective = torch.compile(self.objective) if s.compile else self.objective
         quiet = info.multirun if s.quiet is None else s.quiet
+        self.record_costs(result, name=info.name, main=dist.main, announce=dist.main and not quiet)
+        self.ctx = self.step_context(wrapper, dist=dist, autocast=autocast)
+        if self.train_steps(logger=logger, result=result, quiet=quiet):
+            self.finish(logger=logger, result=result, quiet=quiet)
+
+    def record_costs(self, result: RunResult, *, name: str, main: bool, announce: bool) -> None:
+        """Parameters and FLOPs per token (the model's own count, as zoo-bench reports it), and the run's data."""
+        s, model = self.settings, self.parts.model
         counts = count_parameters(model)
-        flops = flops_per_token(model, seq_len=s.seq_len)
         result.metrics.update(
-            counts, flops_per_token=flops, max_steps=s.max_steps, corpus_fingerprint=_fingerprint(self.parts.data),
-            tokenizer=getattr(self.parts.tokenizer, "id", None), vocab_size=self.cfg.model.vocab_size,
+            counts, flops_per_token=flops_per_token(model, seq_len=s.seq_len), max_steps=s.max_steps,
+            corpus_fingerprint=_fingerprint(self.parts.data), tokenizer=getattr(self.parts.tokenizer, "id", None),
+            vocab_size=self.cfg.model.vocab_size,
         )  # fmt: skip
-        if dist.main and not quiet:
-            print(f"zoo-train: {info.name}: {counts['parameters']:,} parameters, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
+        if main:  # the compressors' bits per byte on this split: a fixed reference for the model's
+            result.metrics.update(compressor_metrics(self.parts.data))
+        if announce:
+            trainable = result.metrics.get("parameters_trainable", counts["parameters"])
+            counts_text = f"{counts['parameters']:,} parameters" + (f" ({trainable:,} trainable)" if trainable != counts["parameters"] else "")
+            print(f"zoo-train: {name}: {counts_text}, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
+
+    def step_context(self, wrapper: nn.Module, *, dist: Dist, autocast: Autocast) -> "StepContext":
+        """What every step of this run uses: the data-parallel wrapper, the objective (compiled: the
+        forward and the loss are one graph, and the cross-entropy over the vocabulary fuses into a
+        kernel or two, about a tenth of a small model's step eager)."""
+        s, model = self.settings, self.parts.model
+        return StepContext(
+            dist=dist, autocast=autocast, wrapper=wrapper, view=ModelView(wrapper, model),
+            objective=torch.compile(self.objective) if s.compile else self.objective,
+            params=[p for p in model.parameters() if p.requires_grad],
+        )  # fmt: skip
+
+    def train_steps(self, *, logger, result: RunResult, quiet: bool) -> bool:
+        """Steps until ``trainer.max_steps``, logging, evaluating and saving on their periods; ``False``
+        when the loss diverged (the result then says so)."""
+        s, dist = self.settings, self.ctx.dist
         bar = _progress(s, initial=self.step, enabled=dist.main and not quiet)
         batches = forever(self.parts.train_loader)
-        params = [p for p in model.parameters() if p.requires_grad]
         try:
             while self.step < s.max_steps:
                 t0 = time.perf_counter()
-                loss, grad_norm, lr = self.train_step(next(batches), objective=objective, view=view, wrapper=wrapper, params=params, dist=dist, autocast=autocast)
+                loss, grad_norm, lr = self.train_step(next(batches))
                 self.train_time += time.perf_counter() - t0
                 self.step += 1
                 self.tokens_seen += s.batch_size * s.seq_len
                 result.history.append(loss)
-                tokens_per_s = self.tokens_seen / max(self.train_time, 1e-9)
                 if not math.isfinite(loss) or not math.isfinite(grad_norm):
                     self._diverged(result, loss=loss, grad_norm=grad_norm, dist=dist)
-                    return
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-                if dist.main and s.log_every and self.step % s.log_every == 0:
-                    routing = {f"train/{k}": v for k, v in routing_metrics(model).items()}  # of the step's last forward
-                    self._log(logger, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s, "train/tokens": self.tokens_seen, **routing})
-                if s.eval_every and self.step % s.eval_every == 0 and self.step < s.max_steps:
-                    values = self.evaluate(dist=dist, autocast=autocast, max_batches=s.eval_batches)
-                    self._report("val", values, logger=logger, bar=bar, quiet=quiet or not dist.main)
-                if s.ckpt_every and self.step % s.ckpt_every == 0 and self.step < s.max_steps:
-                    result.checkpoint = self.save(dist)
+                    return False
+                self.after_step(loss=loss, grad_norm=grad_norm, lr=lr, logger=logger, bar=bar, result=result, quiet=quiet)
         finally:
             if bar is not None:
                 bar.close()
-        final = self.evaluate(dist=dist, autocast=autocast, max_batches=s.final_eval_batches)
+        return True
+
+    def after_step(self, *, loss: float, grad_norm: float, lr: float, logger, bar, result: RunResult, quiet: bool) -> None:
+        """The progress bar, and the log, evaluation and checkpoint when their period comes."""
+        s, dist = self.settings, self.ctx.dist
+        tokens_per_s = self.tokens_seen / max(self.train_time, 1e-9)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        if dist.main and s.log_every and self.step % s.log_every == 0:
+            routing = {f"train/{k}": v for k, v in routing_metrics(self.parts.model).items()}  # of the step's last forward
+            self._log(logger, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s, "train/tokens": self.tokens_seen, **routing})
+        if s.eval_every and self.step % s.eval_every == 0 and self.step < s.max_steps:
+            values = self.evaluate(dist=dist, autocast=self.ctx.autocast, max_batches=s.eval_batches)
+            self._report("val", values, logger=logger, bar=bar, quiet=quiet or not dist.main)
+        if s.ckpt_every and self.step % s.ckpt_every == 0 and self.step < s.max_steps:
+            result.checkpoint = self.save(dist)
+
+    def finish(self, *, logger, result: RunResult, quiet: bool) -> None:
+        """The final evaluation and checkpoint, a sample of text, and the run's figures."""
+        s, dist, model = self.settings, self.ctx.dist, self.parts.model
+        final = self.evaluate(dist=dist, autocast=self.ctx.autocast, max_batches=s.final_eval_batches)
         self._report("val", final, logger=logger, bar=None, quiet=True)
         result.checkpoint = self.save(dist)
         text = None
@@ -257,7 +352,7 @@ class Loop:
         if dist.main and not sharded(model) and can_sample(model, self.parts.tokenizer) and s.sample.max_new_tokens:
             text = sample(model, self.parts.tokenizer, settings=s.sample, seed=s.seed)
         if dist.main and not quiet:
-            print(f"final (step {self.step}): {_describe(final)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
+            print(f"final (step {self.step}): {_describe(final)}{_compared(result.metrics)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
             if text is not None:
                 print(f"sample:\n{text}")
         result.status = "ok"
@@ -267,28 +362,28 @@ class Loop:
             checkpoint=str(result.checkpoint),
         )  # fmt: skip
 
-    def train_step(self, batch, *, objective, view, wrapper, params, dist: Dist, autocast) -> tuple[float, float, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, float]:
         """One optimizer step on a global batch; returns its loss, the gradient norm before clipping, the learning rate."""
-        s = self.settings
-        micro = s.micro_batch(dist.world)
+        s, c = self.settings, self.ctx
+        micro = s.micro_batch(c.dist.world)
         per_rank = micro * s.grad_accum
         total = torch.zeros(5, dtype=torch.float64)
         for i in range(s.grad_accum):
-            start = dist.rank * per_rank + i * micro
-            rows = {k: v[start : start + micro].to(dist.device, non_blocking=True) for k, v in batch.items()}
+            start = c.dist.rank * per_rank + i * micro
+            rows = {k: v[start : start + micro].to(c.dist.device, non_blocking=True) for k, v in batch.items()}
             last = i == s.grad_accum - 1
-            with nullcontext() if last or dist.world == 1 else no_sync(wrapper):
-                with autocast():
-                    loss, metrics = objective(view, rows)
+            with nullcontext() if last or c.dist.world == 1 else no_sync(c.wrapper):
+                with c.autocast():
+                    loss, metrics = c.objective(c.view, rows)
                 # summed over tokens here, divided by the step's token count below
                 (loss * metrics["n_tokens"]).backward()
             total += sums_of(metrics)
-        total = all_reduce_sum(total.to(dist.device), dist).cpu()
-        scale = dist.world / max(float(total[1]), 1.0)  # DDP averaged over ranks; undo it, divide by tokens
-        for p in params:
+        total = all_reduce_sum(total.to(c.dist.device), c.dist).cpu()
+        scale = c.dist.world / max(float(total[1]), 1.0)  # DDP averaged over ranks; undo it, divide by tokens
+        for p in c.params:
             if p.grad is not None:
                 p.grad.mul_(scale)
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip or float("inf")))
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(c.params, self.optim.grad_clip or float("inf")))
         lr = self.schedule.apply(self.optimizer, step=self.step, max_steps=s.max_steps, lr=self.optim.lr)
         loss_value = summarise(total)["loss"]
         if math.isfinite(loss_value) and math.isfinite(float(grad_norm)):
@@ -299,12 +394,18 @@ class Loop:
     def evaluate(self, *, dist: Dist, autocast, max_batches: int | None) -> dict[str, float]:
         loader = self.parts.val_loader
         loader.reset()
-        return evaluate(self.parts.model, loader, objective=self.parts.make_objective(), dist=dist, max_batches=max_batches, autocast=autocast)
+        objective = self.parts.make_objective()
+        values = evaluate(self.parts.model, loader, objective=objective, dist=dist, max_batches=max_batches, autocast=autocast)
+        return {**values, **objective.summary()}
 
     def save(self, dist: Dist) -> Path | None:
         """A checkpoint of this step (rank 0 writes it; every rank contributes its RNG state)."""
         states = all_gather_objects({k: v.tolist() for k, v in ckpt.rng_tensors().items()}, dist)
         weights, optimizer = full_state(self.parts.model, self.optimizer)  # every rank: a sharded model gathers
+        training = {name for name, p in self.parts.model.named_parameters() if p.requires_grad}
+        only_trainable = len(training) < len(dict(self.parts.model.named_parameters()))  # LoRA, a probe: the rest is init_from's
+        if only_trainable:
+            weights = {name: value for name, value in weights.items() if name in training}
         path = None
         if dist.main:
             rng = {f"rank{r}.{k}": torch.tensor(v, dtype=torch.uint8) for r, state in enumerate(states) for k, v in state.items()}
@@ -315,6 +416,7 @@ class Loop:
             path = ckpt.save(
                 self.out_dir / "checkpoints", step=self.step, weights=weights, optimizer=optimizer, state=state, rng=rng,
                 config_yaml=OmegaConf.to_yaml(resolved_config(self.cfg)), tokenizer=self.parts.tokenizer, keep_last=self.settings.keep_last,
+                only_trainable=only_trainable,
             )  # fmt: skip
         barrier(dist)
         return path
@@ -349,6 +451,13 @@ class Loop:
 def _describe(values: dict[str, float]) -> str:
     text = f"loss {values['loss']:.4f}, ppl {values['ppl']:.2f}, accuracy {values['accuracy']:.3f}"
     return text + (f", bits per byte {values['bpb']:.4f}" if "bpb" in values else "")
+
+
+def _compared(metrics: dict) -> str:
+    """The compressors' bits per byte on the same validation split, when the run has them."""
+    if "val_lzma_bpb" not in metrics:
+        return ""
+    return f" (zlib {metrics['val_zlib_bpb']:.4f}, lzma {metrics['val_lzma_bpb']:.4f} given the training split)"
 
 
 def _progress(settings: Settings, *, initial: int, enabled: bool):

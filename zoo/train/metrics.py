@@ -2,7 +2,9 @@
 
 Bits per byte (Gao et al. 2020, The Pile, arXiv:2101.00027) divides the total loss in nats by
 ``ln 2`` times the UTF-8 bytes of the evaluated text, so a byte tokenizer and a BPE, whose tokens
-cover different amounts of text, are compared on the same footing.
+cover different amounts of text, are compared on the same footing. A text run also reports what
+zlib and lzma spend on the same validation split given its training split
+(:mod:`zoo.data.compression`), the fixed reference point next to the model's figure.
 """
 
 import math
@@ -12,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from zoo.arch.cost import training_flops_per_token
 from zoo.ffn.moe.losses import aux_losses, moe_stats
 from zoo.train.distributed import Dist, all_reduce_sum, sharded
 
@@ -86,6 +89,18 @@ def evaluate(
     return summarise(all_reduce_sum(total.to(dist.device), dist).cpu())
 
 
+def compressor_metrics(data) -> dict[str, float]:
+    """``{"val_zlib_bpb": .., "val_lzma_bpb": ..}`` for a text corpus (cached by its fingerprint in
+    ``data.cache_dir``, beside the tokenised splits); empty for a synthetic task."""
+    from zoo.data.compression import reference_bpb
+
+    corpus = getattr(data, "corpus", None)
+    if corpus is None:
+        return {}
+    reference = reference_bpb(corpus, cache_dir=getattr(data, "cache_dir", None))
+    return {f"val_{name}_bpb": value for name, value in reference.items()}
+
+
 def routing_metrics(model: nn.Module) -> dict[str, float]:
     """The MoE layers' router losses and routing statistics of the latest forward, for the log.
 
@@ -104,21 +119,18 @@ def routing_metrics(model: nn.Module) -> dict[str, float]:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Unique parameters (a tied matrix once), and those outside embedding tables."""
-    from zoo.train.optim import EMBEDDING_TYPES
+    """Unique parameters (a tied matrix once), those a token passes through (MoE: its experts only),
+    and those outside the token embedding and an untied head: the model's own count (:mod:`zoo.arch.cost`)."""
+    counts = model.param_counts()
+    return {
+        "parameters": counts["params"],
+        "parameters_active": counts["active_params"],
+        "parameters_non_embedding": counts["params"] - counts["embedding_params"],
+    }
 
-    total = sum(p.numel() for p in model.parameters())
-    embedding = {id(p): p.numel() for m in model.modules() if isinstance(m, EMBEDDING_TYPES) for p in m.parameters()}
-    return {"parameters": total, "parameters_non_embedding": total - sum(embedding.values())}
 
-
-def flops_per_token(model: nn.Module, *, seq_len: int) -> int:
-    """Training FLOPs per token: ``6 N`` for the matmul weights (forward 2, backward 4), plus
-    attention's ``12 L n d`` (scores and values, forward and backward; PaLM, arXiv:2204.02311, app. B).
-
-    ``N`` counts every linear layer's weight, the LM head included (a tied head is still a matmul)
-    and embedding lookups excluded; the attention term counts the full (not causal-halved) square.
-    """
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    n_layers = getattr(model, "n_layers", 0)
-    return int(6 * matmul + 12 * n_layers * getattr(model, "dim", 0) * seq_len)
+def flops_per_token(model: nn.Module, *, seq_len: int) -> float:
+    """Training FLOPs per token (forward and backward) as the model counts them per component: windows
+    count only their keys, a MoE only its active experts (:func:`zoo.arch.cost.training_flops_per_token`,
+    the figure ``zoo-bench`` reports as ``train_flops_per_token``)."""
+    return training_flops_per_token(model, seq_len=seq_len)

@@ -4,13 +4,13 @@ import torch
 from torch import nn
 
 from zoo.generation import generate
-from zoo.generation.session import position_limit
+from zoo.arch.session import position_limit
 from zoo.train.settings import SampleSettings
 
 
 def can_sample(model: nn.Module, tokenizer) -> bool:
-    """Decoders that continue a text prompt: causal and prefix LMs with a tokenizer."""
-    return tokenizer is not None and getattr(model, "can_generate", False) and getattr(model, "arch", "") in ("causal", "prefix")
+    """Decoders that continue a text prompt (causal and prefix LMs), with a tokenizer."""
+    return tokenizer is not None and model.can_generate and model.continues_prompt
 
 
 def room_for(model: nn.Module, prompt_len: int, wanted: int) -> int:

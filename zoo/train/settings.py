@@ -50,6 +50,8 @@ class Settings:
     ckpt_every: int = 0
     keep_last: int = 1
     resume: str | None = None
+    init_from: str | None = None
+    init_strict: bool = True
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"

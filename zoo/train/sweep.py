@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.config import GROUPS
 
 #: groups of the training config, after the model's (``zoo.config.GROUPS``)
-TRAIN_GROUPS = ("data", "tokenizer", "objective", "optim", "sched", "logger", "trainer", "experiment")
+TRAIN_GROUPS = ("data", "tokenizer", "objective", "adapter", "optim", "sched", "logger", "trainer", "experiment")
 #: overrides that change where or how loudly a run goes, not what it trains: left out of names
 NAME_EXCLUDED = ("logger", "trainer.quiet", "trainer.resume", "trainer.device", "trainer.threads")
 #: the columns of the sweep summary, in order (then every group's choice)
 COLUMNS = (
-    "job", "variant", "status", "val_loss", "val_bpb", "val_ppl", "val_accuracy", "train_loss",
+    "job", "variant", "status", "val_loss", "val_bpb", "val_lzma_bpb", "val_ppl", "val_accuracy", "train_loss",
     "steps", "tokens_per_s", "parameters", "flops_per_token", "wall_s", "error", "name",
 )  # fmt: skip
 

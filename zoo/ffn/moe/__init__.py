@@ -5,7 +5,7 @@
 """
 
 from zoo.ffn.moe.losses import aux_loss, aux_losses, load_balancing_loss, moe_stats, router_z_loss
-from zoo.ffn.moe.moe import MoE, active_parameters
+from zoo.ffn.moe.moe import MoE
 from zoo.ffn.moe.router import ExpertChoiceRouter, Router, Routing, TopKRouter
 
 __all__ = [
@@ -19,5 +19,4 @@ __all__ = [
     "aux_loss",
     "aux_losses",
     "moe_stats",
-    "active_parameters",
 ]

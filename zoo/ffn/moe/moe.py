@@ -19,6 +19,7 @@ PADDING_LIMIT = 1.25
 
 
 def n_params(module: nn.Module) -> int:
+    # the model's whole count lives in zoo.arch.cost; this is one module's own sum
     return sum(p.numel() for p in module.parameters())
 
 
@@ -139,20 +140,9 @@ class MoE(nn.Module):
         self.stats = {"dropped": routing.dropped.detach(), "load": routing.load.detach()}
 
     def active_params(self) -> int:
-        """Parameters one token passes through on average: router, shared experts and its experts' share."""
+        """Parameters one token passes through on average: router, shared experts and its experts' share
+        (what :mod:`zoo.arch.cost` asks of every module that answers it)."""
         per_expert = n_params(self.experts[0]) if len(self.experts) else 0
         routed = round(self.router.experts_per_token * per_expert)
         return n_params(self.router) + sum(n_params(s) for s in self.shared_experts) + routed
 
-
-def active_parameters(model: nn.Module) -> int:
-    """Parameters of ``model`` one token passes through: all of them, except the experts it skips.
-
-    Tied weights count once; every module with an ``active_params()`` method (each MoE FFN) counts
-    by it instead of by its total.
-    """
-    total = sum(p.numel() for p in model.parameters())
-    for module in model.modules():
-        if callable(getattr(module, "active_params", None)):
-            total -= n_params(module) - int(module.active_params())
-    return total

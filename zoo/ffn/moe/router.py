@@ -54,8 +54,8 @@ class Routing:
 class Router(nn.Module):
     """Base of the routers: a float32 linear map from a token to one logit per expert.
 
-    The projection is named ``proj`` inside a module named ``router``: DeepNorm's re-init skips
-    modules whose name holds ``router``.
+    Its projection makes scores, not values (:meth:`score_projections`): DeepNorm's re-init gives it
+    gain 1 rather than the value path's ``beta``.
 
     Args:
         dim: model width.
@@ -88,6 +88,10 @@ class Router(nn.Module):
     def experts_per_token(self) -> float:
         """Experts one token passes through on average (for active-parameter counts)."""
         raise NotImplementedError
+
+    def score_projections(self) -> tuple[nn.Linear]:
+        """The projection that makes the routing logits (scores, not values)."""
+        return (self.proj,)
 
     def forward(self, x: torch.Tensor) -> Routing:
         raise NotImplementedError

@@ -1,4 +1,8 @@
-"""Analytic parameter and FLOP counts of a built model, broken down per component.
+"""What a built model costs: parameters, and forward FLOPs per token broken down per component.
+
+The one counter of the project: training metrics (W&B), ``zoo-bench`` and ``zoo-info --cost`` all
+ask the model (``model.flops(seq_len=...)``, ``model.param_counts()``), and the architectures answer
+through the functions here.
 
 Counted from the built modules' weight shapes (so plugins count too), not traced: a matmul of an
 ``(n, i)`` input by an ``(i, o)`` weight costs ``2 n i o`` FLOPs. Attention scores cost
@@ -8,8 +12,8 @@ counted dense as in PaLM's MFU (Chowdhery et al. 2022, arXiv:2204.02311, App. B)
 ``min(window, n)`` keys. Norms, activations, softmax, biases and position schemes are elementwise and
 left out (< 1% at the sizes benchmarked). A backward pass costs twice the forward.
 
-A Mixture-of-Experts FFN that exposes ``active_params()`` (parameters one token passes through)
-is counted by its active parameters; its total parameters still count in ``params``.
+A module that answers ``active_params()`` (a Mixture-of-Experts FFN: the parameters one token passes
+through) is counted by its active parameters; its total parameters still count in ``params``.
 """
 
 from dataclasses import dataclass
@@ -47,12 +51,27 @@ class FlopCount:
         out["total"] = self.total / self.tokens
         return out
 
+    def __add__(self, other: "FlopCount") -> "FlopCount":
+        parts = {name: getattr(self, name) + getattr(other, name) for name in COMPONENTS}
+        return FlopCount(**parts, tokens=self.tokens + other.tokens)
+
+
+def n_params(module: nn.Module | None) -> int:
+    """Unique parameters of ``module`` (a tied matrix once)."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
 
 def linear_weights(module: nn.Module | None) -> int:
     """Weight entries of every ``nn.Linear`` inside ``module`` (biases left out)."""
     if module is None:
         return 0
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def active_params(module: nn.Module) -> int:
+    """Parameters one token passes through: the module's own ``active_params()`` where it says so."""
+    active = getattr(module, "active_params", None)
+    return int(active()) if callable(active) else n_params(module)
 
 
 def ffn_weights(ffn: nn.Module) -> int:
@@ -62,6 +81,7 @@ def ffn_weights(ffn: nn.Module) -> int:
 
 
 def attention_keys(attn: nn.Module, n_keys: int) -> int:
+    """Keys one query scores: all ``n_keys``, or the layer's ``window`` of them."""
     window = getattr(attn, "window", None)
     return n_keys if window is None else min(window, n_keys)
 
@@ -87,43 +107,31 @@ def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> F
     return count
 
 
-def forward_flops(model: nn.Module, *, seq_len: int, src_len: int | None = None) -> FlopCount:
-    """Forward FLOPs of one sequence of ``seq_len`` tokens (an encoder-decoder also reads ``src_len``,
-    default ``seq_len``, source tokens; its per-token figures divide by source plus target tokens)."""
-    head = 2.0 * model.lm_head.weight.numel()
-    if hasattr(model, "encoder"):
-        src_len = seq_len if src_len is None else src_len
-        enc = stack_flops(model.encoder, n=src_len)
-        dec = stack_flops(model.decoder, n=seq_len, memory_len=src_len)
-        parts = {name: getattr(enc, name) + getattr(dec, name) for name in ("attn_proj", "attn_scores", "ffn")}
-        return FlopCount(**parts, lm_head=head * seq_len, tokens=src_len + seq_len)
-    count = stack_flops(model.stack, n=seq_len)
-    count.lm_head = head * seq_len
-    return count
-
-
-def training_flops_per_token(model: nn.Module, *, seq_len: int) -> float:
-    """Forward plus backward (twice the forward) FLOPs per token."""
-    return 3.0 * forward_flops(model, seq_len=seq_len).per_token()["total"]
+def head_flops(lm_head: nn.Module, n: int) -> float:
+    """The LM head over ``n`` tokens (a tied head is still a matmul)."""
+    return 2.0 * n * linear_weights(lm_head)
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
     """``params`` (unique, tied weights once), ``active_params`` (MoE: the experts a token uses) and
     ``embedding_params`` (token embedding and an untied head)."""
-    total = sum(p.numel() for p in model.parameters())
-    inactive = 0
-    for module in model.modules():
-        active = getattr(module, "active_params", None)
-        if callable(active):
-            inactive += sum(p.numel() for p in module.parameters()) - int(active())
+    total = n_params(model)
+    inactive = sum(n_params(m) - active_params(m) for m in model.modules() if callable(getattr(m, "active_params", None)))
     embedding = model.embed.weight.numel()
     if model.lm_head.weight is not model.embed.weight:
         embedding += model.lm_head.weight.numel()
     return {"params": total, "active_params": total - inactive, "embedding_params": embedding}
 
 
-def flop_report(model: nn.Module, *, seq_len: int) -> dict[str, float]:
-    """Parameters and per-token forward FLOPs per component, flat, for a results row."""
-    out = dict(param_counts(model))
-    out.update({f"flops_{k}": v for k, v in forward_flops(model, seq_len=seq_len).per_token().items()})
+def training_flops_per_token(model: nn.Module, *, seq_len: int) -> float:
+    """Forward plus backward (twice the forward) FLOPs per token of ``model.flops(seq_len=...)``."""
+    return 3.0 * model.flops(seq_len=seq_len).per_token()["total"]
+
+
+def cost_report(model: nn.Module, *, seq_len: int) -> dict[str, float]:
+    """Parameters, per-token forward FLOPs per component (``flops_<component>``, ``flops_total``) and
+    ``train_flops_per_token``, flat, for a results row, a log line or ``zoo-info --cost``."""
+    out: dict[str, float] = dict(model.param_counts())
+    out.update({f"flops_{k}": v for k, v in model.flops(seq_len=seq_len).per_token().items()})
+    out["train_flops_per_token"] = training_flops_per_token(model, seq_len=seq_len)
     return out

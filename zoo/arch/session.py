@@ -1,34 +1,18 @@
 """Incremental decoding state of one model over one batch of prompts: its cache, positions and padding.
 
 A session hides how an architecture is fed: a decoder-only model reads its prompt and then its own
-tokens; an encoder-decoder encodes its source once and feeds the decoder. Generation loops
-(:mod:`zoo.generation.loop`, :mod:`zoo.generation.speculative`) only call :meth:`Session.feed` and
-:meth:`Session.truncate`.
+tokens; an encoder-decoder encodes its source once and feeds the decoder. Each architecture opens
+its own (``model.open_session(...)``); generation loops (:mod:`zoo.generation.loop`,
+:mod:`zoo.generation.speculative`) only call :meth:`Session.feed` and :meth:`Session.truncate`.
 
 Letters: ``b`` batch, ``n`` tokens fed in one call, ``t`` every position a session may reach, ``v`` vocabulary.
 """
-
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from zoo.attention.cache import prepare_cache, truncate_cache
 from zoo.errors import ConfigError
-
-Prompts = Sequence[Sequence[int]] | torch.Tensor
-
-
-def as_lists(prompts: Prompts) -> list[list[int]]:
-    """Prompts as lists of ids; a tensor ``(b, n)`` is ``b`` prompts of ``n`` tokens."""
-    if torch.is_tensor(prompts):
-        if prompts.dim() != 2:
-            raise ConfigError("generate.prompts", tuple(prompts.shape), "a (batch, length) tensor or a list of id lists")
-        return prompts.tolist()
-    lists = [list(map(int, p)) for p in prompts]
-    if not lists or any(len(p) == 0 for p in lists):
-        raise ConfigError("generate.prompts", [len(p) for p in lists], "at least one prompt, each of at least one token")
-    return lists
 
 
 def pad_batch(prompts: list[list[int]], *, pad_id: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,12 +145,3 @@ class EncDecSession(Session):
         )
         self.fed = start + n
         return logits
-
-
-def open_session(
-    model: nn.Module, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0
-) -> Session:
-    """The session for ``model``: an encoder-decoder (it has ``encode``/``decode``) or a decoder-only LM."""
-    if hasattr(model, "encode") and hasattr(model, "decode"):
-        return EncDecSession(model, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
-    return LMSession(model, prompts, pad_id=pad_id, room=room, rollback=rollback)

@@ -1,0 +1,79 @@
+"""The dense kernels: the eager reference and torch's fused SDPA (``model.attention.kernel=eager|sdpa``).
+
+Both score every query against every key the mask allows; the blocked sliding window
+(:mod:`zoo.attention.local`) falls back to :func:`sdpa` for short rows, and every fast path is held
+equal to :func:`eager` by tests.
+
+Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+
+from zoo.attention.mask import Mask
+from zoo.attention.signature import BiasFn
+
+
+def eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """The reference: every score materialised, masked with ``-inf``, softmax in float32."""
+    groups = q.shape[1] // k.shape[1]
+    k = repeat(k, "b k m d -> b (k g) m d", g=groups)
+    v = repeat(v, "b k m d -> b (k g) m d", g=groups)
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k).float() * scale
+    score_bias = bias(q_pos, k_pos)
+    if score_bias is not None:
+        scores = scores + score_bias
+    scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout).to(v.dtype)
+    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
+
+
+def sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """PyTorch's fused ``scaled_dot_product_attention``; uses its causal fast path when it can."""
+    score_bias = bias(q_pos, k_pos)
+    n, m = q.shape[2], k.shape[2]
+    is_causal = False
+    attn_mask = None
+    if score_bias is None and mask.is_plain_causal and n == m:
+        is_causal = True  # SDPA's is_causal aligns query i with key i, true only without a cache offset
+    elif score_bias is None and (mask.is_full or (mask.is_plain_causal and n == 1)):
+        pass  # a single new query after its cache sees every cached key
+    else:
+        allowed = mask.allows(q_pos, k_pos)[:, None]
+        if score_bias is None:
+            attn_mask = allowed
+        else:
+            attn_mask = score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        dropout_p=dropout,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
