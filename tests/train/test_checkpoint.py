@@ -8,6 +8,7 @@ import torch
 
 import zoo
 from zoo.train import checkpoint as ckpt
+from zoo.train.distributed import full_state
 from zoo.train.optim import AdamW
 
 TINY = ["model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.vocab_size=61", "model.max_seq_len=16"]
@@ -25,8 +26,9 @@ def _trained(seed=0):
 
 
 def _save(root, step, model, opt, **state):
+    weights, optimizer = full_state(model, opt)
     return ckpt.save(
-        root, step=step, model=model, optimizer=opt, state={"loader": {"epoch": 0}, **state},
+        root, step=step, weights=weights, optimizer=optimizer, state={"loader": {"epoch": 0}, **state},
         rng={f"rank0.{k}": v for k, v in ckpt.rng_tensors().items()}, config_yaml="model: {}\n", keep_last=2,
     )  # fmt: skip
 

@@ -96,8 +96,11 @@ def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dic
 def _app(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
+    from zoo.train.launchers import share_cores
+
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    share_cores(hc.launcher, configured=cfg.trainer.threads)
     if OmegaConf.select(cfg, "bench.peers", default=None):
         run_peers(cfg, out_dir)
         return
@@ -111,6 +114,9 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The console script: plugins' configs and zoo's resolvers registered, W&B offline by default."""
+    from zoo.train.launchers import check_launcher
+
+    check_launcher(sys.argv[1:], app="zoo-bench")
     setup()
     args = sys.argv[1:]
     if {"-m", "--multirun"} & set(args) and not any(a.lstrip("+~").startswith("study=") for a in args):

@@ -3,8 +3,8 @@ body's, or low-rank adapters beside frozen weights.
 
 An adapter is applied to a built model after its initial weights are loaded and before the task adds
 its head (:meth:`zoo.objectives.base.Objective.prepare`), so a head the task adds always trains.
-A run whose body is frozen checkpoints only what trains (:func:`trainable_state`); the frozen rest
-comes back from ``trainer.init_from``.
+A run whose body is frozen checkpoints only what trains (``trainable.safetensors``, written by
+:meth:`zoo.train.loop.Loop.save`); the frozen rest comes back from ``trainer.init_from``.
 """
 
 import torch
@@ -35,14 +35,6 @@ class Frozen(FullFineTuning):
 
     def apply(self, model: nn.Module) -> None:
         model.requires_grad_(False)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """``{name: tensor}`` of the parameters that train, or ``None`` when they all do (the whole model is the state)."""
-    named = dict(model.named_parameters())
-    if all(p.requires_grad for p in named.values()):
-        return None
-    return {name: p.detach().contiguous() for name, p in named.items() if p.requires_grad}
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from zoo.errors import ConfigError
 from zoo.run.entry import EXIT_FAILED, check_overrides, describe, exit_policy, setup
+from zoo.train.launchers import check_launcher, share_cores
 from zoo.train.sweep import RunInfo
 
 
@@ -25,6 +26,7 @@ def _app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     info = RunInfo.from_hydra(hydra_cfg)
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    share_cores(hydra_cfg.launcher, configured=cfg.trainer.threads)
     if not info.multirun:
         # inside the task: Hydra would print an escaping exception as several lines and exit 1
         with exit_policy("zoo-train"):
@@ -47,6 +49,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """The console script: the run layer's set-up (zoo.run.entry), then Hydra under its exit policy."""
+    check_launcher(sys.argv[1:], app="zoo-train")
     setup()
     with exit_policy("zoo-train"):
         check_overrides(sys.argv[1:], config_name="config")

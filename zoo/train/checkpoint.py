@@ -26,16 +26,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_file
 from torch import nn
 
 # the layout and the readers live in the run layer, which zoo-generate and zoo-bench share
 from zoo.run.checkpoint import LATEST, STATE, TRAINABLE, Checkpoint, find, fsync_path, load_safetensors, load_weights, write_atomic  # noqa: F401
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's state as flat tensors (``state.<param>.<name>``) plus JSON for the rest."""
-    sd = optimizer.state_dict()
+def optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state dict as flat tensors (``state.<param>.<name>``) plus JSON for the rest."""
     tensors, scalars = {}, {}
     for index, state in sd["state"].items():
         for name, value in state.items():
@@ -77,28 +76,30 @@ def save(
     root: str | Path,
     *,
     step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict,
     state: dict,
     rng: dict[str, torch.Tensor],
     config_yaml: str,
     tokenizer=None,
     keep_last: int = 1,
-    weights: dict[str, torch.Tensor] | None = None,
+    only_trainable: bool = False,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically under ``root`` and prune older ones.
 
     Args:
         root: the checkpoints folder of a run.
         step: optimizer steps done.
-        model: the unwrapped model (not its DDP or compiled wrapper).
-        optimizer: its optimizer.
+        weights: the model's state dict with whole tensors, each tied matrix once
+            (:func:`zoo.train.distributed.full_state`, whatever the strategy).
+        optimizer: the optimizer's state dict, whole tensors too.
         state: JSON-able training state (loader position, tokens seen, ...); ``step`` is added.
         rng: generator states from :func:`rng_tensors`, keyed per rank (``rank0.torch_cpu``, ...).
         config_yaml: the resolved config.
         tokenizer: saved into ``tokenizer/`` when given.
         keep_last: how many checkpoints to keep (the newest ones).
-        weights: when given, only these tensors are saved (``trainable.safetensors``), not the model.
+        only_trainable: ``weights`` holds only the parameters that train (``trainable.safetensors``):
+            the frozen rest comes from ``trainer.init_from`` (LoRA, a probe).
 
     Returns: the checkpoint folder.
     """
@@ -107,10 +108,7 @@ def save(
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
     try:
-        if weights is None:
-            save_model(model, str(tmp / "model.safetensors"))
-        else:
-            save_file(weights, str(tmp / TRAINABLE))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / (TRAINABLE if only_trainable else "model.safetensors")))
         tensors, optim_meta = optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
@@ -149,8 +147,11 @@ def prune(root: Path, *, keep_last: int, keep: Path) -> None:
 
 
 def load_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    """Load the optimizer state, each tensor sharded like its parameter when the model is sharded (FSDP)."""
+    from zoo.train.distributed import shard_like
+
     tensors = load_safetensors(checkpoint.path / "optimizer.safetensors")
-    optimizer.load_state_dict(optimizer_state_dict(tensors, checkpoint.state["optimizer"]))
+    optimizer.load_state_dict(shard_like(optimizer_state_dict(tensors, checkpoint.state["optimizer"]), optimizer))
 
 
 def load_rng(checkpoint: Checkpoint, *, rank: int) -> None:

@@ -24,11 +24,13 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.objectives.base import Objective
-from zoo.finetune.adapters import trainable_state
 from zoo.run.folder import FolderTaken, claim, is_held
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
-from zoo.train.distributed import Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup, teardown, wrap
+from zoo.train.distributed import (
+    Dist, ModelView, all_gather_objects, all_reduce_sum, barrier, broadcast_object, full_state, full_tensor, no_sync, pick_strategy,
+    setup, sharded, teardown, wrap,
+)  # fmt: skip
 from zoo.train.metrics import compressor_metrics, count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
 from zoo.train.recompute import recompute_blocks
 from zoo.train.sample import can_sample, sample
@@ -143,7 +145,13 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
                 print(f"zoo-train: initial weights from {pretrained.path}: {report.describe()}", file=sys.stderr)
         objective = parts.make_objective(rank=dist.rank)
         result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
-        optimizer = optim.build(parts.model)
+        if resume is not None:
+            _restore_weights(resume, parts)
+        if settings.activation_checkpointing:
+            recompute_blocks(parts.model)
+        strategy = pick_strategy(settings.strategy, parts.model, dist)
+        wrapper = wrap(parts.model, dist, strategy=strategy, mixed_precision=torch.bfloat16 if autocast is not nullcontext else None)
+        optimizer = optim.build(parts.model)  # after wrapping: FSDP replaces the parameters by shards
         if resume is not None:
             _restore(resume, parts, optimizer, objective, dist)
         if dist.main:
@@ -152,7 +160,7 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
             config = {**resolved_config(cfg), "choices": info.choices}
             logger.start(config=config, name=info.name, group=info.group, tags=info.overrides, out_dir=out_dir)
         loop = Loop(cfg, settings=settings, parts=parts, optimizer=optimizer, optim=optim, schedule=schedule, objective=objective, out_dir=out_dir)
-        loop.run(dist=dist, autocast=autocast, logger=logger, info=info, result=result, resume=resume)
+        loop.run(wrapper, dist=dist, autocast=autocast, logger=logger, info=info, result=result, resume=resume)
         result.metrics.update(status=result.status, wall_s=time.time() - started)
         if dist.main:
             _finish(logger, result, info, out_dir, failed=result.status != "ok")
@@ -238,10 +246,19 @@ def _diff(a, b, key: str) -> list[str]:
     return [] if a == b else [f"{key} ({a!r} -> {b!r})"]
 
 
-def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:
-    """Weights, optimizer, RNG, data position and objective draws as they were at the checkpoint."""
+def _restore_weights(resume: ckpt.Checkpoint, parts: Components) -> None:
+    """The checkpoint's weights, into the whole model before any wrapper shards it."""
     try:
         ckpt.load_weights(resume, parts.model)
+    except ConfigError:  # a damaged file names itself and the last good checkpoint
+        raise
+    except (ValueError, RuntimeError, KeyError) as e:  # a checkpoint of another model
+        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config ({str(e).splitlines()[0]})") from None
+
+
+def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:
+    """Optimizer, RNG, data position and objective draws as they were at the checkpoint."""
+    try:
         ckpt.load_optimizer(resume, optimizer)
         parts.train_loader.load_state_dict(resume.state["loader"])
     except ConfigError:  # a damaged file names itself and the last good checkpoint
@@ -295,15 +312,16 @@ class Loop:
         self.optimizer, self.optim, self.schedule, self.objective = optimizer, optim, schedule, objective
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
 
-    def run(self, *, dist: Dist, autocast: Autocast, logger, info: RunInfo, result: RunResult, resume: ckpt.Checkpoint | None) -> None:
-        """Train from the step ``resume`` reached (or 0) to ``trainer.max_steps``, then evaluate, save and sample."""
+    def run(self, wrapper: nn.Module, *, dist: Dist, autocast: Autocast, logger, info: RunInfo, result: RunResult, resume: ckpt.Checkpoint | None) -> None:
+        """Train from the step ``resume`` reached (or 0) to ``trainer.max_steps``, then evaluate, save and sample;
+        ``wrapper`` is the model made data-parallel (DDP, FSDP; the model itself on one process)."""
         s = self.settings
         if resume is not None:
             self.step, self.tokens_seen = resume.step, int(resume.state["tokens_seen"])
             self.train_time = float(resume.state.get("train_time", 0.0))
         quiet = info.multirun if s.quiet is None else s.quiet
         self.record_costs(result, name=info.name, main=dist.main, announce=dist.main and not quiet)
-        self.ctx = self.step_context(dist=dist, autocast=autocast)
+        self.ctx = self.step_context(wrapper, dist=dist, autocast=autocast)
         if self.train_steps(logger=logger, result=result, quiet=quiet):
             self.finish(logger=logger, result=result, quiet=quiet)
 
@@ -323,14 +341,11 @@ class Loop:
             counts_text = f"{counts['parameters']:,} parameters" + (f" ({trainable:,} trainable)" if trainable != counts["parameters"] else "")
             print(f"zoo-train: {name}: {counts_text}, {s.max_steps} steps of {s.batch_size} x {s.seq_len} tokens", file=sys.stderr)
 
-    def step_context(self, *, dist: Dist, autocast: Autocast) -> "StepContext":
-        """What every step of this run uses: blocks recomputed if asked, the DDP wrapper, the objective
-        (compiled: the forward and the loss are one graph, and the cross-entropy over the vocabulary
-        fuses into a kernel or two, about a tenth of a small model's step eager)."""
+    def step_context(self, wrapper: nn.Module, *, dist: Dist, autocast: Autocast) -> "StepContext":
+        """What every step of this run uses: the data-parallel wrapper, the objective (compiled: the
+        forward and the loss are one graph, and the cross-entropy over the vocabulary fuses into a
+        kernel or two, about a tenth of a small model's step eager)."""
         s, model = self.settings, self.parts.model
-        if s.activation_checkpointing:
-            recompute_blocks(model)
-        wrapper = wrap(model, dist)
         return StepContext(
             dist=dist, autocast=autocast, wrapper=wrapper, view=ModelView(wrapper, model),
             objective=torch.compile(self.objective) if s.compile else self.objective,
@@ -383,7 +398,8 @@ class Loop:
         self._report("val", final, logger=logger, bar=None, quiet=True)
         result.checkpoint = self.save(dist)
         text = None
-        if dist.main and can_sample(model, self.parts.tokenizer) and s.sample.max_new_tokens:
+        # a sharded model runs a forward only with every rank taking part: no sample from rank 0 alone
+        if dist.main and not sharded(model) and can_sample(model, self.parts.tokenizer) and s.sample.max_new_tokens:
             text = sample(model, self.parts.tokenizer, settings=s.sample, seed=s.seed)
         if dist.main and not quiet:
             print(f"final (step {self.step}): {_describe(final)}{_compared(result.metrics)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
@@ -406,7 +422,7 @@ class Loop:
             start = c.dist.rank * per_rank + i * micro
             rows = {k: v[start : start + micro].to(c.dist.device, non_blocking=True) for k, v in batch.items()}
             last = i == s.grad_accum - 1
-            with nullcontext() if last or c.dist.world == 1 else c.wrapper.no_sync():
+            with nullcontext() if last or c.dist.world == 1 else no_sync(c.wrapper):
                 with c.autocast():
                     loss, metrics = c.objective(c.view, rows)
                 # summed over tokens here, divided by the step's token count below
@@ -417,7 +433,7 @@ class Loop:
         for p in c.params:
             if p.grad is not None:
                 p.grad.mul_(scale)
-        grad_norm = torch.nn.utils.clip_grad_norm_(c.params, self.optim.grad_clip or float("inf"))
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(c.params, self.optim.grad_clip or float("inf")))
         lr = self.schedule.apply(self.optimizer, step=self.step, max_steps=s.max_steps, lr=self.optim.lr)
         loss_value = summarise(total)["loss"]
         if math.isfinite(loss_value) and math.isfinite(float(grad_norm)):
@@ -435,17 +451,22 @@ class Loop:
     def save(self, dist: Dist) -> Path | None:
         """A checkpoint of this step (rank 0 writes it; every rank contributes its RNG state)."""
         states = all_gather_objects({k: v.tolist() for k, v in ckpt.rng_tensors().items()}, dist)
+        weights, optimizer = full_state(self.parts.model, self.optimizer)  # every rank: a sharded model gathers
+        training = {name for name, p in self.parts.model.named_parameters() if p.requires_grad}
+        only_trainable = len(training) < len(dict(self.parts.model.named_parameters()))  # LoRA, a probe: the rest is init_from's
+        if only_trainable:
+            weights = {name: value for name, value in weights.items() if name in training}
         path = None
         if dist.main:
             rng = {f"rank{r}.{k}": torch.tensor(v, dtype=torch.uint8) for r, state in enumerate(states) for k, v in state.items()}
             state = {
                 "tokens_seen": self.tokens_seen, "loader": self.parts.train_loader.state_dict(), "objective": self.objective.state_dict(),
-                "train_time": self.train_time, "world": dist.world,
+                "train_time": self.train_time, "world": dist.world, "strategy": "fsdp" if sharded(self.parts.model) else "ddp",
             }  # fmt: skip
             path = ckpt.save(
-                self.out_dir / "checkpoints", step=self.step, model=self.parts.model, optimizer=self.optimizer, state=state, rng=rng,
+                self.out_dir / "checkpoints", step=self.step, weights=weights, optimizer=optimizer, state=state, rng=rng,
                 config_yaml=OmegaConf.to_yaml(resolved_config(self.cfg)), tokenizer=self.parts.tokenizer, keep_last=self.settings.keep_last,
-                weights=trainable_state(self.parts.model),
+                only_trainable=only_trainable,
             )  # fmt: skip
         barrier(dist)
         return path

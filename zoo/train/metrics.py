@@ -16,7 +16,7 @@ from torch import nn
 
 from zoo.arch.cost import training_flops_per_token
 from zoo.ffn.moe.losses import aux_losses, moe_stats
-from zoo.train.distributed import Dist, all_reduce_sum
+from zoo.train.distributed import Dist, all_reduce_sum, sharded
 
 
 def sums_of(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,7 +59,8 @@ def evaluate(
     """Validation metrics over ``max_batches`` batches (``None``: all), the rows shared among ranks.
 
     Args:
-        model: the bare model (no DDP wrapper: ranks may see different numbers of rows).
+        model: the bare model (no DDP wrapper: ranks may see different numbers of rows; a sharded
+            FSDP model is its own wrapper, and every rank runs each forward).
         batches: a validation loader, from its first batch.
         objective: a fresh objective instance, so every pass draws the same masks.
         dist: the process group; sums are reduced over it.
@@ -74,11 +75,15 @@ def evaluate(
             if max_batches is not None and i >= max_batches:
                 break
             rows = {k: v[dist.rank :: dist.world].to(dist.device, non_blocking=True) for k, v in batch.items()}
-            if rows["tokens"].shape[0] == 0:  # a short last batch can leave a rank nothing
+            left_out = rows["tokens"].shape[0] == 0  # a short last batch can leave a rank nothing
+            if left_out and not sharded(model):
                 continue
+            if left_out:  # a sharded model's forward gathers weights from every rank: take part, count nothing
+                rows = {k: v[:1].to(dist.device, non_blocking=True) for k, v in batch.items()}
             with autocast():
                 _, metrics = objective(model, rows)
-            total += sums_of(metrics)
+            if not left_out:
+                total += sums_of(metrics)
     finally:
         model.train(was_training)
     return summarise(all_reduce_sum(total.to(dist.device), dist).cpu())

@@ -57,6 +57,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    strategy: str = "auto"
     activation_checkpointing: bool = False
     quiet: bool | None = None
     threads: int | None = None
