@@ -81,8 +81,11 @@ def every_composition() -> list[tuple[str, list[str]]]:
         elif group.startswith("study/"):  # a study's variants: study/arch_variant@_global_=encdec
             study = group.split("/", 1)[1].removesuffix("_variant")
             cases.append(("bench", [f"study={study}", f"{group}@_global_={name}"]))
-        elif group == "model/ffn/router":
-            cases.append(("config", ["model/ffn=moe", f"{group}={name}"]))
+        elif group.startswith("experiment/"):  # an experiment's variants: experiment/finetune_variant@_global_=lora4
+            experiment = group.split("/", 1)[1].removesuffix("_variant")
+            cases.append(("config", [f"experiment={experiment}", f"{group}@_global_={name}"]))
+        elif group == "model/ffn/router":  # in an encoder: a decoder refuses routers that see the future
+            cases.append(("config", ["model=encoder", "model/ffn=moe", f"{group}={name}"]))
         else:
             cases.append(("config", [f"{group}={name}"]))
     return cases

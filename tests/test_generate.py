@@ -36,6 +36,7 @@ def test_cli_loads_a_training_checkpoint_folder(tmp_path, capsys):
 
     from zoo.config import compose, instantiate_model
     from zoo.generate import run
+    from zoo.generation import generate
     from zoo.tokenizer import ByteTokenizer
 
     def save_run(name: str, *, n_layers: int, tok) -> torch.nn.Module:

@@ -6,7 +6,8 @@ import json
 from omegaconf import OmegaConf
 
 import zoo
-from zoo.train.sweep import RunInfo, collect, default_name, job_dir, job_name, register_resolvers, write_summary
+from zoo.run.naming import default_name, job_dir, job_name, register_resolvers
+from zoo.train.sweep import RunInfo, collect, write_summary
 
 
 def test_job_names_are_readable_flat_and_put_choices_first():

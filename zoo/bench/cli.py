@@ -25,7 +25,7 @@ NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "traine
 def variant_name(overrides: list[str], choices: dict[str, str]) -> str:
     """The variant's label: its overrides, shortened (``pos=alibi``), or its components when none."""
     from zoo.bench.report import short
-    from zoo.train.sweep import default_name, job_name
+    from zoo.run.naming import default_name, job_name
 
     named = [short(o) for o in overrides if not o.lstrip("+~").startswith(NOT_VARIANT)]
     return job_name(named) or default_name(choices)

@@ -273,7 +273,7 @@ def short(override: str) -> str:
 def relabel(rows: list[dict]) -> list[dict]:
     """Name each variant of a sweep by the overrides that differ between its jobs (``pos=alibi``),
     not by those every job shares (``trainer.max_steps=5``)."""
-    from zoo.train.sweep import job_name
+    from zoo.run.naming import job_name
 
     def split(override: str) -> tuple[str, str]:
         key, _, value = override.partition("=")

@@ -112,7 +112,7 @@ def open_pretrained(source: str | Path) -> Pretrained:
     path = Path(source).expanduser()
     if not path.exists():
         raise ConfigError(KEY, str(source), "an existing folder: a zoo checkpoint or run folder, a zoo-import folder, or a local Hugging Face checkpoint folder")
-    from zoo.train import checkpoint as ckpt
+    from zoo.run import checkpoint as ckpt
 
     try:
         found = ckpt.find(path)

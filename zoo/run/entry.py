@@ -19,7 +19,7 @@ def setup() -> None:
     """What every Hydra entry point needs before Hydra starts: the plugins' configs on the search
     path, zoo's resolvers, and W&B offline unless the user chose (before anything imports wandb)."""
     from zoo.config import register_plugins
-    from zoo.train.sweep import register_resolvers
+    from zoo.run.naming import register_resolvers
 
     register_plugins()
     register_resolvers()

@@ -1,17 +1,13 @@
-"""Runs and sweeps: readable run names, the W&B group of a multirun, and its summary table.
-
-Job folders and run names come from the overrides with the ``model/`` prefix dropped and ``/``
-made path-safe (``3-ffn=geglu,norm=layernorm``); Hydra's ``override_dirname`` alone would nest
-folders at every ``/`` of a group override. :class:`SweepSummary`, a Hydra callback, gathers every
+"""Runs and sweeps: who a run is (:class:`RunInfo`, named by :mod:`zoo.run.naming`) and a sweep's
+summary table. :class:`SweepSummary`, a Hydra callback, gathers every
 job's ``metrics.json`` when the sweep ends into ``summary.csv``, ``summary.md`` and a W&B table.
-Jobs record their own failures (and return), since Hydra skips ``on_multirun_end`` after a job raises.
+Jobs record their own failures (and return), since Hydra skips ``on_multirun_end`` after a job raises;
+the sweep then exits with status 1 once the summary is written, when any job failed or diverged.
 """
 
 import csv
-import hashlib
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import GROUPS
+from zoo.run.naming import default_name, job_name, sweep_group
 
 #: groups of the training config, after the model's (``zoo.config.GROUPS``)
 TRAIN_GROUPS = ("data", "tokenizer", "objective", "adapter", "optim", "sched", "logger", "trainer", "experiment")
@@ -30,49 +27,6 @@ COLUMNS = (
     "job", "variant", "status", "val_loss", "val_bpb", "val_lzma_bpb", "val_ppl", "val_accuracy", "val_macro_f1", "train_loss",
     "steps", "tokens_per_s", "parameters", "parameters_trainable", "flops_per_token", "wall_s", "error", "name",
 )  # fmt: skip
-
-
-def short_override(override: str) -> str:
-    """``model/ffn=geglu`` -> ``ffn=geglu``, ``model.dim=64`` -> ``dim=64``; other groups keep their prefix."""
-    return re.sub(r"^[+~]*model[./](?=[^=]*=)", "", override)
-
-
-def job_name(overrides: str | list[str]) -> str:
-    """A path-safe, readable name for a run from its overrides (``override_dirname`` or a list)."""
-    items = overrides.split(",") if isinstance(overrides, str) else list(overrides)
-    # a list value like [python,pydoc] was split at its commas above; glue its parts back on
-    merged: list[str] = []
-    for item in items:
-        if merged and "=" not in item:
-            merged[-1] += "," + item
-        elif item:
-            merged.append(item)
-    # the model's choices (ffn=geglu) say most and come first, then other groups' choices, then
-    # values (dim=64, then trainer.max_steps=5): a name cut for length loses the least telling part
-    merged.sort(key=_rank)
-    name = ",".join(short_override(o) for o in merged)
-    name = re.sub(r"[/\\\s:*?\"<>|']", ".", name)
-    if len(name) > 100:  # file systems cap a name at 255 bytes; keep it readable and unique
-        name = name[:90] + "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return name
-
-
-def _rank(override: str) -> tuple[int, str]:
-    key = override.split("=", 1)[0].lstrip("+~")
-    is_model = key == "model" or key.startswith(("model/", "model."))
-    return ("." in key) * 2 + (not is_model), override
-
-
-def job_dir(num, overrides: str) -> str:
-    """The resolver behind ``hydra.sweep.subdir``: ``<job number>-<job name>``."""
-    name = job_name(overrides or "")
-    return f"{num}-{name}" if name else str(num)
-
-
-def register_resolvers() -> None:
-    """``${zoo.job_dir:num,override_dirname}`` for the job folders (idempotent)."""
-    if not OmegaConf.has_resolver("zoo.job_dir"):
-        OmegaConf.register_new_resolver("zoo.job_dir", job_dir)
 
 
 @dataclass
@@ -101,16 +55,6 @@ class RunInfo:
         group = sweep_group(OmegaConf.select(hydra, "sweep.dir", default=None)) if multirun else None
         name = job_name(named) or default_name(choices)
         return cls(name=name, group=group, overrides=overrides, choices=choices, job_num=job_num, multirun=multirun)
-
-
-def default_name(choices: dict[str, str]) -> str:
-    """``causal-rmsnorm-pre-swiglu-rope-mha``: the architecture and its slots, for a run without overrides."""
-    return "-".join(choices[g] for g in GROUPS if g in choices and g not in ("model/init", "preset")) or "run"
-
-
-def sweep_group(sweep_dir: str | None) -> str | None:
-    """The W&B group of a multirun: the sweep folder's name (``multirun/<date_time>`` -> ``<date_time>``)."""
-    return Path(sweep_dir).name if sweep_dir else None
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -178,6 +122,8 @@ class SweepSummary(Callback):
         print(f"zoo-train: sweep of {len(rows)} runs, {len(failed)} not ok; summary in {md_path}", file=sys.stderr)
         if str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger"):
             log_table(config, sweep_dir, rows)
+        if failed:  # the summary is written; a script or CI running the sweep must still see the failure
+            sys.exit(1)
 
 
 def log_table(config: DictConfig, sweep_dir: Path, rows: list[dict]) -> None:
