@@ -38,10 +38,14 @@ def test_a_second_run_into_a_held_folder_is_one_line_and_touches_nothing(tmp_pat
     try:
         assert holder.stdout.readline().strip() == "held"
         (run_dir / "metrics.json").write_text("mine")
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text("mine")  # Hydra's record of the first run
         env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
         second = subprocess.run([sys.executable, "-m", "zoo.train", *TINY, f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2 and second.stderr.count("\n") == 1 and "another run" in second.stderr, second.stderr
         assert (run_dir / "metrics.json").read_text() == "mine" and not (run_dir / "checkpoints").exists()
+        assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "mine"
+        assert not (run_dir / ".hydra" / "config.yaml").exists()
     finally:
         holder.communicate("", timeout=30)
     assert holder.returncode == 0

@@ -6,7 +6,7 @@ import json
 from omegaconf import OmegaConf
 
 import zoo
-from zoo.run.naming import default_name, job_dir, job_name, register_resolvers
+from zoo.run.naming import default_name, job_dir, job_name, register_resolvers, sweep_group
 from zoo.train.sweep import RunInfo, collect, write_summary
 
 
@@ -19,6 +19,15 @@ def test_job_names_are_readable_flat_and_put_choices_first():
     long = job_name([f"model.k{i}={'x' * 20}" for i in range(10)])
     assert len(long) <= 100 and long != job_name([f"model.k{i}={'y' * 20}" for i in range(10)])
     assert job_dir(3, "") == "3" and job_dir(0, "model/pos=alibi") == "0-pos=alibi"
+
+
+def test_a_sweep_group_is_its_folder_name_made_unique_to_the_folder(tmp_path):
+    # two sweeps started in the same second, from two places, must not share a W&B dashboard
+    a, b = tmp_path / "a" / "2026-12-05_17-01-00", tmp_path / "b" / "2026-12-05_17-01-00"
+    assert sweep_group(str(a)).startswith("2026-12-05_17-01-00-")
+    assert sweep_group(str(a)) != sweep_group(str(b))
+    assert sweep_group(str(a)) == sweep_group(str(tmp_path / "a" / "." / "2026-12-05_17-01-00"))  # one folder, one group
+    assert sweep_group(None) is None
 
 
 def test_the_job_folder_resolver_reads_hydra_values():

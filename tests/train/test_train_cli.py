@@ -2,8 +2,15 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+
+from zoo.run.naming import sweep_group
 
 
 @pytest.fixture
@@ -26,15 +33,17 @@ def test_sweep_of_four_jobs_makes_four_wandb_runs_in_one_group_and_a_summary(tmp
     assert {(m["choices"]["model/ffn"], m["choices"]["model/norm"]) for m in metrics} == {
         ("swiglu", "rmsnorm"), ("swiglu", "layernorm"), ("gelu", "rmsnorm"), ("gelu", "layernorm")
     }  # fmt: skip
-    assert {m["wandb_group"] for m in metrics} == {sweep.name}
+    assert {m["wandb_group"] for m in metrics} == {sweep_group(str(sweep))}
     assert len({m["wandb_id"] for m in metrics}) == 4
+    for job in jobs:  # Hydra's record, written by the run once it holds its folder
+        assert "model/ffn" in (job / ".hydra" / "overrides.yaml").read_text() and (job / ".hydra" / "config.yaml").exists()
 
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     ids = {m["wandb_id"] for m in metrics}
     train_runs = [r for r in runs if r.name.rsplit("-", 1)[1] in ids]
     assert len(train_runs) == 4 and len(runs) == 5  # and the summary table's own run
     for run in runs:  # the group is recorded in each offline run, ready for `wandb sync`
-        assert sweep.name.encode() in next(run.glob("*.wandb")).read_bytes()
+        assert sweep_group(str(sweep)).encode() in next(run.glob("*.wandb")).read_bytes()
 
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"} and all(float(r["val_bpb"]) > 0 for r in rows)
@@ -51,6 +60,25 @@ def test_a_failing_job_is_reported_while_the_others_finish(tmp_path, cli, sweep_
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert "model.n_heads" in rows[1]["error"] and rows[0]["val_loss"] and rows[2]["val_loss"]
+
+
+def test_ctrl_c_in_a_sweep_still_writes_the_summary_of_the_jobs_so_far(tmp_path, sweep_args):
+    sweep = tmp_path / "sweep"
+    common = [o for o in sweep_args if not o.startswith("trainer.max_steps=")]
+    args = ["-m", "trainer.max_steps=2,100000", f"hydra.sweep.dir={sweep}", *common, "logger=none"]  # job 1 runs until stopped
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not any(p.stat().st_size for p in sweep.glob("1-*/log.jsonl")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # job 1 is training
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "sweep interrupted in job 1" in stderr, stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "interrupted"]
 
 
 def test_a_bad_config_is_one_line_and_exit_status_2(tmp_path, cli, tiny):

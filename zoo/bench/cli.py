@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
 from zoo.run.entry import exit_policy, setup
+from zoo.run.naming import sweep_group
 #: overrides that pick where or how a job runs, not what it is: left out of variant names
 NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
 
@@ -109,7 +110,7 @@ def _app(cfg: DictConfig) -> None:
     chosen = {g: str(v) for g, v in hc.runtime.choices.items() if v is not None and not g.startswith("hydra/")}
     overrides = [str(o) for o in hc.overrides.task]
     with exit_policy("zoo-bench"):  # inside the task: Hydra would print an escaping error as several lines
-        run_job(cfg, out_dir=out_dir, overrides=overrides, chosen=chosen, multirun=multirun, group=Path(hc.sweep.dir).name if multirun else None)
+        run_job(cfg, out_dir=out_dir, overrides=overrides, chosen=chosen, multirun=multirun, group=sweep_group(hc.sweep.dir) if multirun else None)
 
 
 def main() -> None:

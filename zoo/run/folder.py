@@ -6,6 +6,10 @@ into a held folder is refused with one line. A fresh run into a folder that alre
 checkpoints is refused too, unless it resumes that run (``trainer.resume=auto``) or is told to start
 over (``trainer.overwrite=true``): re-running a command must not delete the earlier run's checkpoint
 at its first save. Temporary files that killed writes left behind are cleaned once the lock is held.
+
+Hydra's own record of a run (``.hydra/``: config, Hydra config, overrides) is written here, once the
+lock is held (:func:`record_hydra`): Hydra writes it before any of zoo's code runs, so a refused second
+run would overwrite the record of the run that holds the folder (``hydra.output_subdir: null``).
 """
 
 import fcntl
@@ -94,3 +98,20 @@ def claim(folder: str | Path, *, resume: bool = False, overwrite: bool = False) 
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def record_hydra(folder: str | Path, cfg) -> None:
+    """Write ``folder/.hydra/{config,hydra,overrides}.yaml`` as Hydra would, in a Hydra app; else nothing.
+
+    Call it only while holding ``folder`` (:func:`claim`); ``cfg`` is the task's config as Hydra passed it.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    record = Path(folder) / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.instance().cfg
+    for name, node in (("config", cfg), ("hydra", hydra_cfg), ("overrides", hydra_cfg.hydra.overrides.task)):
+        OmegaConf.save(node, record / f"{name}.yaml")

@@ -8,6 +8,7 @@ folders at every ``/`` of a group override.
 
 import hashlib
 import re
+import socket
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -63,5 +64,10 @@ def default_name(choices: dict[str, str]) -> str:
 
 
 def sweep_group(sweep_dir: str | None) -> str | None:
-    """The W&B group of a multirun: the sweep folder's name (``multirun/<date_time>`` -> ``<date_time>``)."""
-    return Path(sweep_dir).name if sweep_dir else None
+    """The W&B group of a multirun: the sweep folder's name and a digest of where it is
+    (``multirun/2026-12-05_17-01-00`` -> ``2026-12-05_17-01-00-3fa2c1``), so two sweeps started in the
+    same second, from two folders or two machines, never share a dashboard."""
+    if not sweep_dir:
+        return None
+    where = f"{socket.gethostname()}:{Path(sweep_dir).resolve()}"
+    return f"{Path(sweep_dir).name}-{hashlib.sha1(where.encode()).hexdigest()[:6]}"

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from zoo.errors import ConfigError
 from zoo.run.entry import EXIT_FAILED, check_overrides, describe, exit_policy, setup
 from zoo.train.launchers import check_launcher, share_cores
-from zoo.train.sweep import RunInfo
+from zoo.train.sweep import RunInfo, summarise_interrupted
 
 
 @hydra.main(config_path="pkg://zoo.conf", config_name="config", version_base="1.3")
@@ -36,6 +36,9 @@ def _app(cfg: DictConfig) -> float | None:
         return result.metrics.get("val_bpb", result.metrics.get("val_loss"))
     try:
         result = train(cfg, out_dir=out_dir, info=info)
+    except KeyboardInterrupt:
+        summarise_interrupted(Path(hydra_cfg.sweep.dir), info.job_num)
+        raise
     except ConfigError as e:
         print(f"zoo-train: job {info.job_num} ({info.name}) failed: {describe(e)}", file=sys.stderr)
         return None

@@ -24,7 +24,7 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.objectives.base import Objective
-from zoo.run.folder import FolderTaken, claim, is_held
+from zoo.run.folder import FolderTaken, claim, is_held, record_hydra
 from zoo.train import checkpoint as ckpt
 from zoo.train.components import Components, build, build_node
 from zoo.train.distributed import (
@@ -118,6 +118,7 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         if dist.main:  # the folder is this run's from here on (zoo.run.folder)
             held.enter_context(claim(out_dir, resume=_resumes_here(settings, out_dir), overwrite=settings.overwrite))
             claimed = True
+            record_hydra(out_dir, cfg)
         autocast = autocast_for(settings, dist.device)
         # every group checked before the heavy work below (tokenizer, corpus, model)
         optim = build_node(cfg.optim, "optim")

@@ -109,6 +109,15 @@ def _cell(value, *, rounded: bool = True):
     return "" if value is None else value
 
 
+def summarise_interrupted(sweep_dir: Path, job_num: int | None) -> None:
+    """Ctrl-C stops a sweep before Hydra's end-of-sweep callback: the jobs so far get their summary anyway
+    (the interrupted job listed as ``interrupted``); the jobs not started are not in it."""
+    rows = collect(sweep_dir)
+    if rows:
+        _, md_path = write_summary(sweep_dir, rows)
+        print(f"zoo-train: sweep interrupted in job {job_num}; summary of its {len(rows)} runs so far in {md_path}", file=sys.stderr)
+
+
 class SweepSummary(Callback):
     """Writes the sweep's summary table when a multirun ends (``hydra.callbacks.summary`` in conf/config.yaml)."""
 
