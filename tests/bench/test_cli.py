@@ -52,6 +52,15 @@ def test_config_mistake_is_one_line_and_exit_2(zoo_bench, capsys):
     assert "bench.budget.kind='epochs'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("typo", ["model.dimm=3", "model/ffn=swiglux,gelu", "study=nope"])
+def test_an_unknown_key_or_option_is_one_line_before_any_work(zoo_bench, tmp_path, capsys, typo):
+    assert zoo_bench(["-m", typo, *TINY, "logger=none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("zoo-bench: config error:") and typo.split("=")[0] in err[-1], err
+    assert all("study=none" in line for line in err[:-1])  # at most the notice that a sweep runs alone
+    assert not (tmp_path / "multirun").exists()  # nothing written
+
+
 def test_default_study_runs_and_reports_in_its_own_folder(zoo_bench, tmp_path):
     # `zoo-bench` alone is study=quick, a sweep over positions; here at tiny sizes and without training
     assert zoo_bench([*TINY, "bench.speed.seq_lens=[]", "logger=none"]) == 0

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
-from zoo.run.entry import exit_policy, setup
+from zoo.run.entry import check_overrides, exit_policy, setup
 from zoo.run.naming import sweep_group
 #: overrides that pick where or how a job runs, not what it is: left out of variant names
 NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
@@ -125,4 +125,5 @@ def main() -> None:
         print("zoo-bench: a sweep and no study named: benchmarking your sweep alone (study=none)", file=sys.stderr)
         sys.argv.append("study=none")
     with exit_policy("zoo-bench"):
+        check_overrides(sys.argv[1:], config_name="bench")
         _app()
