@@ -50,6 +50,7 @@ BAD = [
     (["data.boundaries=sideways"], "data.boundaries"),
     (["tokenizer=bpe", "tokenizer.vocab_size=100"], "tokenizer.vocab_size"),
     (["model._target_=os.system"], "model._target_"),
+    (["data.corpus.max_bytes=100"], "at least one document"),
 ]
 
 

@@ -62,6 +62,8 @@ class Corpus:
     @functools.cached_property
     def _splits(self) -> dict[str, list[Document]]:
         docs = self.load()
+        if not docs:  # before any tokenizer or token cache is built from it
+            raise ConfigError("data.corpus", repr(self), "a corpus of at least one document (a larger max_bytes, or other sources or files)")
         assigned = [d._replace(split=d.split or split_of(d.name, val_percent=self.val_percent)) for d in docs]
         free = [i for i, d in enumerate(docs) if d.split is None]
         # a tiny corpus can hash every document into train; hold out the one nearest the threshold

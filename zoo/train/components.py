@@ -163,7 +163,7 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
             if e.key != "batch_size":
                 raise
             raise ConfigError(
-                key, batch, f"the corpus is too small for its {split} split: {e.allowed} (use more data, a smaller trainer.seq_len or a smaller batch)"
+                key, batch, f"the corpus is too small for its {split} split: a batch must be {e.allowed} (use more data, a smaller trainer.seq_len or a smaller batch)"
             ) from None
     train_loader, val_loader = loaders["train"], loaders["validation"]
     return Components(
