@@ -1,5 +1,7 @@
 """zoo-info lists every option the issue names, and docs/components.md is its current output."""
 
+import contextlib
+import io
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -26,6 +28,21 @@ def options():
     return catalogue()
 
 
+@pytest.fixture(scope="module")
+def matrix(options):
+    return compatibility(options)
+
+
+@pytest.fixture(scope="module")
+def printed():
+    """What ``zoo-info`` prints (stdout, stderr) and the warnings it raises: run once, it composes every option."""
+    out, err = io.StringIO(), io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        warnings.simplefilter("always")  # pytest's config hides Hydra's warnings; zoo-info must not need that
+        main([])
+    return out.getvalue(), err.getvalue(), [str(w.message) for w in caught]
+
+
 def test_every_required_option_is_listed(options):
     listed = {(o.group, o.name) for o in options}
     missing = [(g, n) for g, names in REQUIRED.items() for n in names if (g, n) not in listed]
@@ -36,8 +53,7 @@ def test_every_option_has_a_summary(options):
     assert [f"{o.group}={o.name}" for o in options if not o.summary] == []
 
 
-def test_compatibility_reads_declarations(options):
-    matrix = compatibility(options)
+def test_compatibility_reads_declarations(matrix):
     assert matrix["model/residual=parallel"]["encdec"].startswith("no")
     assert matrix["model/pos=learned"]["past max_seq_len"] == "no"
     assert matrix["model/pos=none"]["encoder"].startswith("no")
@@ -45,18 +61,14 @@ def test_compatibility_reads_declarations(options):
     assert matrix["objective=span_corruption"]["causal"] == "no"
 
 
-def test_cli_prints_the_catalogue(capsys):
-    main([])
-    out = capsys.readouterr().out
+def test_cli_prints_the_catalogue(printed):
+    out, _, _ = printed
     assert "sliding_window" in out and "compatibility" in out
 
 
-def test_cli_prints_no_warning_and_whole_descriptions(options, capsys):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")  # pytest's config hides Hydra's warnings; zoo-info must not need that
-        main([])
-    out, err = capsys.readouterr()
-    assert [str(w.message) for w in caught] == [] and err == ""
+def test_cli_prints_no_warning_and_whole_descriptions(options, printed):
+    out, err, caught = printed
+    assert caught == [] and err == ""
     conf = files(CONF_MODULE)
     for o in (o for o in options if o.provider == "zoo"):
         text = conf.joinpath(*o.group.split("/"), f"{o.name}.yaml").read_text().splitlines()
@@ -66,8 +78,8 @@ def test_cli_prints_no_warning_and_whole_descriptions(options, capsys):
                 assert line.lstrip("#").strip() in out, f"{o.group}={o.name}: zoo-info cuts its description"
 
 
-def test_expert_choice_is_marked_for_encoders_only(options):
-    row = compatibility(options)["model/ffn/router=expert_choice"]
+def test_expert_choice_is_marked_for_encoders_only(matrix):
+    row = matrix["model/ffn/router=expert_choice"]
     assert row["encoder"] == "yes" and all(row[arch].startswith("no") for arch in ("causal", "prefix", "encdec"))
 
 
