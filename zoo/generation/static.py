@@ -21,7 +21,8 @@ from zoo.attention.static_cache import make_static
 from zoo.errors import ConfigError
 
 #: ``torch.compile``-d :func:`_call`, one per (backend, mode): compiled code is reused by later
-#: generations whose shapes match (a new batch size or cache length compiles once more)
+#: generations whose shapes match (a new batch size or cache length compiles once more, up to
+#: ``torch._dynamo.config.cache_size_limit`` shapes; past it dynamo runs the step eagerly)
 _COMPILED: dict[tuple[str, str | None], object] = {}
 
 
@@ -38,7 +39,9 @@ def compiled_call(device: torch.device, *, backend: str = "inductor"):
     """:func:`_call` compiled for ``device`` (``backend="eager"`` traces without generating code: tests)."""
     key = (backend, compile_mode(device) if backend == "inductor" else None)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_call, backend=backend, mode=key[1])
+        # dynamic=False: shapes stay static. A symbolic cache length makes the step no faster than eager
+        # on a CPU (measured), so a new batch size or cache length compiles once more instead.
+        _COMPILED[key] = torch.compile(_call, backend=backend, mode=key[1], dynamic=False)
     return _COMPILED[key]
 
 
