@@ -45,10 +45,11 @@ def compiled_call(device: torch.device, *, backend: str = "inductor"):
     return _COMPILED[key]
 
 
-#: decode steps after which compiling pays on a CPU: compiling the step costs 10-60 s here (more the
-#: first time in a fresh process), and saves a few to tens of ms per step (benchmarks/bench_decode.py,
-#: docs/results.md)
-CPU_COMPILE_PAYS_AFTER = 2048
+#: decode steps after which compiling pays on a CPU: compiling a step took ~15 s on 2 shared cores
+#: (30-45 s the first time in a fresh process) and saved ~3 ms a step at batch 1 (up to ~4 ms at
+#: batch 16 and short contexts; nothing at batch 16 past 4096 tokens, where reading the cache
+#: dominates): benchmarks/bench_decode.py, docs/results.md
+CPU_COMPILE_PAYS_AFTER = 5000
 
 
 def compile_pays(*, steps: int) -> bool:
