@@ -1,14 +1,23 @@
-"""Greedy decoding speed with zoo's KV cache against Hugging Face ``generate``, and KV-cache bytes.
+"""Greedy decoding speed: zoo eager and compiled against Hugging Face ``generate``, KV-cache bytes,
+and decode time per token against the context length for MHA, GQA, MQA and a sliding window.
 
-The same Llama-style model on both sides (vocab 8192, dim 256, 4 layers, 4 heads of 64, SwiGLU 688,
-RMSNorm, RoPE, no biases): built with random weights in ``transformers``, and copied into a model
-composed by zoo, so both produce the same tokens. Batch 1, a short prompt, 256 new tokens, EOS
-disabled on both sides. Runs are interleaved (zoo, HF, zoo, HF, ...) and the median is reported.
+1. The same Llama-style model on both sides (vocab 8192, dim 256, 4 layers, 4 heads of 64, SwiGLU 688,
+   RMSNorm, RoPE, no biases): built with random weights in ``transformers``, and copied into a model
+   composed by zoo, so both produce the same tokens. Batch 1, a short prompt, 256 new tokens, EOS
+   disabled on both sides: zoo's ``generate`` eager and ``compiled=True`` (a static KV cache and a
+   ``torch.compile``-d step), HF ``generate`` with its default cache, and (``--hf-static``) with its
+   static cache compiled. Runs are interleaved (zoo, HF, zoo, HF, ...) and the median is reported;
+   compilation happens in the warm-up and is timed apart.
+2. The bytes of keys and values held after the same generation, for MHA, GQA and MQA (they shrink
+   exactly with the KV heads) and for a sliding-window rolling buffer (bounded by its window).
+3. Decode steps after a context of 256 to 8192 tokens, batch 1 and 16, for MHA, GQA (2 KV heads of
+   4), MQA and a 256-token sliding window, eager against static + compiled: ms per step, tokens/s and
+   cache bytes side by side, and a plot (``--plot``). The cache is filled with random keys and values
+   instead of prefilling (decode time does not depend on what they hold; a 16 x 8192 prefill takes
+   minutes here). Eager and compiled steps alternate, ``--steps`` each, median of ``--rounds``.
 
-Then the bytes of keys and values held after the same generation, for MHA, GQA and MQA (they shrink
-exactly with the KV heads) and for a sliding-window rolling buffer (bounded by its window).
-
-    python benchmarks/bench_decode.py [--new-tokens 256] [--repeats 5] [--threads 1]
+    python benchmarks/bench_decode.py --quick          # a few minutes: contexts 256/4096/8192
+    python benchmarks/bench_decode.py [--new-tokens 256] [--repeats 5] [--threads 2] [--hf-static]
 """
 
 import argparse
@@ -77,13 +86,22 @@ def timed(fn):
     return time.perf_counter() - wall, time.thread_time() - cpu, out
 
 
-def run_zoo(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
-    return generate(model, prompt, max_new_tokens=new_tokens).tokens[0]
+def run_zoo(model, prompt: torch.Tensor, new_tokens: int, *, compiled: bool = False) -> list[int]:
+    return generate(model, prompt, max_new_tokens=new_tokens, compiled=compiled).tokens[0]
 
 
-def run_hf(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+def run_hf(model, prompt: torch.Tensor, new_tokens: int, *, static: bool = False) -> list[int]:
+    """HF ``generate``; ``static``: its static cache with the forward compiled, which HF does by
+    itself only on accelerators (``CompileConfig._compile_all_devices`` asks for it on a CPU too)."""
+    kwargs = {}
+    if static:
+        from transformers import CompileConfig
+
+        config = CompileConfig(mode="default")
+        config._compile_all_devices = True
+        kwargs = dict(cache_implementation="static", compile_config=config)
     with torch.inference_mode():
-        out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False)
+        out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, **kwargs)
     return out[0, prompt.shape[1] :].tolist()
 
 
@@ -93,9 +111,24 @@ def bench_speed(args) -> None:
     model = zoo.build(zoo_overrides(n_kv_heads=args.n_kv_heads)).eval()
     copy_llama_weights(hf, model)
     prompt = torch.randint(0, SIZES["vocab_size"], (1, args.prompt_len))
-    runners = {"zoo (KV cache)": lambda: run_zoo(model, prompt, args.new_tokens), "HF generate": lambda: run_hf(hf, prompt, args.new_tokens)}
-    for run in runners.values():  # warm-up
-        run()
+    runners = {
+        "zoo (KV cache)": lambda: run_zoo(model, prompt, args.new_tokens),
+        "zoo compiled": lambda: run_zoo(model, prompt, args.new_tokens, compiled=True),
+        "HF generate": lambda: run_hf(hf, prompt, args.new_tokens),
+    }
+    if args.hf_static:
+        runners["HF static+compile"] = lambda: run_hf(hf, prompt, args.new_tokens, static=True)
+    for name, run in list(runners.items()):  # warm-up, and the compilations
+        start = time.perf_counter()
+        try:
+            run()
+        except Exception as error:  # HF's static cache may not compile on a CPU: say so and go on
+            if name != "HF static+compile":
+                raise
+            print(f"{name} failed on {torch.device('cpu')}: {type(error).__name__}: {str(error)[:200]}")
+            del runners[name]
+            continue
+        print(f"warm-up {name}: {time.perf_counter() - start:.1f} s")
     wall: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
     tokens = {}
@@ -104,16 +137,15 @@ def bench_speed(args) -> None:
             w, c, tokens[name] = timed(run)
             wall[name].append(w)
             cpu[name].append(c)
-    same = tokens["zoo (KV cache)"] == tokens["HF generate"]
     print(f"\ngreedy decoding, batch 1, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
           f"{torch.get_num_threads()} thread(s), median of {args.repeats} interleaved runs")
-    print(f"same tokens as HF: {same}")
-    print(f"{'':<16} {'tokens/s':>9} {'ms/token':>9} {'ratio':>7} {'best ratio':>11} {'CPU ms/token':>13} {'CPU ratio':>10}")
+    print("same tokens as HF: " + ", ".join(f"{name} {tokens[name] == tokens['HF generate']}" for name in runners if name != "HF generate"))
+    print(f"{'':<18} {'tokens/s':>9} {'ms/token':>9} {'ratio':>7} {'best ratio':>11} {'CPU ms/token':>13} {'CPU ratio':>10}")
     hf_wall, hf_best, hf_cpu = statistics.median(wall["HF generate"]), min(wall["HF generate"]), statistics.median(cpu["HF generate"])
     for name in runners:
         w, best, c = statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name])
         print(
-            f"{name:<16} {args.new_tokens / w:>9.1f} {1000 * w / args.new_tokens:>9.2f} {hf_wall / w:>6.2f}x "
+            f"{name:<18} {args.new_tokens / w:>9.1f} {1000 * w / args.new_tokens:>9.2f} {hf_wall / w:>6.2f}x "
             f"{hf_best / best:>10.2f}x {1000 * c / args.new_tokens:>13.2f} {hf_cpu / c:>9.2f}x"
         )
     print("ratio: HF time / this time (> 1: faster than HF), from medians; best ratio from the fastest run of each;")
@@ -143,6 +175,117 @@ def bench_bytes(args) -> None:
         print(f"{name:<22} {kv:>8} {got:>10} {got / mha:>6.3f}x {expected:>10}")
 
 
+#: the variants of the context sweep: (KV heads of 4, window)
+VARIANTS = {"mha": (4, None), "gqa 2/4": (2, None), "mqa": (1, None), "window 256": (4, 256)}
+
+
+def filled_session(model, *, batch: int, context: int, room: int):
+    """A session as after prefilling ``context`` tokens per row, its caches filled with random keys
+    and values (what they hold does not change the time of a step)."""
+    session = model.open_session([[1] * context] * batch, pad_id=0, start_id=0, room=room)
+    g = torch.Generator().manual_seed(0)
+    for block, layer in zip(model.stack.layers, session.cache):
+        k = torch.randn(batch, block.attn.n_kv_heads, context, block.attn.head_dim, generator=g)
+        layer.self_attn.update(k, torch.randn(k.shape, generator=g), session.positions[:, :context], None)
+    session.fed = context
+    return session
+
+
+def steps_ms(feed, token: torch.Tensor, steps: int) -> tuple[float, torch.Tensor]:
+    """Milliseconds per greedy step over ``steps`` steps, and the last token."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = feed(token)[:, -1:].argmax(-1)
+    return 1000 * (time.perf_counter() - start) / steps, token
+
+
+def bench_context(args) -> list[dict]:
+    """Eager and static + compiled decode steps per variant x batch x context (rows for the table and plot)."""
+    from zoo.generation.static import StaticDecoder
+
+    torch._dynamo.config.cache_size_limit = 256  # one graph per shape family: never fall back to eager silently
+    room = 2 + args.rounds * args.steps
+    rows = []
+    print(f"\ndecode steps after a context, {torch.get_num_threads()} thread(s), fp32, cache filled with random keys; "
+          f"median of {args.rounds} rounds of {args.steps} steps, eager and compiled alternating")
+    print(f"{'variant':<11} {'batch':>5} {'context':>7} {'cache MiB':>9} {'eager ms':>9} {'compiled ms':>11} "
+          f"{'eager tok/s':>11} {'compiled tok/s':>14} {'compiled/eager':>14} {'compile s':>9}")
+    for batch in args.batches:
+        for name, (kv, window) in VARIANTS.items():
+            torch.manual_seed(0)
+            model = zoo.build(zoo_overrides(n_kv_heads=kv, window=window, max_seq_len=max(args.contexts) + room)).eval()
+            for context in args.contexts:
+                with torch.inference_mode():
+                    eager = filled_session(model, batch=batch, context=context, room=room)
+                    static = filled_session(model, batch=batch, context=context, room=room)
+                    nbytes = cache_nbytes(eager.cache)
+                    token = torch.ones(batch, 1, dtype=torch.long)
+                    start = time.perf_counter()
+                    decoder = StaticDecoder(static, room=room)
+                    decoder.feed(token), decoder.feed(token)  # compiles (or reuses a graph), then one warm step
+                    compile_s = time.perf_counter() - start
+                    eager.feed(token), eager.feed(token)
+                    times = {"eager": [], "compiled": []}
+                    for _ in range(args.rounds):
+                        for mode, feed in (("eager", eager.feed), ("compiled", decoder.feed)):
+                            ms, _ = steps_ms(feed, token, args.steps)
+                            times[mode].append(ms)
+                e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
+                row = dict(variant=name, batch=batch, context=context, cache_bytes=nbytes, eager_ms=e, compiled_ms=c, compile_s=compile_s)
+                rows.append(row)
+                print(f"{name:<11} {batch:>5} {context:>7} {nbytes / 2**20:>9.1f} {e:>9.2f} {c:>11.2f} "
+                      f"{1000 * batch / e:>11.1f} {1000 * batch / c:>14.1f} {e / c:>13.2f}x {compile_s:>9.1f}", flush=True)
+    print_ratios(rows, args)
+    return rows
+
+
+def print_ratios(rows: list[dict], args) -> None:
+    """Each variant's speed against MHA's at the same batch and context (the cache-size payoff)."""
+    mha = {(r["batch"], r["context"]): r for r in rows if r["variant"] == "mha"}
+    print(f"\nspeed vs MHA at the same batch and context (MHA ms / variant ms; > 1: faster)")
+    print(f"{'variant':<11} {'batch':>5} {'context':>7} {'bytes vs MHA':>12} {'eager':>7} {'compiled':>9}")
+    for r in rows:
+        base = mha.get((r["batch"], r["context"]))
+        if base is None or r["variant"] == "mha":
+            continue
+        print(f"{r['variant']:<11} {r['batch']:>5} {r['context']:>7} {r['cache_bytes'] / base['cache_bytes']:>11.3f}x "
+              f"{base['eager_ms'] / r['eager_ms']:>6.2f}x {base['compiled_ms'] / r['compiled_ms']:>8.2f}x")
+
+
+def plot_context(rows: list[dict], path: str) -> None:
+    """ms per step against context, one panel per batch; solid compiled, dashed eager."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no plot ({path})")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for i, name in enumerate(VARIANTS):
+            mine = [r for r in rows if r["variant"] == name and r["batch"] == batch]
+            if not mine:
+                continue
+            x = [r["context"] for r in mine]
+            ax.plot(x, [r["compiled_ms"] for r in mine], f"C{i}-o", label=f"{name} compiled")
+            ax.plot(x, [r["eager_ms"] for r in mine], f"C{i}--x", label=f"{name} eager")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({r["context"] for r in rows}), [str(c) for c in sorted({r["context"] for r in rows})])
+        ax.minorticks_off()
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("ms per decode step")
+        ax.set_title(f"batch {batch}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"plot: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=256)
@@ -151,12 +294,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (batch-1 decoding gains little from more)")
     parser.add_argument("--n-kv-heads", type=int, default=4, help="KV heads of the speed comparison (4: MHA)")
     parser.add_argument("--window", type=int, default=64, help="window of the rolling-buffer row of the bytes table")
-    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--hf-static", action="store_true", help="also HF generate with its static cache, compiled")
+    parser.add_argument("--skip-speed", action="store_true", help="skip part 1 (zoo vs HF)")
+    parser.add_argument("--skip-bytes", action="store_true", help="skip part 2 (cache bytes)")
+    parser.add_argument("--skip-context", action="store_true", help="skip part 3 (the context sweep)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rounds", type=int, default=3, help="context sweep: alternating rounds per mode")
+    parser.add_argument("--steps", type=int, default=8, help="context sweep: decode steps per round")
+    parser.add_argument("--plot", default=None, help="context sweep: write the plot here (PNG)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: 64 new tokens, 3 repeats, contexts 256/4096/8192, 2 rounds of 4 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.new_tokens, args.repeats, args.contexts, args.rounds, args.steps = 64, 3, [256, 4096, 8192], 2, 4
     torch.set_num_threads(args.threads)
     if not args.skip_speed:
         bench_speed(args)
-    bench_bytes(args)
+    if not args.skip_bytes:
+        bench_bytes(args)
+    if not args.skip_context:
+        rows = bench_context(args)
+        if args.plot:
+            plot_context(rows, args.plot)
 
 
 if __name__ == "__main__":

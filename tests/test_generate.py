@@ -28,6 +28,15 @@ def test_cli_run_prints_text_and_speed_with_a_draft(capsys):
     assert out.acceptance_rate is not None and len(out.tokens[0]) <= 6
 
 
+def test_cli_refuses_a_compiled_step_with_a_draft_before_building_anything(monkeypatch):
+    from zoo import generate as cli
+
+    monkeypatch.setattr(cli, "build_models", lambda *a, **k: pytest.fail("built a model before refusing"))
+    cfg = compose_generate([*TINY_CLI, "compiled=true", 'draft.overrides="model.n_layers=1"'])
+    with pytest.raises(ConfigError, match="compiled=True.*draft"):
+        cli.run(cfg)
+
+
 def test_cli_loads_a_training_checkpoint_folder(tmp_path, capsys):
     """A folder as zoo-train writes it (model.safetensors, config.yaml, tokenizer/), found through
     the run folder's checkpoints/latest.json."""

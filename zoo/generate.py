@@ -157,10 +157,12 @@ def build_draft(cfg, *, model: torch.nn.Module, tokenizer, task_overrides: list[
 
 def check_draft(cfg) -> None:
     """Refuse, before any model is built, a draft that cannot help: both kinds at once, or random
-    weights (``draft.overrides``) next to a trained target."""
+    weights (``draft.overrides``) next to a trained target; or a draft next to ``compiled=true``."""
     d = cfg.draft
     if d.checkpoint and d.overrides:
         raise ConfigError("draft.overrides", str(d.overrides), "null when draft.checkpoint is set (a draft is one or the other)")
+    if cfg.get("compiled") and (d.checkpoint or d.overrides):
+        raise ConfigError("compiled", True, "false or null with a draft (speculative decoding runs on the eager KV cache)")
     if d.overrides and cfg.checkpoint:
         raise ConfigError(
             "draft.overrides", str(d.overrides),
@@ -205,6 +207,7 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     out = generate(
         model, [prompt], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         eos_id=eos, pad_id=tokenizer.pad_id, start_id=tokenizer.bos_id, seed=cfg.seed, draft=draft, n_draft=cfg.draft.n_draft,
+        compiled=cfg.get("compiled"),
     )
     seconds = time.perf_counter() - start
     new = out.tokens[0]

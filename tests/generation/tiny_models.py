@@ -18,11 +18,11 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
 ARCHS = {"causal": CausalLM, "prefix": PrefixLM, "encdec": EncoderDecoder, "encoder": EncoderLM}
 
 
-def tiny(arch="causal", *, pos=RoPE, seed=0, n_layers=2, dim=32, window=None, std=0.3, vocab=VOCAB, max_seq_len=128):
+def tiny(arch="causal", *, pos=RoPE, seed=0, n_layers=2, dim=32, window=None, n_kv_heads=2, std=0.3, vocab=VOCAB, max_seq_len=128):
     """A small model built by hand; a large init ``std`` makes its distributions peaked (fewer near-ties)."""
     kwargs = dict(
         vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=4, max_seq_len=max_seq_len,
-        attention=partial(Attention, n_kv_heads=2, window=window), ffn=partial(SwiGLU), norm=partial(RMSNorm),
+        attention=partial(Attention, n_kv_heads=n_kv_heads, window=window), ffn=partial(SwiGLU), norm=partial(RMSNorm),
         residual=partial(PreNorm), pos=pos, init=NormalInit(std=std),
     )
     if arch == "encdec":

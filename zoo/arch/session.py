@@ -60,9 +60,25 @@ class Session:
             )
         prepare_cache(self.cache, max_len=total, rollback=self.rollback)
 
+    #: ``(b | 1, t)`` the position of every column a call may reach
+    positions: torch.Tensor
+
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens (b, n)`` after everything fed so far: logits ``(b, n, v)``."""
+        start, n = self.fed, tokens.shape[1]
+        logits = self.call(tokens, positions=self.positions[:, start : start + n], valid=self.valid_at(start, n))
+        self.fed = start + n
+        return logits
+
+    def call(self, tokens: torch.Tensor, *, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """One model call on ``tokens (b, n)`` at ``positions`` with this session's cache and fixed inputs
+        (a prefix, an encoder output): logits ``(b, n, v)``. Counts nothing: :meth:`feed` does, and a
+        compiled decode step (:mod:`zoo.generation.static`) calls this alone."""
         raise NotImplementedError
+
+    def valid_at(self, start: int, n: int) -> torch.Tensor | None:
+        """``(b, n)`` padding flags of the columns ``start .. start + n`` (``None``: no padding there)."""
+        return None
 
     def truncate(self, n: int) -> None:
         """Forget everything fed after the first ``n`` tokens."""
@@ -97,16 +113,14 @@ class LMSession(Session):
         self.valid = column[None, :width] >= pads[:, None] if bool(pads.any()) else None  # (b, n_prompt)
         self.prefix_len = width - pads  # (b,)
 
-    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        start, n = self.fed, tokens.shape[1]
+    def valid_at(self, start: int, n: int) -> torch.Tensor | None:
         valid = None if self.valid is None or start >= self.valid.shape[1] else self.valid[:, start : start + n]
         if valid is not None and valid.shape[1] < n:
             valid = torch.cat([valid, valid.new_ones(valid.shape[0], n - valid.shape[1])], dim=1)
-        logits = self.model(
-            tokens, positions=self.positions[:, start : start + n], valid=valid, prefix_len=self.prefix_len, cache=self.cache
-        )
-        self.fed = start + n
-        return logits
+        return valid
+
+    def call(self, tokens: torch.Tensor, *, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return self.model(tokens, positions=positions, valid=valid, prefix_len=self.prefix_len, cache=self.cache)
 
 
 class EncDecSession(Session):
@@ -138,10 +152,5 @@ class EncDecSession(Session):
         self.open(1)
         self.positions = torch.arange(1 + room + 1, device=self.device)[None]
 
-    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        start, n = self.fed, tokens.shape[1]
-        logits = self.model.decode(
-            tokens, self.memory, src_valid=self.src_valid, positions=self.positions[:, start : start + n], cache=self.cache
-        )
-        self.fed = start + n
-        return logits
+    def call(self, tokens: torch.Tensor, *, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return self.model.decode(tokens, self.memory, src_valid=self.src_valid, positions=positions, cache=self.cache)

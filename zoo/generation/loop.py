@@ -13,6 +13,7 @@ from zoo.generation.prompts import Prompts, as_lists, evaluating
 from zoo.generation.result import Generation, trim_at_eos
 from zoo.generation.sampling import check_sampling, next_token, seeded_generator
 from zoo.generation.speculative import speculative_generate
+from zoo.generation.static import StaticDecoder, compile_pays
 
 
 def generate(
@@ -30,6 +31,7 @@ def generate(
     generator: torch.Generator | None = None,
     draft: nn.Module | None = None,
     n_draft: int = 4,
+    compiled: bool | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after each prompt, with the model's KV cache.
 
@@ -51,6 +53,10 @@ def generate(
         draft: a smaller model for speculative decoding (Leviathan et al. 2023, arXiv:2211.17192);
             the output is distributed as without it (token for token equal when greedy).
         n_draft: tokens the draft proposes per round.
+        compiled: decode steps over a static-shape KV cache, compiled with ``torch.compile`` (CUDA
+            graphs on CUDA) (:mod:`zoo.generation.static`): the same tokens, without the per-operator
+            overhead, after a compilation of seconds. ``None``: only where it was measured to pay
+            (:func:`~zoo.generation.static.compile_pays`). Not with a ``draft``.
 
     Returns: a :class:`Generation`; ``tokens[i]`` are the new tokens of prompt ``i``.
     """
@@ -58,6 +64,12 @@ def generate(
     if max_new_tokens < 0:
         raise ConfigError("generate.max_new_tokens", max_new_tokens, ">= 0")
     rows = as_lists(prompts)
+    if draft is not None and compiled:
+        raise ConfigError(
+            "generate.compiled", compiled,
+            "false or null with a draft: speculative decoding feeds several tokens a call and takes them back, "
+            "which the static one-token step does not do (it runs on the eager cache)",
+        )  # fmt: skip
     if draft is not None:
         return speculative_generate(
             model, draft, rows, max_new_tokens=max_new_tokens, n_draft=n_draft, temperature=temperature, top_k=top_k,
@@ -71,6 +83,9 @@ def generate(
         if max_new_tokens == 0:
             return Generation(tokens=[[] for _ in rows])
         logits = session.feed(session.prompt)[:, -1]
+        steps = max_new_tokens - 1
+        if compiled or (compiled is None and compile_pays(steps=steps)):
+            session = StaticDecoder(session, room=steps)
         done = torch.zeros(b, dtype=torch.bool, device=session.device)
         calls = 0
         for t in range(max_new_tokens):

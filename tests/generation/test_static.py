@@ -1,0 +1,78 @@
+"""zoo.generation.static: decode steps over the static-shape cache give the eager cache's tokens and
+logits (MHA, GQA, MQA, a sliding window; a padded batch; every decoder architecture), and compiled
+they trace once per generation, never once per step."""
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+from zoo.generation import generate
+from zoo.generation.static import StaticDecoder
+
+from tiny_models import PROMPTS, perturbed, tiny
+
+ATTENTION = {"mha": dict(n_kv_heads=4), "gqa": dict(n_kv_heads=2), "mqa": dict(n_kv_heads=1), "window": dict(n_kv_heads=2, window=3)}
+
+
+def greedy(model, prompts, n, **static):
+    """Greedy tokens ``(b, n)`` and their logits ``(b, n, v)``, eager cache or (``static``) StaticDecoder."""
+    with torch.inference_mode():
+        session = model.open_session(prompts, pad_id=0, start_id=1, room=n)
+        logits = session.feed(session.prompt)[:, -1]
+        step = StaticDecoder(session, room=n - 1, **static) if static else session
+        tokens, seen = [], []
+        for t in range(n):
+            tokens.append(logits.argmax(-1))
+            seen.append(logits)
+            if t + 1 < n:
+                logits = step.feed(tokens[-1][:, None])[:, -1]
+        return torch.stack(tokens, 1), torch.stack(seen, 1)
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_static_steps_give_the_eager_tokens_and_logits(attention):
+    model = tiny(**ATTENTION[attention])
+    want, want_logits = greedy(model, PROMPTS, 12)  # 12 new tokens: the window's ring wraps many times
+    got, got_logits = greedy(model, PROMPTS, 12, compiled=False)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_logits, want_logits)
+
+
+@pytest.mark.parametrize("arch", ["prefix", "encdec"])
+def test_every_decoder_architecture_steps_statically(arch):
+    model = tiny(arch)
+    want, want_logits = greedy(model, PROMPTS, 8)
+    got, got_logits = greedy(model, PROMPTS, 8, compiled=False)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_logits, want_logits)
+
+
+def test_compiled_steps_trace_once_and_never_recompile():
+    """Traced by dynamo (backend ``eager``: no code generated, so it is quick); a step whose shapes or
+    guarded values changed would recompile, which ``error_on_recompile`` turns into an error."""
+    from torch._dynamo.utils import counters
+
+    model = tiny(window=3)
+    want, want_logits = greedy(model, PROMPTS, 10)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got, got_logits = greedy(model, PROMPTS, 10, backend="eager")
+    assert counters["stats"]["unique_graphs"] == 1
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_logits, want_logits)
+
+
+@pytest.mark.slow
+def test_generate_compiled_with_inductor_gives_the_eager_tokens():
+    """The real thing: ``generate(compiled=True)`` generates fused code (10-60 s on a shared CPU)."""
+    model = tiny(n_kv_heads=1)
+    torch._dynamo.reset()
+    want = generate(model, PROMPTS, max_new_tokens=10, compiled=False).tokens
+    assert generate(model, PROMPTS, max_new_tokens=10, compiled=True).tokens == want
+
+
+def test_speculative_decoding_refuses_a_compiled_step():
+    model = tiny()
+    with pytest.raises(ConfigError, match="generate.compiled"):
+        generate(model, PROMPTS, max_new_tokens=4, draft=perturbed(model, scale=0.1), compiled=True)
