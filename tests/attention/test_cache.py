@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zoo.arch import CausalLM, EncoderDecoder, PrefixLM
-from zoo.attention import Attention, CrossAttention, MultiHeadLatentAttention
+from zoo.attention import Attention, CrossAttention, DifferentialAttention, MultiHeadLatentAttention
 from zoo.attention.cache import KVCache, cache_nbytes, prepare_cache, truncate_cache
 from zoo.ffn import SwiGLU
 from zoo.arch.session import EncDecSession, LMSession
@@ -34,6 +34,7 @@ ATTENTION = {
     # a compressed query, values narrower than keys: every size of its own
     "mla": partial(MultiHeadLatentAttention, kv_rank=12, q_rank=10, nope_head_dim=6, v_head_dim=5),
     "mla_window": partial(MultiHeadLatentAttention, kv_rank=12, window=WINDOW),
+    "differential": partial(DifferentialAttention, n_kv_heads=2),
 }
 ARCHS = {"causal": CausalLM, "prefix": PrefixLM, "encdec": EncoderDecoder}
 VOCAB = 50
