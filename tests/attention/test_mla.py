@@ -109,3 +109,42 @@ def test_bad_sizes_are_refused_with_the_key():
 
 def test_compressed_queries_pass_the_contract():
     check_contract(["model/attention=mla", "model.attention.q_rank=16", "model.attention.v_head_dim=4"])
+
+
+def deinterleaved(w: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``w`` with rows ``rows`` reordered from pairs ``(2i, 2i+1)`` to halves ``(i, i + d/2)``."""
+    w = w.clone()
+    part = w[rows]
+    w[rows] = torch.cat([part[0::2], part[1::2]])
+    return w
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@torch.no_grad()
+def test_latent_attention_equals_transformers_deepseek_v3_attention(interleaved):
+    """An independent implementation: transformers' ``DeepseekV3Attention`` with the same weights
+    (its interleaved rotary channels are the half-split ones after a row permutation)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deepseek_v3 import modeling_deepseek_v3 as ds
+
+    config = transformers.DeepseekV3Config(
+        hidden_size=DIM, num_attention_heads=HEADS, num_key_value_heads=HEADS, q_lora_rank=Q_RANK, kv_lora_rank=KV_RANK,
+        qk_rope_head_dim=ROPE, qk_nope_head_dim=NOPE, v_head_dim=V, rope_interleave=interleaved, rms_norm_eps=1e-6,
+        max_position_embeddings=64, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    theirs = ds.DeepseekV3Attention(config, layer_idx=0).eval()
+    for p in theirs.parameters():
+        torch.nn.init.normal_(p, mean=0.3, std=0.3)
+    ours = latent_attention(kernel="eager")
+    weights = {name.replace("kv_a_proj_with_mqa", "kv_a_proj").replace("layernorm", "norm"): w for name, w in theirs.state_dict().items()}
+    if interleaved:
+        q_b = weights["q_b_proj.weight"].view(HEADS, NOPE + ROPE, Q_RANK)
+        weights["q_b_proj.weight"] = torch.stack([deinterleaved(h, slice(NOPE, None)) for h in q_b]).view(-1, Q_RANK)
+        weights["kv_a_proj.weight"] = deinterleaved(weights["kv_a_proj.weight"], slice(KV_RANK, None))
+    ours.load_state_dict(weights)
+    x, n = torch.randn(2, 9, DIM), 9
+    cos_sin = ds.DeepseekV3RotaryEmbedding(config)(x, torch.arange(n)[None])
+    causal = torch.zeros(n, n).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))[None, None]
+    expected, _ = theirs(x, cos_sin, causal)
+    torch.testing.assert_close(ours(x, context(n)), expected, atol=1e-5, rtol=1e-4)
