@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zoo.arch import CausalLM, EncoderDecoder, PrefixLM
-from zoo.attention import Attention, CrossAttention
+from zoo.attention import Attention, CrossAttention, DifferentialAttention, MultiHeadLatentAttention
 from zoo.attention.cache import KVCache, cache_nbytes, prepare_cache, truncate_cache
 from zoo.ffn import SwiGLU
 from zoo.arch.session import EncDecSession, LMSession
@@ -26,7 +26,16 @@ POS = {
     "none": NoPositions,
 }
 WINDOW = 4
-ATTENTION = {"mha": {}, "mqa": {"n_kv_heads": 1}, "gqa": {"n_kv_heads": 2}, "sliding_window": {"window": WINDOW}}
+ATTENTION = {
+    "mha": partial(Attention),
+    "mqa": partial(Attention, n_kv_heads=1),
+    "gqa": partial(Attention, n_kv_heads=2),
+    "sliding_window": partial(Attention, window=WINDOW),
+    # a compressed query, values narrower than keys: every size of its own
+    "mla": partial(MultiHeadLatentAttention, kv_rank=12, q_rank=10, nope_head_dim=6, v_head_dim=5),
+    "mla_window": partial(MultiHeadLatentAttention, kv_rank=12, window=WINDOW),
+    "differential": partial(DifferentialAttention, n_kv_heads=2),
+}
 ARCHS = {"causal": CausalLM, "prefix": PrefixLM, "encdec": EncoderDecoder}
 VOCAB = 50
 
@@ -42,17 +51,14 @@ def one_thread():
 
 def tiny(arch: str = "causal", pos: str = "rope", attention: str = "mha", *, seed: int = 0, n_kv_heads=None, window=None):
     """A 2-layer, dim-32 model built by hand (no Hydra), seeded, in eval mode."""
-    attn = dict(ATTENTION[attention])
-    if n_kv_heads is not None:
-        attn["n_kv_heads"] = n_kv_heads
-    if window is not None:
-        attn["window"] = window
+    extra = {"n_kv_heads": n_kv_heads, "window": window}
+    attn = partial(ATTENTION[attention], **{k: v for k, v in extra.items() if v is not None})
     kwargs = dict(
-        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=64, attention=partial(Attention, **attn),
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=64, attention=attn,
         ffn=partial(SwiGLU), norm=partial(RMSNorm), residual=partial(PreNorm), pos=POS[pos], init=NormalInit(std=0.1),
     )
     if arch == "encdec":
-        kwargs["cross_attention"] = partial(CrossAttention, n_kv_heads=attn.get("n_kv_heads"))
+        kwargs["cross_attention"] = partial(CrossAttention, n_kv_heads=attn.keywords.get("n_kv_heads"))
     torch.manual_seed(seed)
     return ARCHS[arch](**kwargs).eval()
 

@@ -87,8 +87,14 @@ def attention_keys(attn: nn.Module, n_keys: int) -> int:
 
 
 def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
-    heads, head_dim = getattr(attn, "n_heads", 0), getattr(attn, "head_dim", 0)
-    return 4.0 * n_queries * attention_keys(attn, n_keys) * heads * head_dim
+    """``q k^T`` and ``weights @ v`` over the keys each query scores: per query-key pair, the layer's own
+    ``flops_per_pair()`` where it says so (latent, differential attention), else ``4 * n_heads * head_dim``."""
+    per_pair = getattr(attn, "flops_per_pair", None)
+    if callable(per_pair):
+        pair = float(per_pair())
+    else:
+        pair = 4.0 * getattr(attn, "n_heads", 0) * getattr(attn, "head_dim", 0)
+    return n_queries * attention_keys(attn, n_keys) * pair
 
 
 def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> FlopCount:

@@ -76,6 +76,7 @@ class Stack(nn.Module):
         )
         if causal:
             refuse_future(self.layers)
+        tell_depth(self.layers)
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
         self.norm = norm(dim) if final_norm else nn.Identity()
@@ -119,6 +120,16 @@ def refuse_future(layers: nn.Module) -> None:
         refusal = ask() if callable(ask) else None
         if refusal is not None:
             raise refusal
+
+
+def tell_depth(layers: nn.ModuleList) -> None:
+    """Tell every module that asks where its block sits: ``at_depth(layer, n_layers)`` with the block's
+    0-based index (differential attention's ``lambda_init`` grows with depth)."""
+    for i, layer in enumerate(layers):
+        for module in layer.modules():
+            tell = getattr(module, "at_depth", None)
+            if callable(tell):
+                tell(i, len(layers))
 
 
 def head_dim_of(dim: int, n_heads: int, head_dim: int | None) -> int:
