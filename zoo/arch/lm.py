@@ -11,6 +11,7 @@ from torch import nn
 
 from zoo.arch import cost
 from zoo.arch.protocol import Example, device_of
+from zoo.arch.pattern import LayerPattern
 from zoo.arch.session import LMSession
 from zoo.arch.stack import Factory, Stack, default_positions, document_positions, head_dim_of
 from zoo.attention.cache import LayerCache
@@ -36,6 +37,8 @@ class TransformerLM(nn.Module):
         embed_norm: a norm right after the embedding (BLOOM).
         final_norm: a norm after the last block; ``None`` follows the residual wiring.
         dropout: residual, attention, FFN and embedding dropout.
+        layers: per-layer kinds that override slots (``model/layers``, :mod:`zoo.arch.pattern`);
+            ``None``: every layer alike.
 
     Shapes: tokens ``(b, n)`` -> logits ``(b, n, vocab_size)``.
 
@@ -72,6 +75,7 @@ class TransformerLM(nn.Module):
         embed_norm: bool = False,
         final_norm: bool | None = None,
         dropout: float = 0.0,
+        layers: LayerPattern | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
@@ -93,6 +97,7 @@ class TransformerLM(nn.Module):
             dropout=dropout,
             embed_norm=embed_norm,
             final_norm=final_norm,
+            layers=layers,
         )
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         init(self, n_layers=n_layers)
@@ -178,6 +183,9 @@ class TransformerLM(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         return cost.param_counts(self)
+
+    def layer_costs(self, *, seq_len: int) -> list[dict]:
+        return cost.layer_costs(self.stack, n=seq_len, cached=self.can_generate)
 
 
 class CausalLM(TransformerLM):
