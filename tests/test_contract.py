@@ -2,10 +2,10 @@
 
 import pytest
 
-from zoo.config import group_options
+from zoo.config import GROUPS, group_options
 from zoo.testing import check_contract
 
-SLOTS = ["model/norm", "model/residual", "model/ffn", "model/pos", "model/attention", "model/init"]
+SLOTS = [group for group in GROUPS if group.startswith("model/")]
 CASES = [f"{group}={option}" for group in SLOTS for option in group_options(group)]
 CASES += [f"model={arch}" for arch in group_options("model")]
 

@@ -16,7 +16,7 @@ from zoo.trust import PLUGIN_GROUP, check_config
 
 CONF_MODULE = "zoo.conf"
 #: the swap points, in the order the catalogue shows them
-GROUPS = ("model", "model/norm", "model/residual", "model/ffn", "model/pos", "model/attention", "model/init", "preset")
+GROUPS = ("model", "model/norm", "model/residual", "model/ffn", "model/pos", "model/attention", "model/init", "model/layers", "preset")
 
 
 def plugin_config_modules() -> dict[str, str]:

@@ -189,9 +189,16 @@ def cost(overrides: list[str]) -> str:
 
     cfg = compose(overrides)
     seq_len = int(cfg.trainer.seq_len)
-    report = cost_report(instantiate_model(cfg.model, device="meta"), seq_len=seq_len)
+    model = instantiate_model(cfg.model, device="meta")
+    report = cost_report(model, seq_len=seq_len)
     lines = [f"{type_name(cfg.model)} at seq_len={seq_len}"]
     lines += [f"  {k:<24}{v:>16,.0f}" for k, v in report.items()]
+    rows = model.layer_costs(seq_len=seq_len)
+    header = ["layer", "kind", "window", "ffn", "pos", "params", "flops/token", "KV cache bytes"]
+    table = [[str(r["layer"]), r["kind"], str(r["window"] or "full"), r["ffn"], r["pos"], f"{r['params']:,}", f"{r['flops_per_token']:,.0f}", f"{r['kv_cache_bytes']:,}"] for r in rows]
+    widths = [max(len(x) for x in column) for column in zip(header, *table)]
+    lines += ["", "per layer (KV cache: one sequence of seq_len tokens, decoding)"]
+    lines += ["  " + "  ".join(x.rjust(w) if j >= 5 else x.ljust(w) for j, (x, w) in enumerate(zip(row, widths))) for row in [header, *table]]
     return "\n".join(lines)
 
 

@@ -97,20 +97,58 @@ def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
     return n_queries * attention_keys(attn, n_keys) * pair
 
 
+def layer_flops(layer: nn.Module, *, n: int, memory_len: int | None = None) -> FlopCount:
+    """Forward FLOPs of one block over ``n`` tokens (cross-attending to ``memory_len``): its own window and FFN."""
+    count = FlopCount(tokens=n)
+    attn, cross = layer.attn, getattr(layer, "cross_attn", None)
+    count.attn_proj += 2.0 * n * linear_weights(attn)
+    count.attn_scores += score_flops(attn, n, n)
+    if cross is not None:
+        # queries and the output projection run on the decoder's tokens, keys and values on the memory's
+        q_o = cross.q_proj.weight.numel() + cross.o_proj.weight.numel()
+        count.attn_proj += 2.0 * (n * q_o + memory_len * (linear_weights(cross) - q_o))
+        count.attn_scores += score_flops(cross, n, memory_len)
+    count.ffn += 2.0 * n * ffn_weights(layer.ffn)
+    return count
+
+
 def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> FlopCount:
     """Forward FLOPs of a :class:`~zoo.arch.Stack` over ``n`` tokens (cross-attending to ``memory_len``)."""
     count = FlopCount(tokens=n)
     for layer in stack.layers:
-        attn, cross = layer.attn, getattr(layer, "cross_attn", None)
-        count.attn_proj += 2.0 * n * linear_weights(attn)
-        count.attn_scores += score_flops(attn, n, n)
-        if cross is not None:
-            # queries and the output projection run on the decoder's tokens, keys and values on the memory's
-            q_o = cross.q_proj.weight.numel() + cross.o_proj.weight.numel()
-            count.attn_proj += 2.0 * (n * q_o + memory_len * (linear_weights(cross) - q_o))
-            count.attn_scores += score_flops(cross, n, memory_len)
-        count.ffn += 2.0 * n * ffn_weights(layer.ffn)
+        part = layer_flops(layer, n=n, memory_len=memory_len)
+        for name in COMPONENTS:
+            setattr(count, name, getattr(count, name) + getattr(part, name))
     return count
+
+
+def kv_cache_bytes(attn: nn.Module, n: int) -> int:
+    """Bytes of keys and values one sequence's cache holds for ``attn`` after ``n`` tokens: every key,
+    or the last ``window`` (a ring buffer), at the projections' dtype."""
+    weight = attn.k_proj.weight
+    return 2 * attention_keys(attn, n) * attn.n_kv_heads * attn.head_dim * weight.element_size()
+
+
+def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cached: bool = True, name: str = "") -> list[dict]:
+    """One row per block of ``stack`` at ``n`` tokens: its kind (:mod:`zoo.arch.pattern`), window, FFN
+    and position classes, parameters, forward FLOPs per token, and the bytes its KV cache holds for one
+    sequence when decoding (self-attention if ``cached``, plus cross-attention over ``memory_len``)."""
+    kinds = stack.layer_kinds()
+    rows = []
+    for i, layer in enumerate(stack.layers):
+        pos = stack.kind_pos[kinds[i]] if kinds[i] in stack.kind_pos else stack.pos
+        rows.append({
+            "layer": f"{name}{i}",
+            "kind": kinds[i],
+            "window": getattr(layer.attn, "window", None),
+            "ffn": type(layer.ffn).__name__,
+            "pos": type(pos).__name__,
+            "params": n_params(layer),
+            "flops_per_token": layer_flops(layer, n=n, memory_len=memory_len).total / n,
+            "kv_cache_bytes": (kv_cache_bytes(layer.attn, n) if cached else 0)
+            + (kv_cache_bytes(layer.cross_attn, memory_len) if getattr(layer, "cross_attn", None) is not None else 0),
+        })  # fmt: skip
+    return rows
 
 
 def head_flops(lm_head: nn.Module, n: int) -> float:

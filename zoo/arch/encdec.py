@@ -181,3 +181,10 @@ class EncoderDecoder(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         return cost.param_counts(self)
+
+    def layer_costs(self, *, seq_len: int, src_len: int | None = None) -> list[dict]:
+        """The encoder's blocks (``enc0``...) over ``src_len`` tokens, then the decoder's (``dec0``...)."""
+        src_len = seq_len if src_len is None else src_len
+        return cost.layer_costs(self.encoder, n=src_len, cached=False, name="enc") + cost.layer_costs(
+            self.decoder, n=seq_len, memory_len=src_len, name="dec"
+        )

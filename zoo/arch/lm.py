@@ -11,6 +11,7 @@ from torch import nn
 
 from zoo.arch import cost
 from zoo.arch.protocol import Example, device_of
+from zoo.arch.pattern import LayerPattern
 from zoo.arch.session import LMSession
 from zoo.arch.stack import Factory, Stack, default_positions, document_positions, head_dim_of
 from zoo.attention.cache import LayerCache
@@ -18,6 +19,7 @@ from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
 from zoo.ffn.moe import losses as moe_losses
 from zoo.residual import Depth
+from zoo.softcap import SoftCap
 
 
 class TransformerLM(nn.Module):
@@ -36,6 +38,10 @@ class TransformerLM(nn.Module):
         embed_norm: a norm right after the embedding (BLOOM).
         final_norm: a norm after the last block; ``None`` follows the residual wiring.
         dropout: residual, attention, FFN and embedding dropout.
+        logit_softcap: soft-cap of the final logits, ``cap * tanh(logits / cap)`` (Gemma 2: 30,
+            arXiv:2408.00118; :class:`zoo.softcap.SoftCap`); ``None``: none.
+        layers: per-layer kinds that override slots (``model/layers``, :mod:`zoo.arch.pattern`);
+            ``None``: every layer alike.
 
     Shapes: tokens ``(b, n)`` -> logits ``(b, n, vocab_size)``.
 
@@ -72,8 +78,12 @@ class TransformerLM(nn.Module):
         embed_norm: bool = False,
         final_norm: bool | None = None,
         dropout: float = 0.0,
+        layers: LayerPattern | None = None,
+        logit_softcap: float | None = None,
     ) -> None:
         super().__init__()
+        if logit_softcap is not None and not logit_softcap > 0:
+            raise ConfigError("model.logit_softcap", logit_softcap, "a positive cap on the logits (Gemma 2: 30.0), or null for none")
         self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
         self.embed = nn.Embedding(vocab_size, dim)
         depth = Depth(stack="decoder" if self.causal else "encoder", encoder_layers=0 if self.causal else n_layers, decoder_layers=n_layers if self.causal else 0)
@@ -93,8 +103,10 @@ class TransformerLM(nn.Module):
             dropout=dropout,
             embed_norm=embed_norm,
             final_norm=final_norm,
+            layers=layers,
         )
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.logit_cap = nn.Identity() if logit_softcap is None else SoftCap(logit_softcap)
         init(self, n_layers=n_layers)
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -137,7 +149,7 @@ class TransformerLM(nn.Module):
         if segments is not None:
             mask = mask.within(segments)
         x = self.stack(self.embed(tokens), positions=positions, mask=mask, cache=cache)
-        return x if hidden else self.lm_head(x)
+        return x if hidden else self.logit_cap(self.lm_head(x))
 
     def aux_loss(self) -> torch.Tensor | None:
         """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""
@@ -178,6 +190,9 @@ class TransformerLM(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         return cost.param_counts(self)
+
+    def layer_costs(self, *, seq_len: int) -> list[dict]:
+        return cost.layer_costs(self.stack, n=seq_len, cached=self.can_generate)
 
 
 class CausalLM(TransformerLM):

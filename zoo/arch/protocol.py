@@ -75,6 +75,10 @@ class Architecture(Protocol):
         """``params``, ``active_params`` and ``embedding_params`` (:func:`zoo.arch.cost.param_counts`)."""
         ...
 
+    def layer_costs(self, *, seq_len: int) -> list[dict]:
+        """One row per block: kind, window, parameters, FLOPs per token, KV-cache bytes (:func:`zoo.arch.cost.layer_costs`)."""
+        ...
+
 
 def missing_answers(model: object) -> list[str]:
     """The members of :class:`Architecture` that ``model`` lacks (empty when it answers them all)."""

@@ -8,7 +8,9 @@ from torch import nn
 from zoo.attention.attention import Context
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
+from zoo.arch.pattern import LayerPattern
 from zoo.errors import ConfigError
+from zoo.pos.base import Positions
 from zoo.residual import Depth
 
 Factory = Callable[..., nn.Module]
@@ -30,6 +32,8 @@ class Stack(nn.Module):
         dropout: residual, attention and FFN dropout.
         embed_norm: a norm right after the embedding (BLOOM).
         final_norm: a norm after the last block; ``None`` follows the residual wiring.
+        layers: the kinds of layers and how each overrides the slots (:mod:`zoo.arch.pattern`);
+            ``None``: every layer alike.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -53,26 +57,30 @@ class Stack(nn.Module):
         dropout: float = 0.0,
         embed_norm: bool = False,
         final_norm: bool | None = None,
+        layers: LayerPattern | None = None,
     ) -> None:
         super().__init__()
-        self.pos = pos(dim, n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
-        if self.pos.requires_causal and not causal:
-            raise ConfigError(
-                "model/pos", type(self.pos).__name__, "carries no order in a bidirectional stack: pick learned, sinusoidal, rope, alibi or t5"
-            )
+        sizes = dict(n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
+        self.pos = pos(dim, **sizes)
+        check_pos(self.pos, causal, "model/pos")
+        self.pattern = LayerPattern.uniform() if layers is None else layers
+        base = dict(attention=attention, ffn=ffn, norm=norm, residual=residual, pos=pos)
+        slots = {kind: self.pattern.factories(kind, base) for kind in dict.fromkeys(self.pattern.pattern)}
+        # A kind with its own position scheme rotates (or biases) its layers' attention with it; the
+        # embedding, which happens once before the first layer, stays the stack's.
+        self.kind_pos = nn.ModuleDict({kind: f["pos"](dim, **sizes) for kind, f in slots.items() if "pos" in self.pattern.overrides(kind)})
+        for kind, kind_pos in self.kind_pos.items():
+            check_pos(kind_pos, causal, f"model.layers.kinds.{kind}.pos")
+            if type(kind_pos).embed is not Positions.embed:
+                raise ConfigError(
+                    f"model.layers.kinds.{kind}.pos", type(kind_pos).__name__,
+                    "adds to the embedding, which happens once per stack: per kind of layer pick rope, alibi, t5 or none",
+                )  # fmt: skip
         self.embed_norm = norm(dim) if embed_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            residual(
-                dim,
-                attn=attention(dim, n_heads=n_heads, head_dim=head_dim, dropout=dropout),
-                ffn=ffn(dim, dropout=dropout),
-                norm=norm,
-                cross_attn=None if cross_attention is None else cross_attention(dim, n_heads=n_heads, head_dim=head_dim, dropout=dropout),
-                dropout=dropout,
-                depth=depth,
-            )
-            for _ in range(n_layers)
+            self._block(dim, slots[self.pattern.kind(i)], n_heads=n_heads, head_dim=head_dim, dropout=dropout, depth=depth, cross_attention=cross_attention)
+            for i in range(n_layers)
         )
         if causal:
             refuse_future(self.layers)
@@ -80,6 +88,22 @@ class Stack(nn.Module):
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
         self.norm = norm(dim) if final_norm else nn.Identity()
+
+    @staticmethod
+    def _block(dim: int, f: dict[str, Factory], *, n_heads: int, head_dim: int, dropout: float, depth: Depth, cross_attention: Factory | None) -> nn.Module:
+        return f["residual"](
+            dim,
+            attn=f["attention"](dim, n_heads=n_heads, head_dim=head_dim, dropout=dropout),
+            ffn=f["ffn"](dim, dropout=dropout),
+            norm=f["norm"],
+            cross_attn=None if cross_attention is None else cross_attention(dim, n_heads=n_heads, head_dim=head_dim, dropout=dropout),
+            dropout=dropout,
+            depth=depth,
+        )
+
+    def layer_kinds(self) -> list[str]:
+        """The kind of each layer (``same`` throughout for a uniform stack)."""
+        return [self.pattern.kind(i) for i in range(len(self.layers))]
 
     def forward(
         self,
@@ -92,21 +116,32 @@ class Stack(nn.Module):
         cache: list[LayerCache] | None = None,
     ) -> torch.Tensor:
         x = self.dropout(self.embed_norm(self.pos.embed(x, positions)))
-        ctx = Context(
-            positions=positions,
-            mask=mask,
-            pos=self.pos,
-            memory=memory,
-            memory_valid=memory_valid,
-            rotation=self.pos.rotation(positions),
-        )
+        contexts: dict[str, Context] = {}
+
+        def context(kind: str) -> Context:
+            if kind not in contexts:
+                pos = self.kind_pos[kind] if kind in self.kind_pos else self.pos
+                # RoPE's tables are computed once per scheme and forward, not once per layer
+                shared = next((c for c in contexts.values() if c.pos is pos), None)
+                rotation = shared.rotation if shared is not None else pos.rotation(positions)
+                contexts[kind] = Context(
+                    positions=positions, mask=mask, pos=pos, memory=memory, memory_valid=memory_valid, rotation=rotation
+                )
+            return contexts[kind]
+
         for i, layer in enumerate(self.layers):
-            x = layer(x, ctx, None if cache is None else cache[i])
+            x = layer(x, context(self.pattern.kind(i)), None if cache is None else cache[i])
         return self.norm(x)
 
     def new_cache(self) -> list[LayerCache]:
         """An empty cache per block, rolling for sliding-window layers."""
         return [LayerCache(window=getattr(layer.attn, "window", None)) for layer in self.layers]
+
+
+def check_pos(pos: Positions, causal: bool, key: str) -> None:
+    """Refuse a position scheme that carries no order in a bidirectional stack (NoPE)."""
+    if pos.requires_causal and not causal:
+        raise ConfigError(key, type(pos).__name__, "carries no order in a bidirectional stack: pick learned, sinusoidal, rope, alibi or t5")
 
 
 def refuse_future(layers: nn.Module) -> None:

@@ -61,6 +61,8 @@ class Attention(nn.Module):
             or ``auto``, which picks the fastest exact one per call (device, training or not, window, lengths).
         qk_norm: a factory ``(head_dim, n_heads=, n_kv_heads=)`` of a module that normalises queries and
             keys before the positions rotate them (:mod:`zoo.attention.qk_norm`); ``None``: none.
+        softcap: soft-cap of the scaled scores, ``softcap * tanh(s / softcap)`` before the softmax (Gemma 2,
+            arXiv:2408.00118: 50); ``None``: none. Kernels ``eager`` and ``flex`` express it; ``auto`` picks one.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -79,6 +81,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         kernel: str = "auto",
         qk_norm: Callable[..., nn.Module] | None = None,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -87,10 +90,12 @@ class Attention(nn.Module):
             raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
         if window is not None and window <= 0:
             raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
-        check_kernel(kernel, dropout=dropout)
+        if softcap is not None and not softcap > 0:
+            raise ConfigError("model.attention.softcap", softcap, "a positive cap on the scores (Gemma 2: 50.0), or null for none")
+        check_kernel(kernel, dropout=dropout, softcap=softcap)
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.window, self.dropout, self.kernel = window, dropout, kernel
+        self.window, self.dropout, self.kernel, self.softcap = window, dropout, kernel, softcap
         self.scale = head_dim**-0.5 if scale is None else scale
         self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
@@ -124,9 +129,11 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=q.device, backward=needs_backward(q, k, v), dropout=dropout,
-            n=q.shape[2], m=k.shape[2],
+            n=q.shape[2], m=k.shape[2], softcap=self.softcap,
         )
-        return kernel(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale, dropout=dropout)
+        # only the kernels that can soft-cap take the argument: the others are refused above
+        capped = {} if self.softcap is None else {"softcap": self.softcap}
+        return kernel(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale, dropout=dropout, **capped)
 
 
 def _no_bias(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:

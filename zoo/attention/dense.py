@@ -13,6 +13,7 @@ from einops import repeat
 
 from zoo.attention.mask import Mask
 from zoo.attention.signature import BiasFn
+from zoo.softcap import soft_cap
 
 
 def eager(
@@ -26,12 +27,16 @@ def eager(
     bias: BiasFn,
     scale: float,
     dropout: float = 0.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """The reference: every score materialised, masked with ``-inf``, softmax in float32."""
+    """The reference: every score materialised, masked with ``-inf``, softmax in float32; ``softcap``
+    squashes the scaled scores to ``(-softcap, softcap)`` before any bias (:func:`zoo.softcap.soft_cap`)."""
     groups = q.shape[1] // k.shape[1]
     k = repeat(k, "b k m d -> b (k g) m d", g=groups)
     v = repeat(v, "b k m d -> b (k g) m d", g=groups)
     scores = torch.einsum("bhnd,bhmd->bhnm", q, k).float() * scale
+    if softcap is not None:
+        scores = soft_cap(scores, softcap)
     score_bias = bias(q_pos, k_pos)
     if score_bias is not None:
         scores = scores + score_bias

@@ -10,6 +10,7 @@ window costs ``O(n * window)``. Here:
 - ``mask_mod`` evaluates the same rule as ``Mask.allows`` on each pair inside the partial tiles, with
   every mask setting passed as a tensor, so one compiled kernel serves causal, prefix, bidirectional,
   windowed, padded and document masks alike (no recompilation per layer kind);
+- score soft-capping (Gemma 2) becomes ``score_mod`` too, before any bias;
 - a score bias (ALiBi, T5) becomes ``score_mod``: a ``(h, offsets)`` table of the bias as a function
   of ``q_pos - k_pos``, looked up per score (differentiable, so T5's table trains on CUDA).
 
@@ -165,6 +166,18 @@ def bias_mod(bias: BiasFn, q_pos: torch.Tensor, k_pos: torch.Tensor):
     return score_mod
 
 
+def capped(score_mod, softcap: float | None):
+    """``score_mod`` after soft-capping the scaled score to ``(-softcap, softcap)`` (``None``: as is)."""
+    if softcap is None:
+        return score_mod
+
+    def capped_mod(score, b, h, q_idx, kv_idx):
+        score = softcap * torch.tanh(score / softcap)
+        return score if score_mod is None else score_mod(score, b, h, q_idx, kv_idx)
+
+    return capped_mod
+
+
 def block_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, *, backward: bool):
     """The :class:`~torch.nn.attention.flex_attention.BlockMask` of ``mask`` on these positions."""
     from torch.nn.attention.flex_attention import BlockMask
@@ -195,8 +208,9 @@ def flex(
     bias: BiasFn,
     scale: float,
     dropout: float = 0.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """FlexAttention under ``mask`` with ``bias`` as a score modifier; equal to the eager reference.
+    """FlexAttention under ``mask`` with ``bias`` (and ``softcap``) as score modifiers; equal to the eager reference.
 
     Rows that see no key (pure padding) come out as zeros rather than the eager reference's mean of
     every value; their output is never read.
@@ -205,6 +219,7 @@ def flex(
         q: ``(b, h, n, d)``; k, v: ``(b, k, m, d)``; q_pos, k_pos: ``(b, n)``, ``(b, m)``.
         mask, bias, scale: as for every kernel.
         dropout: must be 0 (FlexAttention has none).
+        softcap: soft-cap of the scaled scores, or ``None``.
 
     Returns: ``(b, h, n, d)``.
     """
@@ -228,7 +243,7 @@ def flex(
         q,
         k,
         v,
-        score_mod=bias_mod(bias, q_pos, k_pos),
+        score_mod=capped(bias_mod(bias, q_pos, k_pos), softcap),
         block_mask=block_mask(mask, q_pos, k_pos, backward=backward),
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],

@@ -32,6 +32,7 @@ class KernelSpec:
         fn: the kernel, with the signature of :func:`eager`.
         summary: one line for catalogues.
         supports_bias: takes a score bias (ALiBi, T5).
+        supports_softcap: soft-caps scores (Gemma 2's ``cap * tanh(s / cap)``); only these take ``softcap=``.
         supports_dropout: applies attention dropout.
         supports_backward_on_cpu: differentiable on CPU (FlexAttention is not, in torch 2.13).
         needs_cuda: runs only on a CUDA device.
@@ -43,6 +44,7 @@ class KernelSpec:
     fn: Kernel
     summary: str
     supports_bias: bool = True
+    supports_softcap: bool = False
     supports_dropout: bool = True
     supports_backward_on_cpu: bool = True
     needs_cuda: bool = False
@@ -50,11 +52,14 @@ class KernelSpec:
     linear_window: bool = False
     available: Callable[[], bool] = lambda: True
 
-    def refusal(self, *, device: torch.device | None, backward: bool, dropout: float) -> str | None:
+    def refusal(self, *, device: torch.device | None, backward: bool, dropout: float, softcap: float | None = None) -> str | None:
         """Why this kernel cannot run on ``device`` (``None``: at build time, device unknown) in this mode,
         or ``None`` when it can."""
         if not self.available():
             return f"is not available in torch {torch.__version__}"
+        if softcap is not None and not self.supports_softcap:
+            allowed = [name for name, spec in KERNEL_SPECS.items() if spec.supports_softcap]
+            return f"cannot soft-cap scores (model.attention.softcap={softcap}): pick kernel={' or '.join(allowed)} or auto"
         if dropout and not self.supports_dropout:
             return "has no attention dropout: set model.dropout=0 or pick sdpa/local"
         if device is None:
@@ -71,12 +76,13 @@ class KernelSpec:
 
 #: Every kernel and what it supports; ``model.attention.kernel`` is one of these names or ``auto``.
 KERNEL_SPECS: dict[str, KernelSpec] = {
-    "eager": KernelSpec(eager, "reference: every score materialised, softmax in float32"),
+    "eager": KernelSpec(eager, "reference: every score materialised, softmax in float32", supports_softcap=True),
     "sdpa": KernelSpec(sdpa, "torch's fused scaled_dot_product_attention; windows as a dense mask"),
     "local": KernelSpec(local, "blocked sliding window on SDPA: O(n * window), trains on CPU and GPU", linear_window=True),
     "flex": KernelSpec(
         flex,
         "compiled FlexAttention with a block mask: O(n * window); inference only on CPU",
+        supports_softcap=True,
         supports_dropout=False,
         supports_backward_on_cpu=False,
         needs_compile=True,
@@ -101,13 +107,19 @@ CPU_INFERENCE_KERNEL = "local"
 _broken: set[str] = set()  # device types where FlexAttention failed to compile (no compiler, no AVX2...)
 
 
-def auto_kernel(*, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int) -> str:
+def auto_kernel(
+    *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int, softcap: float | None = None
+) -> str:
     """The name of the fastest exact kernel for this call.
 
     Full attention, short sequences and single-token decoding: ``sdpa``. Long sliding windows:
     ``flex`` on CUDA (training and inference) and, where measured faster, in CPU inference;
     otherwise ``local`` (the one linear-cost kernel that trains on CPU, and that has dropout).
+    Soft-capped scores: ``flex`` on CUDA, else ``eager`` (SDPA cannot apply a tanh to scores).
     """
+    if softcap is not None:
+        flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
+        return "flex" if flex_ok and device.type == "cuda" else "eager"
     if window is None or n <= window or m <= LONG_WINDOWS * window:
         return "sdpa"
     flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
@@ -117,21 +129,24 @@ def auto_kernel(*, window: int | None, device: torch.device, backward: bool, dro
 
 
 def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
-    """``auto``'s FlexAttention: where it cannot run, ``local`` (said once if FlexAttention is broken here)."""
+    """``auto``'s FlexAttention: where it cannot run, ``local`` (``eager`` for soft-capped scores; said
+    once if FlexAttention is broken here)."""
+    fallback, name = (eager, "eager") if kw.get("softcap") is not None else (local, "local")
     try:
         return flex(q, k, v, **kw)
-    except ConfigError:  # a bias FlexAttention cannot express: local takes any bias
-        return local(q, k, v, **kw)
+    except ConfigError:  # a bias FlexAttention cannot express: local and eager take any bias
+        return fallback(q, k, v, **kw)
     except torch.OutOfMemoryError:
         raise
     except Exception as error:  # compilation fails in many ways (no C++ compiler, no AVX2, no Triton)
         _broken.add(q.device.type)
-        warnings.warn(f"FlexAttention failed on {q.device.type} ({type(error).__name__}: {error}); using kernel=local", stacklevel=2)
-        return local(q, k, v, **kw)
+        warnings.warn(f"FlexAttention failed on {q.device.type} ({type(error).__name__}: {error}); using kernel={name}", stacklevel=2)
+        return fallback(q, k, v, **kw)
 
 
 def pick_kernel(
-    name: str, *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int
+    name: str, *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int,
+    softcap: float | None = None,
 ) -> Kernel:
     """The kernel for ``name``; ``auto`` picks by device, mode, mask and sizes (:func:`auto_kernel`).
 
@@ -139,18 +154,18 @@ def pick_kernel(
         ConfigError: an explicitly chosen kernel that cannot run here (e.g. ``flex`` training on CPU).
     """
     if name == "auto":
-        chosen = auto_kernel(window=window, device=device, backward=backward, dropout=dropout, n=n, m=m)
+        chosen = auto_kernel(window=window, device=device, backward=backward, dropout=dropout, n=n, m=m, softcap=softcap)
         return _flex_or_local if chosen == "flex" else KERNELS[chosen]
-    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout)
+    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout, softcap=softcap)
     if refusal is not None:
         raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")
     return KERNELS[name]
 
 
-def check_kernel(name: str, *, dropout: float) -> None:
+def check_kernel(name: str, *, dropout: float, softcap: float | None = None) -> None:
     """Build-time validation of ``model.attention.kernel`` against what each kernel declares."""
     if name not in KERNEL_CHOICES:
         raise ConfigError("model.attention.kernel", name, f"one of {list(KERNEL_CHOICES)}")
-    refusal = None if name == "auto" else KERNEL_SPECS[name].refusal(device=None, backward=False, dropout=dropout)
+    refusal = None if name == "auto" else KERNEL_SPECS[name].refusal(device=None, backward=False, dropout=dropout, softcap=softcap)
     if refusal is not None:
         raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")

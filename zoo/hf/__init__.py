@@ -149,7 +149,7 @@ def export_family(model_cfg: DictConfig) -> tuple[Family, dict]:
     reasons = []
     for family in FAMILIES:
         try:
-            return family, family.export_config(model_cfg)
+            return family, {**family.export_config(model_cfg), **family.export_layers(model_cfg)}
         except ConfigError as e:
             reasons.append(f"{family.hf_class}: {e}")
     raise ConfigError("model", model_cfg.get("_target_"), "matches no transformers family: " + "; ".join(reasons))

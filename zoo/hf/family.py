@@ -119,6 +119,12 @@ class Family:
         """The ``config.json`` keys of model config ``m`` (``cfg.model``), without ``tie_word_embeddings``."""
         raise ConfigError("model", m.get("_target_"), f"zoo cannot export to {self.hf_class} yet")
 
+    def export_layers(self, m: DictConfig) -> dict:
+        """The ``config.json`` keys of ``m``'s per-layer pattern (``model.layers``); a family whose layers
+        are all alike refuses any pattern whose kinds differ."""
+        expect_uniform_layers(m, self.hf_class)
+        return {}
+
     def canonical(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The checkpoint layout the rules name, from any other layout of the same family."""
         return weights
@@ -283,6 +289,21 @@ def expect(m: DictConfig, key: str, actual, allowed: Iterable, family: str) -> N
     allowed = list(allowed)
     if actual not in allowed:
         raise ConfigError(f"model.{key}", actual, f"{family} needs one of {allowed}")
+
+
+def layer_kinds(m: DictConfig) -> list[str]:
+    """The kind of each of ``m.n_layers`` layers, as ``model.layers`` cycles them (``same`` without a pattern)."""
+    layers = m.get("layers")
+    pattern = list(layers.pattern) if layers is not None else ["same"]
+    return [str(pattern[i % len(pattern)]) for i in range(int(m.n_layers))]
+
+
+def expect_uniform_layers(m: DictConfig, family: str) -> None:
+    """Refuse to export a composition whose layers differ (a ``model/layers`` pattern that overrides a slot)."""
+    layers = m.get("layers")
+    differing = sorted({k for k in layer_kinds(m) if layers is not None and layers.kinds.get(k)})
+    if differing:
+        raise ConfigError("model.layers.pattern", list(layers.pattern), f"{family} builds every layer alike: model/layers=uniform")
 
 
 def expect_slots(m: DictConfig, family: str, **targets: str) -> None:

@@ -1,0 +1,91 @@
+"""Per-layer patterns (``model/layers``): a stack whose layers differ.
+
+Current open models mix layer kinds in a fixed rhythm: Gemma 2 alternates sliding-window and global
+attention 1:1 (arXiv:2408.00118), Gemma 3 five to one (arXiv:2503.19786); Switch and GShard put a
+Mixture-of-Experts FFN in every other layer (arXiv:2101.03961, arXiv:2006.16668); Llama 4 leaves
+every fourth layer without positions (NoPE). A :class:`LayerPattern` names one kind per layer,
+cycled to the stack's depth, and each kind overrides some of the stack's slots for its layers, so
+a pattern is one config option, swept like any other (``model/layers=local_global,uniform``).
+
+What follows from the layers themselves needs no extra code: each layer's KV cache takes its own
+attention's window (a ring for a local layer, a growing buffer for a global one), and the cost
+counter reads each layer's window and FFN.
+"""
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from zoo.errors import ConfigError
+
+Factory = Callable[..., Any]
+
+#: the slots a kind of layer may override: the stack's per-layer factories
+SLOTS = ("attention", "ffn", "norm", "residual", "pos")
+
+
+class LayerPattern:
+    """Kinds of layers in a repeating pattern, each a set of slot overrides.
+
+    Args:
+        pattern: kind names, one per layer, cycled to ``n_layers``
+            (``[local, local, local, local, local, global]``: Gemma 3).
+        kinds: ``{kind: {slot: override}}`` for the slots of :data:`SLOTS`. An override is either a
+            factory (a ``_partial_`` config node: that slot's option for these layers, e.g. a MoE FFN)
+            or a mapping of keyword arguments set on the stack's own factory (``{window: 64}``: the
+            model's attention, whatever its option, with a window). A kind with no overrides is the
+            stack's layer as configured.
+    """
+
+    def __init__(self, *, pattern: Sequence[str], kinds: Mapping[str, Mapping[str, Any] | None]) -> None:
+        pattern, kinds = list(pattern), {str(k): dict(v or {}) for k, v in kinds.items()}
+        if not pattern:
+            raise ConfigError("model.layers.pattern", pattern, "at least one kind name, e.g. [local, global]")
+        for name in pattern:
+            if name not in kinds:
+                raise ConfigError("model.layers.pattern", name, f"a kind defined in model.layers.kinds: one of {sorted(kinds)}")
+        for kind, overrides in kinds.items():
+            for slot, override in overrides.items():
+                if slot not in SLOTS:
+                    raise ConfigError(f"model.layers.kinds.{kind}.{slot}", override, f"a slot a layer may override: one of {list(SLOTS)}")
+                if not callable(override) and not isinstance(override, Mapping):
+                    raise ConfigError(
+                        f"model.layers.kinds.{kind}.{slot}", override, "a _partial_ option of the slot, or a mapping of its settings"
+                    )
+        self.pattern, self.kinds = pattern, kinds
+
+    @classmethod
+    def uniform(cls) -> "LayerPattern":
+        """Every layer as the slots configure it."""
+        return cls(pattern=["same"], kinds={"same": {}})
+
+    @property
+    def is_uniform(self) -> bool:
+        """Whether every layer is built alike (no kind in use overrides a slot)."""
+        return not any(self.kinds[name] for name in self.pattern)
+
+    def kind(self, layer: int) -> str:
+        """The kind of layer ``layer`` (0-based)."""
+        return self.pattern[layer % len(self.pattern)]
+
+    def factories(self, kind: str, base: Mapping[str, Factory]) -> dict[str, Factory]:
+        """The slot factories of ``kind``: ``base`` (every slot of :data:`SLOTS`) with its overrides."""
+        out = dict(base)
+        for slot, override in self.kinds[kind].items():
+            out[slot] = override if callable(override) else functools.partial(base[slot], **override)
+        return out
+
+    def overrides(self, kind: str) -> tuple[str, ...]:
+        """The slots ``kind`` overrides."""
+        return tuple(self.kinds[kind])
+
+    def describe(self, n_layers: int) -> str:
+        """The kinds of ``n_layers`` layers in runs, e.g. ``local x5, global x1`` (repeated runs collapsed)."""
+        runs: list[list] = []
+        for i in range(n_layers):
+            kind = self.kind(i)
+            if runs and runs[-1][0] == kind:
+                runs[-1][1] += 1
+            else:
+                runs.append([kind, 1])
+        return ", ".join(f"{kind} x{count}" for kind, count in runs)
