@@ -20,6 +20,7 @@ Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` ke
 """
 
 import functools
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -237,9 +238,11 @@ def flex(
         )
     if not backward:  # torch refuses CPU inputs that require grad even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
-    b = q.shape[0]
+    b, n = q.shape[0], q.shape[2]
     q_pos, k_pos = q_pos.expand(b, -1), k_pos.expand(b, -1)
-    return compiled_flex(q.device.type)(
+    if q.device.type == "cpu":
+        q, k, v, mask, q_pos, k_pos = _whole_tiles(q, k, v, mask, q_pos, k_pos)
+    out = compiled_flex(q.device.type)(
         q,
         k,
         v,
@@ -248,3 +251,20 @@ def flex(
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
+    return out[:, :, :n]
+
+
+def _whole_tiles(q, k, v, mask: Mask, q_pos, k_pos):
+    """Queries and keys padded to whole :data:`BLOCK` tiles, the padding keys masked out.
+
+    torch 2.13's CPU FlexAttention returns wrong rows (or NaN) at some lengths that are not a multiple
+    of the tile, e.g. 8 or 40 queries of a causal mask (tests/attention/test_kernels.py); at whole
+    tiles it is exact. Padding queries repeat the last position and are sliced off by the caller.
+    """
+    b, m = k.shape[0], k.shape[2]
+    tiles = lambda x: F.pad(x, (0, 0, 0, -x.shape[2] % BLOCK))  # noqa: E731
+    key_valid = torch.ones(b, m, dtype=torch.bool, device=k.device) if mask.key_valid is None else mask.key_valid.expand(b, m)
+    mask = mask.with_keys(pad_to_block(key_valid, False))
+    if mask.q_segment is not None:
+        mask = replace(mask, q_segment=pad_to_block(mask.q_segment.expand(b, -1)), k_segment=pad_to_block(mask.k_segment.expand(b, -1)))
+    return tiles(q), tiles(k), tiles(v), mask, pad_to_block(q_pos), pad_to_block(k_pos)
