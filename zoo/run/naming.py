@@ -59,8 +59,10 @@ def register_resolvers() -> None:
 
 
 def default_name(choices: dict[str, str]) -> str:
-    """``causal-rmsnorm-pre-swiglu-rope-mha``: the architecture and its slots, for a run without overrides."""
-    return "-".join(choices[g] for g in GROUPS if g in choices and g not in ("model/init", "preset")) or "run"
+    """``causal-rmsnorm-pre-swiglu-rope-mha``: the architecture and its slots, for a run without overrides
+    (a layer pattern only when its layers differ: ``...-mha-local_global_5to1``)."""
+    named = [g for g in GROUPS if g in choices and g not in ("model/init", "preset")]
+    return "-".join(choices[g] for g in named if (g, choices[g]) != ("model/layers", "uniform")) or "run"
 
 
 def sweep_group(sweep_dir: str | None) -> str | None:
