@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.errors import ConfigError
 from zoo.hf.checkpoint import Checkpoint, read
 from zoo.hf.convert import FAMILIES, family_for, merge_overrides, tied, to_hf, to_zoo
-from zoo.hf.family import Family
+from zoo.hf.family import Family, expect_features
 
 Source = str | Path | torch.nn.Module
 
@@ -149,6 +149,7 @@ def export_family(model_cfg: DictConfig) -> tuple[Family, dict]:
     reasons = []
     for family in FAMILIES:
         try:
+            expect_features(model_cfg, family)
             return family, {**family.export_config(model_cfg), **family.export_layers(model_cfg)}
         except ConfigError as e:
             reasons.append(f"{family.hf_class}: {e}")

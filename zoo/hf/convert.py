@@ -11,6 +11,7 @@ from zoo.hf.bloom import Bloom
 from zoo.hf.checkpoint import Checkpoint
 from zoo.hf.falcon import Falcon
 from zoo.hf.family import Family, rename
+from zoo.hf.gemma import Gemma2, Gemma3
 from zoo.hf.gpt2 import GPT2
 from zoo.hf.gpt_neox import GPTNeoX
 from zoo.hf.llama import Llama
@@ -22,7 +23,7 @@ from zoo.hf.qwen3 import Qwen3
 from zoo.hf.t5 import T5
 
 #: every mapped family, in the order export tries them
-FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Mixtral(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
+FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Gemma2(), Gemma3(), Mixtral(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
 
 
 def family_for(config: dict) -> Family:
