@@ -35,6 +35,8 @@ def untie(model: torch.nn.Module) -> torch.nn.Module:
 
 LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 FALCON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+#: head_dim 16 but scores scaled by 24 ** -0.5, caps low enough to bite, the window shorter than the test's tokens
+GEMMA = dict(LLAMA, head_dim=16, query_pre_attn_scalar=24, sliding_window=4)
 T5 = dict(d_model=64, d_ff=96, num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
 
 #: case name -> builder of its tiny transformers model
@@ -65,6 +67,15 @@ CASES = {
     ),
     "qwen3-biases-tied": lambda: hf_model("Qwen3Config", "Qwen3ForCausalLM", **LLAMA, head_dim=16, attention_bias=True, tie_word_embeddings=True),
     "olmo2": lambda: hf_model("Olmo2Config", "Olmo2ForCausalLM", **LLAMA, rms_norm_eps=1e-5),
+    "gemma2-window-4-capped": lambda: hf_model(
+        "Gemma2Config", "Gemma2ForCausalLM", **GEMMA, attn_logit_softcapping=2.0, final_logit_softcapping=3.0
+    ),
+    # two local layers to one global, each type with its own RoPE (the global one scaled)
+    "gemma3-local-rope": lambda: hf_model(
+        "Gemma3TextConfig", "Gemma3ForCausalLM", **{**GEMMA, "num_hidden_layers": 3}, final_logit_softcapping=5.0,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0}, "full_attention": {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}},
+    ),
     "gpt2": lambda: hf_model("GPT2Config", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
     "bloom-6-heads": lambda: hf_model("BloomConfig", "BloomForCausalLM", hidden_size=48, n_layer=2, n_head=6),
     "falcon-7b-style": lambda: hf_model("FalconConfig", "FalconForCausalLM", **FALCON, multi_query=True, parallel_attn=True, bias=False),

@@ -318,7 +318,7 @@ def expect_features(m: DictConfig, family: Family) -> None:
     for key in FEATURES:
         value = OmegaConf.select(m, key)
         if value and key not in family.features:
-            raise ConfigError(f"model.{key}", value, f"{family.hf_class} has no such setting: null or false")
+            raise ConfigError(f"model.{key}", value, f"{family.hf_class} has no such setting: leave it off (null or false)")
 
 
 def expect_slots(m: DictConfig, family: str, **targets: str) -> None:
