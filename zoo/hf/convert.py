@@ -9,6 +9,7 @@ import torch
 from zoo.errors import ConfigError
 from zoo.hf.bloom import Bloom
 from zoo.hf.checkpoint import Checkpoint
+from zoo.hf.deepseek_v3 import DeepseekV3
 from zoo.hf.falcon import Falcon
 from zoo.hf.family import Family, rename
 from zoo.hf.gemma import Gemma2, Gemma3
@@ -23,7 +24,7 @@ from zoo.hf.qwen3 import Qwen3
 from zoo.hf.t5 import T5
 
 #: every mapped family, in the order export tries them
-FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Gemma2(), Gemma3(), Mixtral(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
+FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Gemma2(), Gemma3(), Mixtral(), DeepseekV3(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
 
 
 def family_for(config: dict) -> Family:
