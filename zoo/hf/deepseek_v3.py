@@ -20,16 +20,18 @@ Transformers 5 fuses the experts in memory (``mlp.experts.gate_up_proj``, ``down
 checkpoints keep one matrix per expert, the layout the rules name.
 """
 
+import math
 import re
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
-from zoo.hf.family import Rule, ffn_overrides, fmt, linear, rename, require
+from zoo.ffn.glu import parameter_matched_hidden
+from zoo.hf.family import Rule, expect, expect_slots, ffn_overrides, fmt, layer_kinds, linear, rename, require
 from zoo.hf.gemma import period
 from zoo.hf.llama import Llama
-from zoo.hf.rope import rope_overrides
+from zoo.hf.rope import rope_export, rope_overrides
 from zoo.pos.rope_scaling import yarn_temperature
 
 FUSED = re.compile(r"(model\.layers\.\d+\.mlp\.experts\.)(gate_up_proj|down_proj)$")
@@ -228,4 +230,117 @@ class DeepseekV3(Llama):
     # -- export -----------------------------------------------------------------------------------
 
     def export_config(self, m: DictConfig) -> dict:
-        raise ConfigError("model", m.get("_target_"), f"zoo cannot export to {self.hf_class} yet")
+        expect_slots(
+            m, self.hf_class, arch="zoo.arch.CausalLM", norm="zoo.norm.RMSNorm", residual="zoo.residual.PreNorm",
+            attention="zoo.attention.MultiHeadLatentAttention",
+        )  # fmt: skip
+        a, heads = m.attention, m.n_heads
+        for key, actual, allowed in (
+            ("embed_norm", m.get("embed_norm", False), [False]),
+            ("final_norm", m.get("final_norm"), [None, True]),
+            ("attention.window", a.get("window"), [None]),
+            ("attention.eps", float(a.get("eps", 1e-6)), [1e-6]),  # transformers' latent norms keep their default
+        ):
+            expect(m, key, actual, allowed, self.hf_class)
+        rope = m.get("head_dim") or m.dim // heads
+        nope = a.get("nope_head_dim") or rope
+        bias = bool(a.get("bias", False))
+        return {
+            "vocab_size": m.vocab_size,
+            "hidden_size": m.dim,
+            "num_hidden_layers": m.n_layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "max_position_embeddings": m.max_seq_len,
+            "rms_norm_eps": float(m.norm.get("eps", 1e-6)),
+            **self.export_rope_scale(m, nope + rope),
+            "rope_interleave": False,  # zoo's halves, written as they are
+            "q_lora_rank": a.get("q_rank"),
+            "kv_lora_rank": a.get("kv_rank") or 4 * nope,
+            "qk_rope_head_dim": rope,
+            "qk_nope_head_dim": nope,
+            "v_head_dim": a.get("v_head_dim") or nope,
+            "attention_bias": bias,
+            "hidden_act": "silu",
+            **self.export_ffns(m),
+        }
+
+    def export_rope_scale(self, m: DictConfig, qk_head_dim: int) -> dict:
+        """RoPE, and a score scale other than ``qk_head_dim ** -0.5`` as YaRN's ``mscale_all_dim``
+        (the inverse of :meth:`scale`), the one way transformers' DeepSeek-V3 changes it."""
+        out = rope_export(m, self.hf_class)
+        scale = m.attention.get("scale")
+        if scale is None:
+            return out
+        params = out["rope_parameters"]
+        if params["rope_type"] != "yarn" or float(params["factor"]) <= 1.0 or float(scale) < qk_head_dim**-0.5:
+            raise ConfigError("model.attention.scale", scale, f"null: {self.hf_class} changes the score scale only by YaRN's mscale_all_dim")
+        mscale = (float(scale) / qk_head_dim**-0.5) ** 0.5
+        params["mscale_all_dim"] = (mscale - 1.0) / (0.1 * math.log(float(params["factor"])))
+        out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+        return out
+
+    def layer_ffns(self, m: DictConfig) -> list[DictConfig]:
+        """The FFN config of each layer: the model's, or its kind's own option."""
+        layers = m.get("layers")
+        out = []
+        for kind in layer_kinds(m):
+            overrides = {} if layers is None else dict(layers.kinds.get(kind) or {})
+            if set(overrides) - {"ffn"} or ("ffn" in overrides and "_target_" not in overrides["ffn"]):
+                raise ConfigError(f"model.layers.kinds.{kind}", overrides, f"{self.hf_class} layers differ only in their FFN option")
+            out.append(overrides.get("ffn", m.ffn))
+        return out
+
+    def export_ffns(self, m: DictConfig) -> dict:
+        ffns = self.layer_ffns(m)
+        is_moe = [target(f) == "zoo.ffn.MoE" for f in ffns]
+        first_moe = is_moe.index(True) if any(is_moe) else len(ffns)
+        if not all(is_moe[first_moe:]):
+            raise ConfigError("model.layers.pattern", list(m.layers.pattern), f"{self.hf_class} has dense layers first, then MoE layers")
+        dense = [f for f in ffns if target(f) != "zoo.ffn.MoE"]
+        out = {"first_k_dense_replace": first_moe}
+        for f in dense:
+            expect(m, "ffn._target_", target(f), ["zoo.ffn.SwiGLU"], self.hf_class)
+            expect(m, "ffn.bias", bool(f.get("bias", False)), [False], self.hf_class)
+        hidden = {f.get("hidden_dim") or parameter_matched_hidden(m.dim) for f in dense}
+        if len(hidden) > 1:
+            raise ConfigError("model.ffn.hidden_dim", sorted(hidden), f"{self.hf_class} has one intermediate_size")
+        moe = next((f for f in ffns if target(f) == "zoo.ffn.MoE"), None)
+        if moe is None:  # no MoE layer: the expert settings are never read
+            return {**out, "intermediate_size": hidden.pop(), "n_routed_experts": 1, "n_group": 1, "topk_group": 1, "num_experts_per_tok": 1}
+        if any(not equal(f, moe) for f in ffns[first_moe:]):
+            raise ConfigError("model.layers.kinds", "moe", f"{self.hf_class} has one MoE for every MoE layer")
+        router, expert = moe.router, moe.expert
+        for key, actual, allowed in (
+            ("ffn.router._target_", target(router), ["zoo.ffn.moe.GroupedSigmoidRouter"]),
+            ("ffn.router.capacity_factor", router.get("capacity_factor"), [None]),
+            ("ffn.expert._target_", target(expert), ["zoo.ffn.SwiGLU"]),
+            ("ffn.expert.bias", bool(expert.get("bias", False)), [False]),
+        ):
+            expect(m, key, actual, allowed, self.hf_class)
+        if moe.get("n_shared_experts", 0) < 1:
+            raise ConfigError("model.ffn.n_shared_experts", moe.get("n_shared_experts", 0), f"{self.hf_class} has at least 1 shared expert")
+        expert_hidden = expert.get("hidden_dim") or parameter_matched_hidden(m.dim)
+        return {
+            **out,
+            "intermediate_size": hidden.pop() if hidden else expert_hidden,
+            "moe_intermediate_size": expert_hidden,
+            "n_routed_experts": moe.n_experts,
+            "n_shared_experts": moe.n_shared_experts,
+            "num_experts_per_tok": router.top_k,
+            "norm_topk_prob": bool(router.renormalize),
+            "n_group": router.n_groups,
+            "topk_group": router.top_k_groups,
+            "routed_scaling_factor": float(router.scale),
+        }
+
+    def export_layers(self, m: DictConfig) -> dict:
+        return {}  # the pattern of dense and MoE layers is first_k_dense_replace (export_ffns)
+
+
+def target(node: DictConfig) -> str:
+    return str(node.get("_target_", ""))
+
+
+def equal(a: DictConfig, b: DictConfig) -> bool:
+    return OmegaConf.to_container(a, resolve=True) == OmegaConf.to_container(b, resolve=True)
