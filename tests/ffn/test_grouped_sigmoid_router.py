@@ -56,3 +56,9 @@ def test_training_moves_the_bias_towards_the_underloaded_experts():
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         router(**kwargs)
+
+
+def test_a_model_with_the_router_passes_the_contract():
+    from zoo.testing import check_contract
+
+    check_contract(["model/ffn=moe", "model/ffn/router=grouped_sigmoid", "model.ffn.router.n_groups=2", "model.ffn.n_shared_experts=1"])
