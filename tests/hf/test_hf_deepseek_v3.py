@@ -70,3 +70,14 @@ def test_settings_zoo_cannot_build_are_named(changes, key):
 def test_all_dense_layers_need_no_experts():
     overrides = hf_overrides(Checkpoint(config(first_k_dense_replace=3, tie_word_embeddings=True), {}, "test"))[2]
     assert "model/ffn=swiglu" in overrides and not any("moe" in o for o in overrides)
+
+
+def test_the_multi_token_prediction_layer_is_skipped_as_transformers_skips_it(hf):
+    """DeepSeek-V3's checkpoints hold one more layer than num_hidden_layers, which only speculative decoding uses."""
+    from zoo.hf.checkpoint import read
+    from zoo.hf.convert import to_zoo
+
+    ckpt = read(hf)
+    mtp = {k.replace("model.layers.2.", "model.layers.3."): v for k, v in ckpt.weights.items() if k.startswith("model.layers.2.")}
+    family = hf_overrides(ckpt)[0]
+    assert to_zoo(family, Checkpoint(ckpt.config, {**ckpt.weights, **mtp}, "mtp"), tie=False).keys() == from_pretrained(hf).state_dict().keys()

@@ -85,7 +85,7 @@ def to_zoo(family: Family, ckpt: Checkpoint, *, tie: bool) -> dict[str, torch.Te
             used.add(copy)
     if tie:
         out["lm_head.weight"] = out["embed.weight"]
-    unused = [name for name in weights if name not in used and not name.endswith(family.buffers)]
+    unused = [name for name in weights if name not in used and not name.endswith(family.buffers) and not family.skipped(ckpt.config, name)]
     if unused:
         raise ConfigError("weights", unused[:4], f"{len(unused)} checkpoint tensors have no place in the zoo composition")
     return out

@@ -35,6 +35,7 @@ from zoo.hf.rope import rope_export, rope_overrides
 from zoo.pos.rope_scaling import yarn_temperature
 
 FUSED = re.compile(r"(model\.layers\.\d+\.mlp\.experts\.)(gate_up_proj|down_proj)$")
+LAYER = re.compile(r"model\.layers\.(\d+)\.")
 MOE_KIND = "model.layers.kinds.moe.ffn"
 GLU = ("gate_proj", "up_proj", "down_proj")
 
@@ -74,7 +75,7 @@ class DeepseekV3(Llama):
         "moe_intermediate_size", "n_shared_experts", "n_routed_experts", "num_local_experts", "routed_scaling_factor",
         "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim", "qk_nope_head_dim", "qk_head_dim", "n_group",
         "topk_group", "num_experts_per_tok", "first_k_dense_replace", "norm_topk_prob", "rope_interleave",
-        # transformers' DeepseekV3ForCausalLM has no multi-token-prediction module: it never reads these
+        # the multi-token-prediction layers: transformers' DeepseekV3ForCausalLM, like zoo, skips them (skipped)
         "num_nextn_predict_layers", "num_mtp_layers", "output_router_logits",
     }  # fmt: skip
     #: transformers' values of the keys a config may leave out
@@ -212,6 +213,12 @@ class DeepseekV3(Llama):
                 rules += [rename(f"{hf}mlp.experts.{j}.{p}.weight", f"{zoo}ffn.experts.{j}.{p}.weight") for p in GLU]
             rules.append(split_shared(c["n_shared_experts"], f"{hf}mlp.shared_experts.", f"{zoo}ffn.shared_experts."))
         return rules
+
+    def skipped(self, c: dict, name: str) -> bool:
+        # the multi-token-prediction layers follow the last one (model.layers.61 of DeepSeek-V3), and
+        # transformers' DeepseekV3ForCausalLM leaves them out when loading
+        layer = LAYER.match(name)
+        return layer is not None and int(layer.group(1)) >= c["num_hidden_layers"]
 
     def canonical(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}

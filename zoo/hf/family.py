@@ -131,6 +131,11 @@ class Family:
         """The checkpoint layout the rules name, from any other layout of the same family."""
         return weights
 
+    def skipped(self, c: dict, name: str) -> bool:
+        """Whether checkpoint tensor ``name`` belongs to a part ``transformers``' model skips too
+        (DeepSeek-V3's multi-token-prediction layer), so it is left out rather than refused."""
+        return False
+
     def aliases(self, c: dict) -> dict[str, str]:
         """``{checkpoint name: name it must equal}`` of tensors stored twice (T5's per-stack embeddings)."""
         return {}
