@@ -66,16 +66,18 @@ class Gemma2(Llama):
         num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
         query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
     )  # fmt: skip
-    #: a sliding layer every this many layers when ``layer_types`` is absent
-    default_period = 2
-
     def filled(self, c: dict) -> dict:
+        """``c`` with transformers' defaults for the keys it leaves out."""
         return {**self.defaults, **c}
+
+    def period(self, c: dict) -> int:
+        """Every this many layers, one is global, when ``layer_types`` is absent."""
+        return 2
 
     def layer_kinds(self, c: dict) -> list[str]:
         """``local`` or ``global`` for each layer."""
         n = c["num_hidden_layers"]
-        every = int(c.get("sliding_window_pattern", c.get("_sliding_window_pattern", self.default_period)))
+        every = self.period(c)
         types = c.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
         unknown = sorted(set(types) - set(KINDS))
         if unknown or len(types) != n:
@@ -134,6 +136,8 @@ class Gemma2(Llama):
             return []
         pattern = period(kinds)
         n_local = pattern.count("local")
+        # the option that names the rhythm where there is one (Gemma 2's 1:1, Gemma 3's 5:1); the
+        # pattern itself is always written, so any other mix rides on local_global_1to1 exactly
         rhythm = pattern == ["local"] * n_local + ["global"] and n_local in (1, 5)
         out = [
             f"model/layers=local_global_{n_local if rhythm else 1}to1",
@@ -234,9 +238,12 @@ class Gemma3(Gemma2):
     defaults = {
         **Gemma2.defaults, "max_position_embeddings": 131072, "final_logit_softcapping": None, "attn_logit_softcapping": None
     }  # fmt: skip
-    default_period = 6
     kind_slots = frozenset({"attention", "pos"})
     differ = "their attention window and RoPE (model.layers.kinds.<kind>.attention.window, .pos)"
+
+    def period(self, c: dict) -> int:
+        # 4.x configs and transformers 5's own to_dict spell it differently
+        return int(c.get("sliding_window_pattern", c.get("_sliding_window_pattern", 6)))
 
     def ropes(self, c: dict) -> dict[str, dict]:
         """Per layer type, as transformers 5 reads them: ``rope_parameters`` (one entry per type, or the
