@@ -72,6 +72,11 @@ def test_a_transformers_4_gemma3_config_maps_as_transformers_5_reads_it():
     assert "model.layers.pattern=[local,local,global]" in overrides and "model.layers.kinds.local.pos.theta=100.0" in overrides
 
 
+def test_a_transformers_4_gemma2_config_keeps_its_rope_theta():
+    overrides = hf_overrides(Checkpoint(dict(model_type="gemma2", num_hidden_layers=2, rope_theta=500.0, **SIZES), {}, "4.x"))[2]
+    assert "model.pos.theta=500.0" in overrides
+
+
 def test_a_gemma3_without_a_mix_of_layers_is_uniform():
     """All local: the model's window and the local RoPE; no layer pattern."""
     config = dict(model_type="gemma3_text", num_hidden_layers=2, layer_types=["sliding_attention"] * 2, sliding_window=8, **SIZES)

@@ -87,6 +87,7 @@ class Gemma2(Llama):
     def ropes(self, c: dict) -> dict[str, dict]:
         """The ``rope_parameters`` of each kind of layer: Gemma 2 has one RoPE for all."""
         params = rope_parameters(c)
+        params.setdefault("rope_theta", c.get("rope_theta", 10000.0))  # 4.x spelling
         return {"local": params, "global": params}
 
     # -- import -----------------------------------------------------------------------------------
