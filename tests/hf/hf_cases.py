@@ -27,6 +27,16 @@ def hf_model(config_cls: str, model_cls: str, **kwargs) -> torch.nn.Module:
     return randomize(getattr(transformers, model_cls)(config)).eval()
 
 
+def deepseek(**kwargs) -> torch.nn.Module:
+    """A DeepSeek-V3 whose routers' correction biases are random too (a buffer, which ``randomize`` leaves at zero)."""
+    model = hf_model("DeepseekV3Config", "DeepseekV3ForCausalLM", **DEEPSEEK, **kwargs)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if hasattr(layer.mlp, "gate"):
+                layer.mlp.gate.e_score_correction_bias.normal_(0.0, 0.1)
+    return model
+
+
 def untie(model: torch.nn.Module) -> torch.nn.Module:
     """T5 v1.1 keeps its head apart from the embedding (transformers 5 ties them when built from a config)."""
     model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.1)
@@ -35,6 +45,14 @@ def untie(model: torch.nn.Module) -> torch.nn.Module:
 
 LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 FALCON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+#: head_dim 16 but scores scaled by 24 ** -0.5, caps low enough to bite, the window shorter than the test's tokens
+GEMMA = dict(LLAMA, head_dim=16, query_pre_attn_scalar=24, sliding_window=4)
+#: MLA with a rotary part of 8 channels; 8 experts in 4 groups, 2 groups and 3 experts per token, 2 shared experts
+DEEPSEEK = dict(
+    hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+    kv_lora_rank=24, qk_rope_head_dim=8, v_head_dim=12, qk_nope_head_dim=16, n_routed_experts=8, n_group=4, topk_group=2,
+    num_experts_per_tok=3, n_shared_experts=2, routed_scaling_factor=2.5,
+)
 T5 = dict(d_model=64, d_ff=96, num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
 
 #: case name -> builder of its tiny transformers model
@@ -65,6 +83,22 @@ CASES = {
     ),
     "qwen3-biases-tied": lambda: hf_model("Qwen3Config", "Qwen3ForCausalLM", **LLAMA, head_dim=16, attention_bias=True, tie_word_embeddings=True),
     "olmo2": lambda: hf_model("Olmo2Config", "Olmo2ForCausalLM", **LLAMA, rms_norm_eps=1e-5),
+    "gemma2-window-4-capped": lambda: hf_model(
+        "Gemma2Config", "Gemma2ForCausalLM", **GEMMA, attn_logit_softcapping=2.0, final_logit_softcapping=3.0
+    ),
+    # two local layers to one global, each type with its own RoPE (the global one scaled)
+    "gemma3-local-rope": lambda: hf_model(
+        "Gemma3TextConfig", "Gemma3ForCausalLM", **{**GEMMA, "num_hidden_layers": 3}, final_logit_softcapping=5.0,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0}, "full_attention": {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}},
+    ),
+    # a query rank, a dense first layer, interleaved RoPE pairs
+    "deepseek-v3": lambda: deepseek(q_lora_rank=20, first_k_dense_replace=1),
+    # no query rank, every layer MoE, RoPE halves, biases, YaRN whose mscale_all_dim scales every score
+    "deepseek-v3-yarn-biases": lambda: deepseek(
+        q_lora_rank=None, first_k_dense_replace=0, rope_interleave=False, attention_bias=True, norm_topk_prob=False,
+        max_position_embeddings=32, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 8, "mscale": 1.0, "mscale_all_dim": 0.7},
+    ),
     "gpt2": lambda: hf_model("GPT2Config", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
     "bloom-6-heads": lambda: hf_model("BloomConfig", "BloomForCausalLM", hidden_size=48, n_layer=2, n_head=6),
     "falcon-7b-style": lambda: hf_model("FalconConfig", "FalconForCausalLM", **FALCON, multi_query=True, parallel_attn=True, bias=False),

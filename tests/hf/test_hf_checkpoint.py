@@ -75,7 +75,7 @@ def llama_config(**changes) -> dict:
         (llama_config(rope_parameters={"rope_type": "longrope", "rope_theta": 5e5, "factor": 8.0}), "rope_parameters.rope_type"),
         (llama_config(rope_scaling={"type": "llama3", "factor": 8.0, "short_factor": [1.0]}), "rope_parameters.short_factor"),
         (dict(model_type="gpt_neox", rope_scaling={"type": "linear", "factor": 2.0}), "rope_parameters.rope_type"),
-        (llama_config(model_type="gemma2"), "model_type"),
+        (llama_config(model_type="mamba"), "model_type"),
         (llama_config(model_type="mixtral", num_local_experts=4, hidden_act="quick_gelu"), "hidden_act"),
         (llama_config(hidden_act="quick_gelu"), "hidden_act"),
         (dict(model_type="qwen2", **{k: v for k, v in llama_config().items() if k != "model_type"}, use_sliding_window=True, max_window_layers=1), "layer_types"),

@@ -40,6 +40,8 @@ class TransformerLM(nn.Module):
         dropout: residual, attention, FFN and embedding dropout.
         logit_softcap: soft-cap of the final logits, ``cap * tanh(logits / cap)`` (Gemma 2: 30,
             arXiv:2408.00118; :class:`zoo.softcap.SoftCap`); ``None``: none.
+        scale_embed: multiply the token embeddings by ``sqrt(dim)`` (Vaswani et al. 2017,
+            arXiv:1706.03762, section 3.4; Gemma): a tied head then reads the unscaled matrix.
         layers: per-layer kinds that override slots (``model/layers``, :mod:`zoo.arch.pattern`);
             ``None``: every layer alike.
 
@@ -80,12 +82,14 @@ class TransformerLM(nn.Module):
         dropout: float = 0.0,
         layers: LayerPattern | None = None,
         logit_softcap: float | None = None,
+        scale_embed: bool = False,
     ) -> None:
         super().__init__()
         if logit_softcap is not None and not logit_softcap > 0:
             raise ConfigError("model.logit_softcap", logit_softcap, "a positive cap on the logits (Gemma 2: 30.0), or null for none")
         self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
         self.embed = nn.Embedding(vocab_size, dim)
+        self.embed_scale = dim**0.5 if scale_embed else None
         depth = Depth(stack="decoder" if self.causal else "encoder", encoder_layers=0 if self.causal else n_layers, decoder_layers=n_layers if self.causal else 0)
         self.stack = Stack(
             dim,
@@ -148,7 +152,9 @@ class TransformerLM(nn.Module):
         mask = self.mask(positions=positions, prefix_len=prefix_len, valid=valid)
         if segments is not None:
             mask = mask.within(segments)
-        x = self.stack(self.embed(tokens), positions=positions, mask=mask, cache=cache)
+        x = self.embed(tokens)
+        x = x if self.embed_scale is None else x * self.embed_scale
+        x = self.stack(x, positions=positions, mask=mask, cache=cache)
         return x if hidden else self.logit_cap(self.lm_head(x))
 
     def aux_loss(self) -> torch.Tensor | None:

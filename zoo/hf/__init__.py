@@ -5,7 +5,7 @@ or an in-memory ``transformers`` model, composes the zoo model its config descri
 overrides, so it can be written out as YAML and changed like any composition) and loads its weights
 by name, strictly. ``save_pretrained`` writes a zoo model whose composition matches a family back
 as a checkpoint folder that ``transformers`` loads. Families: Llama (plain or scaled RoPE), Mistral,
-Mixtral, Qwen2, Qwen3, OLMo 2, GPT-2, BLOOM, GPT-NeoX, Falcon, T5 and mT5.
+Mixtral, Qwen2, Qwen3, OLMo 2, Gemma 2, Gemma 3 (text), DeepSeek-V3, GPT-2, BLOOM, GPT-NeoX, Falcon, T5 and mT5.
 
 Nothing here needs ``transformers``: configs are read as JSON and weights with safetensors (never
 pickles). ``transformers`` is needed only to pass an in-memory model, or to check parity
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.errors import ConfigError
 from zoo.hf.checkpoint import Checkpoint, read
 from zoo.hf.convert import FAMILIES, family_for, merge_overrides, tied, to_hf, to_zoo
-from zoo.hf.family import Family
+from zoo.hf.family import Family, expect_features
 
 Source = str | Path | torch.nn.Module
 
@@ -149,6 +149,7 @@ def export_family(model_cfg: DictConfig) -> tuple[Family, dict]:
     reasons = []
     for family in FAMILIES:
         try:
+            expect_features(model_cfg, family)
             return family, {**family.export_config(model_cfg), **family.export_layers(model_cfg)}
         except ConfigError as e:
             reasons.append(f"{family.hf_class}: {e}")

@@ -9,8 +9,10 @@ import torch
 from zoo.errors import ConfigError
 from zoo.hf.bloom import Bloom
 from zoo.hf.checkpoint import Checkpoint
+from zoo.hf.deepseek_v3 import DeepseekV3
 from zoo.hf.falcon import Falcon
 from zoo.hf.family import Family, rename
+from zoo.hf.gemma import Gemma2, Gemma3
 from zoo.hf.gpt2 import GPT2
 from zoo.hf.gpt_neox import GPTNeoX
 from zoo.hf.llama import Llama
@@ -22,7 +24,7 @@ from zoo.hf.qwen3 import Qwen3
 from zoo.hf.t5 import T5
 
 #: every mapped family, in the order export tries them
-FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Mixtral(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
+FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Gemma2(), Gemma3(), Mixtral(), DeepseekV3(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
 
 
 def family_for(config: dict) -> Family:
@@ -83,7 +85,7 @@ def to_zoo(family: Family, ckpt: Checkpoint, *, tie: bool) -> dict[str, torch.Te
             used.add(copy)
     if tie:
         out["lm_head.weight"] = out["embed.weight"]
-    unused = [name for name in weights if name not in used and not name.endswith(family.buffers)]
+    unused = [name for name in weights if name not in used and not name.endswith(family.buffers) and not family.skipped(ckpt.config, name)]
     if unused:
         raise ConfigError("weights", unused[:4], f"{len(unused)} checkpoint tensors have no place in the zoo composition")
     return out

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
 
@@ -95,6 +95,7 @@ class Family:
         tie_default: ``tie_word_embeddings`` when ``config.json`` leaves it out.
         buffers: name suffixes of checkpoint tensors that are not weights (cached masks, RoPE tables).
         known_keys: config keys the mapping reads or knows to be irrelevant (dropout rates).
+        features: the :data:`FEATURES` its export writes; a composition using any other is refused.
     """
 
     model_types: tuple[str, ...] = ()
@@ -106,6 +107,7 @@ class Family:
     tie_default: bool = False
     buffers: tuple[str, ...] = ()
     known_keys: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset()
 
     def overrides(self, c: dict) -> list[str]:
         """The zoo composition of config ``c``, as Hydra overrides (without ``model.tie_embeddings``)."""
@@ -128,6 +130,11 @@ class Family:
     def canonical(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The checkpoint layout the rules name, from any other layout of the same family."""
         return weights
+
+    def skipped(self, c: dict, name: str) -> bool:
+        """Whether checkpoint tensor ``name`` belongs to a part ``transformers``' model skips too
+        (DeepSeek-V3's multi-token-prediction layer), so it is left out rather than refused."""
+        return False
 
     def aliases(self, c: dict) -> dict[str, str]:
         """``{checkpoint name: name it must equal}`` of tensors stored twice (T5's per-stack embeddings)."""
@@ -304,6 +311,19 @@ def expect_uniform_layers(m: DictConfig, family: str) -> None:
     differing = sorted({k for k in layer_kinds(m) if layers is not None and layers.kinds.get(k)})
     if differing:
         raise ConfigError("model.layers.pattern", list(layers.pattern), f"{family} builds every layer alike: model/layers=uniform")
+
+
+#: settings of a composition that only some families carry: a family that does not list one in
+#: :attr:`Family.features` would drop it on export, so it refuses it instead (off: null or false)
+FEATURES = ("scale_embed", "logit_softcap", "attention.softcap")
+
+
+def expect_features(m: DictConfig, family: Family) -> None:
+    """Refuse to export a composition that uses a :data:`FEATURES` setting ``family`` does not write."""
+    for key in FEATURES:
+        value = OmegaConf.select(m, key)
+        if value and key not in family.features:
+            raise ConfigError(f"model.{key}", value, f"{family.hf_class} has no such setting: leave it off (null or false)")
 
 
 def expect_slots(m: DictConfig, family: str, **targets: str) -> None:

@@ -82,12 +82,11 @@ class Llama(Family):
     def overrides(self, c: dict) -> list[str]:
         n_heads, n_kv_heads, head_dim = self.sizes(c)
         qkv_bias, o_bias, mlp_bias = self.biases(c)
-        window = self.window(c)
         return [
             "model=causal",
             "model/norm=rmsnorm",
             f"model/residual={self.residual[0]}",
-            f"model/attention={self.qk_norm[0] if self.qk_norm else attention_option(n_heads, n_kv_heads, window)}",
+            f"model/attention={self.attention(c)}",
             f"model.vocab_size={c['vocab_size']}",
             f"model.dim={c['hidden_size']}",
             f"model.n_layers={c['num_hidden_layers']}",
@@ -95,14 +94,23 @@ class Llama(Family):
             f"model.head_dim={head_dim}",
             f"model.max_seq_len={c.get('max_position_embeddings', 2048)}",
             f"model.norm.eps={fmt(float(c.get('rms_norm_eps', 1e-6)))}",
-            *rope_overrides(c),
+            *self.rope(c),
             f"model.attention.n_kv_heads={n_kv_heads}",
-            f"model.attention.window={fmt(window)}",
+            f"model.attention.window={fmt(self.window(c))}",
             f"model.attention.bias={fmt(o_bias)}",
             f"++model.attention.qkv_bias={fmt(qkv_bias)}",
             *([f"model.attention.qk_norm.eps={fmt(float(c.get('rms_norm_eps', 1e-6)))}"] if self.qk_norm else []),
             *self.ffn_settings(c, bias=mlp_bias),
         ]
+
+    def attention(self, c: dict) -> str:
+        """The ``model/attention`` option."""
+        n_heads, n_kv_heads, _ = self.sizes(c)
+        return self.qk_norm[0] if self.qk_norm else attention_option(n_heads, n_kv_heads, self.window(c))
+
+    def rope(self, c: dict) -> list[str]:
+        """``model/pos`` and its settings."""
+        return rope_overrides(c)
 
     def ffn_settings(self, c: dict, *, bias: bool) -> list[str]:
         """``model/ffn`` and its settings."""
@@ -128,6 +136,14 @@ class Llama(Family):
 
     # -- export -----------------------------------------------------------------------------------
 
+    def export_rope(self, m: DictConfig) -> dict:
+        return rope_export(m, self.hf_class)
+
+    def export_scale(self, m: DictConfig) -> dict:
+        """The ``config.json`` keys of the score scale (Llama's is always ``head_dim ** -0.5``)."""
+        expect(m, "attention.scale", m.attention.get("scale"), [None], self.hf_class)
+        return {}
+
     def export_window(self, m: DictConfig) -> dict:
         expect(m, "attention.window", m.attention.get("window"), [None], self.hf_class)
         return {}
@@ -152,7 +168,6 @@ class Llama(Family):
             expect(m, "attention.qk_norm.eps", float(qk_norm.get("eps", 1e-6)), [float(m.norm.get("eps", 1e-6))], self.hf_class)
         expect(m, "embed_norm", m.get("embed_norm", False), [False], self.hf_class)
         expect(m, "final_norm", m.get("final_norm"), [None, True], self.hf_class)
-        expect(m, "attention.scale", m.attention.get("scale"), [None], self.hf_class)
         n_heads = m.n_heads
         return {
             "vocab_size": m.vocab_size,
@@ -163,8 +178,9 @@ class Llama(Family):
             "head_dim": m.get("head_dim") or m.dim // n_heads,
             "max_position_embeddings": m.max_seq_len,
             "rms_norm_eps": float(m.norm.get("eps", 1e-6)),
-            **rope_export(m, self.hf_class),
+            **self.export_rope(m),
             **self.export_ffn(m),
             **self.export_biases(m),
             **self.export_window(m),
+            **self.export_scale(m),
         }

@@ -56,9 +56,10 @@ def yarn_attention_factor(params: dict, factor: float) -> float:
     return yarn_temperature(factor)
 
 
-def rope_overrides(c: dict, *, theta: float = 10000.0, fraction: float = 1.0) -> list[str]:
+def rope_overrides(c: dict, *, theta: float = 10000.0, fraction: float = 1.0, package: str = "model.pos") -> list[str]:
     """``model/pos`` and its settings for config ``c``'s rotary embedding (``theta``, ``fraction``:
-    the family's defaults when ``c`` has neither)."""
+    the family's defaults when ``c`` has neither), placed at ``package`` (a kind of layer's own
+    position scheme: ``model.layers.kinds.local.pos``)."""
     params = rope_parameters(c)
     kind = params["rope_type"]
     if kind not in SCALINGS:
@@ -76,8 +77,9 @@ def rope_overrides(c: dict, *, theta: float = 10000.0, fraction: float = 1.0) ->
         raise ConfigError(f"hf_config.rope_parameters.{unknown[0]}", params[unknown[0]], f"zoo's {kind} RoPE reads only {sorted(keys)}")
     theta = float(params.get("rope_theta", c.get("rope_theta", theta)))
     fraction = float(params.get("partial_rotary_factor", c.get("partial_rotary_factor", fraction)))
-    out = [f"model/pos={option}", f"model.pos.theta={fmt(theta)}", f"model.pos.fraction={fmt(fraction)}"]
-    return out + [f"model.pos.{zoo}={fmt(params[hf])}" for hf, zoo in keys.items() if params.get(hf) is not None]
+    group = "model/pos" if package == "model.pos" else f"+model/pos@{package}"
+    out = [f"{group}={option}", f"{package}.theta={fmt(theta)}", f"{package}.fraction={fmt(fraction)}"]
+    return out + [f"{package}.{zoo}={fmt(params[hf])}" for hf, zoo in keys.items() if params.get(hf) is not None]
 
 
 def rope_export(m: DictConfig, family: str) -> dict:

@@ -163,13 +163,19 @@ class TopKRouter(Router):
             return None
         return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
 
+    def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(probs (t, e), weight (t, k), expert (t, k))``: the distribution the balancing loss reads,
+        and each token's experts with their gate values."""
+        probs = logits.softmax(dim=-1)
+        weight, expert = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+        return probs, weight, expert
+
     def forward(self, x: torch.Tensor, *, seq_len: int | None = None) -> Routing:
         t, k, e = x.shape[0], self.top_k, self.n_experts
         logits = self.logits(x)
-        probs = logits.softmax(dim=-1)
-        weight, expert = probs.topk(k, dim=-1)
-        if self.renormalize:
-            weight = weight / weight.sum(dim=-1, keepdim=True)
+        probs, weight, expert = self.choose(logits)
         # choice-major layout (all first choices, then all second ones): assignment j * t + i
         expert, weight = expert.t().reshape(-1), weight.t().reshape(-1)
         order = expert.argsort(stable=True)
@@ -198,6 +204,81 @@ class TopKRouter(Router):
             dropped=dropped,
             inverse=inverse,
         )
+
+
+class GroupedSigmoidRouter(TopKRouter):
+    """Token choice by sigmoid affinities, limited to a few groups of experts, balanced by a bias
+    rather than a loss (DeepSeek-V3, arXiv:2412.19437, section 2.1.2).
+
+    Each expert's affinity is ``sigmoid(logit)``. Experts fall into ``n_groups`` equal groups; a group
+    scores the sum of its two highest affinities, a token keeps its ``top_k_groups`` best groups and
+    picks its ``top_k`` experts among them. A per-expert ``score_bias`` is added to the affinities for
+    that choice only; the gate values are the chosen affinities, divided by their sum with
+    ``renormalize``, times ``scale``. In training the bias moves by ``bias_update_rate`` towards the
+    experts the batch underloaded (DeepSeek-V3's auxiliary-loss-free balancing, its gamma).
+
+    Args:
+        dim, n_experts, jitter, capacity_factor: as in :class:`TopKRouter`.
+        top_k: experts per token.
+        renormalize: divide the chosen affinities by their sum (``norm_topk_prob``).
+        n_groups: groups of experts (``n_group``); 1: no group limit.
+        top_k_groups: groups a token may choose from (``topk_group``).
+        scale: multiplies the gate values (``routed_scaling_factor``).
+        bias_update_rate: per-step change of ``score_bias`` in training; 0: the bias stays.
+
+    Shapes: ``(t, dim)`` -> :class:`Routing` with ``a = t * top_k`` assignments.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_experts: int,
+        top_k: int = 2,
+        renormalize: bool = True,
+        n_groups: int = 1,
+        top_k_groups: int = 1,
+        scale: float = 1.0,
+        bias_update_rate: float = 0.0,
+        capacity_factor: float | None = None,
+        jitter: float = 0.0,
+    ) -> None:
+        super().__init__(dim, n_experts=n_experts, top_k=top_k, renormalize=renormalize, capacity_factor=capacity_factor, jitter=jitter)
+        if n_groups < 1 or n_experts % n_groups:
+            allowed = [g for g in range(1, n_experts + 1) if n_experts % g == 0]
+            raise ConfigError("model.ffn.router.n_groups", n_groups, f"must divide model.ffn.n_experts={n_experts}: one of {allowed}")
+        if not 1 <= top_k_groups <= n_groups or top_k > top_k_groups * (n_experts // n_groups):
+            raise ConfigError(
+                "model.ffn.router.top_k_groups", top_k_groups,
+                f"in [1, n_groups={n_groups}], with enough experts for top_k={top_k}",
+            )  # fmt: skip
+        if bias_update_rate < 0:
+            raise ConfigError("model.ffn.router.bias_update_rate", bias_update_rate, "must be >= 0 (0: a fixed bias)")
+        self.n_groups, self.top_k_groups, self.scale, self.bias_update_rate = n_groups, top_k_groups, scale, bias_update_rate
+        # a buffer, not a parameter: set by the balancing rule (or a checkpoint), never by gradients
+        self.register_buffer("score_bias", torch.zeros(n_experts))
+
+    def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        affinity = logits.sigmoid()
+        biased = affinity + self.score_bias.float()
+        if self.n_groups > 1:
+            groups = biased.view(-1, self.n_groups, self.n_experts // self.n_groups)
+            group_score = groups.topk(min(2, groups.shape[-1]), dim=-1).values.sum(-1)
+            kept = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, group_score.topk(self.top_k_groups, dim=-1).indices, True)
+            biased = groups.masked_fill(~kept[..., None], float("-inf")).flatten(1)
+        expert = biased.topk(self.top_k, dim=-1).indices
+        weight = affinity.gather(1, expert)
+        if self.renormalize:
+            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
+        # the balancing loss reads normalised affinities (DeepSeek-V3's sequence-wise loss, eq. 19)
+        return affinity / affinity.sum(dim=-1, keepdim=True), weight * self.scale, expert
+
+    def forward(self, x: torch.Tensor, *, seq_len: int | None = None) -> Routing:
+        routing = super().forward(x, seq_len=seq_len)
+        if self.training and self.bias_update_rate > 0:
+            with torch.no_grad():
+                self.score_bias += self.bias_update_rate * torch.sign(routing.load.mean() - routing.load)
+        return routing
 
 
 class ExpertChoiceRouter(Router):
