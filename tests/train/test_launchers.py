@@ -6,8 +6,8 @@ import importlib.util
 import pytest
 from omegaconf import OmegaConf
 
-from zoo.train import launchers
-from zoo.train.launchers import check_launcher, missing_plugin, requested_launcher, threads_per_job
+from zoo.run import launchers
+from zoo.run.launchers import check_launcher, missing_plugin, requested_launcher, threads_per_job
 
 
 def test_the_launcher_a_command_names():

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from zoo.errors import ConfigError
 from zoo.run.entry import EXIT_FAILED, check_overrides, describe, exit_policy, setup
-from zoo.train.launchers import check_launcher, share_cores
+from zoo.run.launchers import check_launcher, share_cores
 from zoo.train.sweep import RunInfo, summarise_interrupted
 
 

@@ -7,7 +7,6 @@ the sweep then exits with status 1 once the summary is written, when any job fai
 
 import csv
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import GROUPS
 from zoo.run.naming import default_name, job_name, sweep_group
+from zoo.run.tracking import log_table, wandb_enabled
 
 #: groups of the training config, after the model's (``zoo.config.GROUPS``)
 TRAIN_GROUPS = ("data", "tokenizer", "objective", "adapter", "optim", "sched", "logger", "trainer", "experiment")
@@ -129,28 +129,8 @@ class SweepSummary(Callback):
         csv_path, md_path = write_summary(sweep_dir, rows)
         failed = [r for r in rows if r.get("status") != "ok"]
         print(f"zoo-train: sweep of {len(rows)} runs, {len(failed)} not ok; summary in {md_path}", file=sys.stderr)
-        if str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger"):
-            log_table(config, sweep_dir, rows)
+        if wandb_enabled(config):
+            header, body = table(rows)
+            log_table(config, header=header, body=body, name="summary", group=sweep_group(str(sweep_dir)), folder=sweep_dir, job_type="summary")
         if failed:  # the summary is written; a script or CI running the sweep must still see the failure
             sys.exit(1)
-
-
-def log_table(config: DictConfig, sweep_dir: Path, rows: list[dict]) -> None:
-    """The summary as a W&B table, in a ``summary`` run of the sweep's group."""
-    from zoo.train.logger import import_wandb
-
-    wandb = import_wandb()
-    logger = OmegaConf.to_container(config.logger, resolve=True)
-    header, body = table(rows)
-    folder = logger.get("dir") or (None if "WANDB_DIR" in os.environ else str(sweep_dir))
-    with wandb.init(
-        project=logger.get("project", "zoo"),
-        entity=logger.get("entity"),
-        group=logger.get("group") or sweep_group(str(sweep_dir)),
-        name="summary",
-        job_type="summary",
-        dir=folder,
-        reinit="finish_previous",
-        settings=wandb.Settings(console="off"),
-    ) as run:
-        run.log({"summary": wandb.Table(columns=header, data=[[str(c) for c in row] for row in body])})
