@@ -58,13 +58,22 @@ class RunInfo:
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    """Every job's ``metrics.json`` under ``sweep_dir``, in job order; a job that left none is missing."""
+    """Every job's ``metrics.json`` under ``sweep_dir``, in job order. A job that started (its folder,
+    ``<number>-<overrides>``, exists) and left none is ``interrupted``: a parallel launcher's worker
+    stopped by Ctrl-C, or a killed process, ends before it writes one. A job never started is missing."""
     rows = []
-    for path in sweep_dir.glob("*/metrics.json"):
+    for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        job, name = folder.name.split("-", 1)[0], folder.name
+        if not job.isdigit():  # wandb/, .submitit/, plots: not a job
+            continue
+        metrics = folder / "metrics.json"
         try:
-            rows.append(json.loads(path.read_text()))
+            rows.append(json.loads(metrics.read_text()))
+        except FileNotFoundError:
+            rows.append({"job": int(job) if job.isdigit() else None, "name": name, "status": "interrupted",
+                         "error": "stopped before it wrote metrics.json (killed, or its worker stopped by Ctrl-C)"})  # fmt: skip
         except (OSError, json.JSONDecodeError) as e:
-            rows.append({"name": path.parent.name, "status": "unreadable", "error": str(e)})
+            rows.append({"name": name, "status": "unreadable", "error": str(e)})
     return sorted(rows, key=lambda r: (r.get("job") is None, r.get("job") or 0, r.get("name", "")))
 
 
@@ -109,17 +118,27 @@ def _cell(value, *, rounded: bool = True):
     return "" if value is None else value
 
 
-def summarise_interrupted(sweep_dir: Path, job_num: int | None) -> None:
-    """Ctrl-C stops a sweep before Hydra's end-of-sweep callback: the jobs so far get their summary anyway
-    (the interrupted job listed as ``interrupted``); the jobs not started are not in it."""
-    rows = collect(sweep_dir)
+#: the folder of the sweep this process launched, while it runs (set by :class:`SweepSummary`)
+running_sweep: Path | None = None
+
+
+def summarise_interrupted() -> None:
+    """Ctrl-C stops a sweep before Hydra's end-of-sweep callback: the process that launched it writes
+    the summary of the jobs so far (those stopped listed as ``interrupted``; those not started are not
+    in it). Here rather than in the job: a parallel launcher's worker may be stopped before it can."""
+    rows = collect(running_sweep) if running_sweep is not None and running_sweep.is_dir() else []
     if rows:
-        _, md_path = write_summary(sweep_dir, rows)
-        print(f"zoo-train: sweep interrupted in job {job_num}; summary of its {len(rows)} runs so far in {md_path}", file=sys.stderr)
+        _, md_path = write_summary(running_sweep, rows)
+        stopped = ", ".join(str(r.get("job")) for r in rows if r.get("status") == "interrupted") or "none"
+        print(f"zoo-train: sweep interrupted in job {stopped}; summary of its {len(rows)} runs so far in {md_path}", file=sys.stderr)
 
 
 class SweepSummary(Callback):
     """Writes the sweep's summary table when a multirun ends (``hydra.callbacks.summary`` in conf/config.yaml)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global running_sweep
+        running_sweep = Path(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
