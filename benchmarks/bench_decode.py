@@ -242,7 +242,7 @@ def bench_context(args) -> list[dict]:
 def print_ratios(rows: list[dict], args) -> None:
     """Each variant's speed against MHA's at the same batch and context (the cache-size payoff)."""
     mha = {(r["batch"], r["context"]): r for r in rows if r["variant"] == "mha"}
-    print(f"\nspeed vs MHA at the same batch and context (MHA ms / variant ms; > 1: faster)")
+    print("\nspeed vs MHA at the same batch and context (MHA ms / variant ms; > 1: faster)")
     print(f"{'variant':<11} {'batch':>5} {'context':>7} {'bytes vs MHA':>12} {'eager':>7} {'compiled':>9}")
     for r in rows:
         base = mha.get((r["batch"], r["context"]))

@@ -2,7 +2,7 @@
 
 The same sweep (``model/ffn`` x ``model/norm``, a small model on the embedded corpus, W&B off), run
 through both launchers in turn, ``--rounds`` times, alternating which goes first; each job gets
-``cores / workers`` torch threads under joblib (``zoo.train.launchers``) and the machine's cores under
+``cores / workers`` torch threads under joblib (``zoo.run.launchers``) and the machine's cores under
 the basic launcher. Prints the wall-time ratio (basic / joblib: above 1, joblib is faster) and checks
 that both summaries list the same variants with the same status and validation loss.
 

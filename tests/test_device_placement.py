@@ -11,7 +11,6 @@ import torch
 
 from zoo.bench import quality, speed
 from zoo.data import MQAR
-from zoo.generation import generate
 from zoo.objectives import CausalLMObjective
 from zoo.testing import build_tiny
 

@@ -1,7 +1,9 @@
-"""zoo/ has no import circle: its modules' imports form a graph without cycles.
+"""zoo/ has no import circle, and its layers import only what they may.
 
 Imports inside functions count too: a lazy import keeps Hydra and W&B off the import path, but two
 zoo modules that import each other, one of them lazily, are still a circle held together by timing.
+A package's lazily exported names (a ``_LAZY = {name: module}`` table in its ``__init__``) count as
+imports of the modules that define them.
 """
 
 import ast
@@ -13,6 +15,27 @@ ROOT = Path(__file__).resolve().parents[1] / "zoo"
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def lazy_exports(package: str) -> dict[str, str]:
+    """``{name: defining module}`` of a package's ``_LAZY`` table, read from its ``__init__`` as data."""
+    init = ROOT.parent.joinpath(*package.split("."), "__init__.py")
+    if not init.exists():
+        return {}
+    for node in ast.parse(init.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(getattr(t, "id", None) == "_LAZY" for t in targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def from_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every absolute ``from zoo... import ...`` in ``path``."""
+    return [
+        (node.module, [a.name for a in node.names])
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("zoo")
+    ]
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -27,7 +50,8 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            lazy = lazy_exports(base) if base in modules else {}
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else lazy.get(a.name, base) for a in node.names]
         else:
             continue
         for target in targets:
@@ -91,3 +115,32 @@ def test_the_finder_finds_a_circle():
 
 def test_zoo_has_no_import_circle():
     assert cycles(import_graph()) == []
+
+
+def test_lazy_exports_are_edges():
+    graph = import_graph()
+    assert "zoo.train.settings" in graph["zoo.bench.run"]  # from zoo.train import Settings
+
+
+def test_other_packages_use_only_the_public_names_of_training():
+    """zoo.bench, zoo.finetune and the rest ask zoo.train for what its ``__all__`` offers, never its modules."""
+    import zoo.train
+
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if module_name(path).startswith("zoo.train"):
+            continue
+        for module, names in from_imports(path):
+            if module.startswith("zoo.train."):
+                wrong.append(f"{path.relative_to(ROOT.parent)}: from {module} import {', '.join(names)}")
+            elif module == "zoo.train":
+                wrong += [f"{path.relative_to(ROOT.parent)}: zoo.train.{n} is not public" for n in names if n not in zoo.train.__all__]
+    assert wrong == []
+
+
+def test_the_run_layer_stands_below_the_entry_points():
+    """zoo.run serves zoo-train, zoo-bench and zoo-generate: it imports none of them."""
+    above = ("zoo.train", "zoo.bench", "zoo.generation", "zoo.generate", "zoo.finetune")
+    graph = import_graph()
+    wrong = {m: sorted(d for d in deps if d.startswith(above)) for m, deps in graph.items() if m.startswith("zoo.run")}
+    assert {m: d for m, d in wrong.items() if d} == {}

@@ -3,7 +3,6 @@ each refused with one line naming the file, the key and the value, and the marke
 would create never appears."""
 
 import json
-import os
 import pickle
 import subprocess
 import sys

@@ -5,7 +5,6 @@ from functools import partial
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from zoo.arch import CausalLM
 from zoo.attention import Attention, Context, Mask, MultiHeadLatentAttention

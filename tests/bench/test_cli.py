@@ -80,3 +80,41 @@ def test_peers_study_runs_in_fresh_processes(zoo_bench, tmp_path):
     (ratio,) = report["ratios"]
     assert ratio["ratio"] == "zoo / reference" and len(ratio["train_runs"]) == 2
     assert "Medians over 2 processes" in (tmp_path / "peers" / "peers.md").read_text()
+
+
+#: trains (2 steps on 200 kB of prose), so seeds matter; no speed figures
+TRAINED = [
+    "logger=none", "tokenizer=byte", "data.corpus.sources=[pydoc]", "data.corpus.max_bytes=200000",
+    "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=32", "trainer.seq_len=32",
+    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=0", "trainer.final_eval_batches=2",
+    "bench.speed.enabled=false",
+]  # fmt: skip
+
+
+def test_a_study_fans_out_per_seed_and_a_rerun_runs_only_what_is_missing(zoo_bench, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model/ffn=gelu,swiglu", "bench.seeds=[0],[1]", *TRAINED, f"hydra.sweep.dir={sweep}"]
+    assert zoo_bench(args) == 0
+    jobs = sorted(p.parent for p in sweep.glob("*/results.jsonl"))
+    assert len(jobs) == 4  # 2 variants x 2 seeds, one job each
+    rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+    by_variant = {v: sorted(r["seed"] for r in rows if r["variant"] == v) for v in ("ffn=gelu", "ffn=swiglu")}
+    assert by_variant == {"ffn=gelu": [0, 1], "ffn=swiglu": [0, 1]}  # the seeds' jobs are one variant in the report
+    assert "| ffn=swiglu | 2/2 |" in (sweep / "summary.md").read_text()
+
+    # interrupted midway: one job's results lost, another's cut short; a re-run into the folder redoes only those
+    kept = jobs[0] / "results.jsonl"
+    before = kept.stat().st_mtime_ns
+    (jobs[1] / "results.jsonl").unlink()
+    (jobs[2] / "results.jsonl").write_text('{"variant": "ffn=swi')
+    capsys.readouterr()
+    assert zoo_bench(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished already") == 2 and kept.stat().st_mtime_ns == before
+    again = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"], r["val_loss"]) for r in again] == [(r["variant"], r["seed"], r["val_loss"]) for r in rows]
+
+    # another config into the same folder: nothing is kept
+    capsys.readouterr()
+    assert zoo_bench([*args, "trainer.max_steps=3"]) == 0
+    assert "finished already" not in capsys.readouterr().err

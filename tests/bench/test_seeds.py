@@ -30,6 +30,9 @@ def test_stacked_seeds_match_separate_runs(tmp_path, ffn):
 def test_what_does_not_stack_says_why():
     assert "objective" in applies(zoo.compose([*SMALL, "objective=prefix_lm"]))
     assert applies(zoo.compose([*SMALL, "trainer.grad_accum=2"])) is not None
+    # the loop loads initial weights and applies adapters; stacked seeds would train from scratch, in full
+    assert "adapter" in applies(zoo.compose([*SMALL, "adapter=lora"]))
+    assert "initial weights" in applies(zoo.compose([*SMALL, "trainer.init_from=runs/base"]))
 
 
 def test_convergence_flags_a_loss_still_falling():

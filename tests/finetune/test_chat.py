@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from zoo.errors import ConfigError
 from zoo.finetune.chat import ChatData, ChatTemplate, stdlib_conversations

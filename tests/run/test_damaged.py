@@ -2,7 +2,6 @@
 
 Truncations at every position class: a safetensors header, its body, a JSON file cut short."""
 
-import json
 import os
 import shutil
 import subprocess

@@ -4,11 +4,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from zoo.run.folder import LOCK, FolderTaken, claim, is_held
+from zoo.run.folder import FolderTaken, claim, is_held
 
 TINY = [
     "experiment=smoke", "data.corpus.sources=[pydoc]", "data.corpus.max_bytes=60000", "logger=none", "trainer.max_steps=2",

@@ -2,12 +2,17 @@
 
 import csv
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from omegaconf import OmegaConf
 
-from zoo.train import launchers
-from zoo.train.launchers import check_launcher, missing_plugin, requested_launcher, threads_per_job
+from zoo.run import launchers
+from zoo.run.launchers import check_launcher, missing_plugin, requested_launcher, threads_per_job
 
 
 def test_the_launcher_a_command_names():
@@ -84,3 +89,42 @@ def test_a_sweep_on_a_local_ray_cluster_runs_and_is_summarised(tmp_path, cli, ti
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _summary(sweep)
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(float(r["val_loss"]) > 0 for r in rows)
+
+
+def ctrl_c_in_job_1(tmp_path, tiny, launcher: list[str]) -> tuple[int, str, list[dict]]:
+    """A sweep whose job 1 trains until stopped, Ctrl-C'd as a terminal does (SIGINT to the whole process
+    group: the launcher's workers too) once job 1 trains; the exit status, stderr and the summary rows."""
+    sweep = tmp_path / "sweep"
+    common = [o for o in tiny if not o.startswith("trainer.max_steps=")]
+    args = ["-m", "trainer.max_steps=2,100000", *common, f"hydra.sweep.dir={sweep}", *launcher]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not any(p.stat().st_size for p in sweep.glob("1-*/log.jsonl")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stderr, _summary(sweep)
+
+
+@pytest.mark.slow
+@_needs("hydra_plugins.hydra_joblib_launcher")
+def test_ctrl_c_in_a_joblib_sweep_stops_cleanly_with_the_summary_so_far(tmp_path, tiny):
+    status, stderr, rows = ctrl_c_in_job_1(tmp_path, tiny, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert status == 130 and "zoo-train: interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    # job 1 listed even when the launcher stopped its worker before it wrote its metrics.json
+    assert [r["job"] for r in rows] == ["0", "1"] and rows[1]["status"] == "interrupted"
+    assert rows[0]["status"] in ("ok", "interrupted")  # two workers: job 0 (2 steps) may still run when the signal comes
+
+
+@pytest.mark.slow
+@_needs("hydra_plugins.hydra_submitit_launcher")
+def test_ctrl_c_in_a_submitit_local_sweep_still_writes_the_summary(tmp_path, tiny):
+    status, stderr, rows = ctrl_c_in_job_1(tmp_path, tiny, ["hydra/launcher=submitit_local"])
+    # submitit's own controller process prints its KeyboardInterrupt traceback (its code, not zoo's)
+    assert status == 130 and "zoo-train: interrupted" in stderr, stderr[-3000:]
+    assert [r["job"] for r in rows] == ["0", "1"] and rows[1]["status"] == "interrupted"

@@ -60,3 +60,13 @@ def test_summary_lists_every_job_and_its_failure(tmp_path):
     assert [(t["variant"], t["status"], t["model/ffn"]) for t in table] == [("ffn=swiglu", "ok", "swiglu"), ("ffn=gelu", "failed", "gelu")]
     assert table[0]["val_bpb"] == "1.25" and "must divide" in table[1]["error"]
     assert md_path.read_text().splitlines()[0].startswith("| job | variant | status | val_loss | val_bpb")
+
+
+def test_a_job_that_started_and_left_no_metrics_is_listed_interrupted(tmp_path):
+    (tmp_path / "0-ffn=gelu").mkdir()
+    (tmp_path / "0-ffn=gelu" / "metrics.json").write_text(json.dumps({"job": 0, "name": "ffn=gelu", "status": "ok"}))
+    (tmp_path / "1-ffn=swiglu").mkdir()  # its worker stopped before it wrote metrics.json
+    (tmp_path / "wandb").mkdir()  # not a job
+    rows = collect(tmp_path)
+    assert [(r["job"], r["status"]) for r in rows] == [(0, "ok"), (1, "interrupted")]
+    assert "metrics.json" in rows[1]["error"]

@@ -19,17 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.errors import ConfigError
 from zoo.run.entry import check_overrides, exit_policy, setup
 from zoo.run.naming import sweep_group
-#: overrides that pick where or how a job runs, not what it is: left out of variant names
-NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
-
-
+from zoo.run.tracking import log_table, wandb_enabled
 def variant_name(overrides: list[str], choices: dict[str, str]) -> str:
     """The variant's label: its overrides, shortened (``pos=alibi``), or its components when none."""
-    from zoo.bench.report import short
+    from zoo.bench.report import NOT_VARIANT, short
     from zoo.run.naming import default_name, job_name
 
     named = [short(o) for o in overrides if not o.lstrip("+~").startswith(NOT_VARIANT)]
     return job_name(named) or default_name(choices)
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """What a job's results are a function of: its config, less where it logs and how loudly or on how
+    many threads it runs. A finished job is kept on a re-run only when this is unchanged."""
+    import hashlib
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("logger", None)
+    for key in ("quiet", "threads", "keep_freed_memory"):
+        plain.get("trainer", {}).pop(key, None)
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_peers(cfg: DictConfig, out_dir: Path) -> None:
@@ -37,7 +46,6 @@ def run_peers(cfg: DictConfig, out_dir: Path) -> None:
     import torch
 
     from zoo.bench import peers
-    from zoo.bench.report import log_table, wandb_enabled
     from zoo.bench.timing import pick_device
 
     options = dict(OmegaConf.to_container(cfg.bench.peers, resolve=True))
@@ -58,7 +66,7 @@ def run_peers(cfg: DictConfig, out_dir: Path) -> None:
         body = [[name, *row.values()] for name, row in report["results"].items()]
         # the ratios as rows too: "zoo / hf", train ratio, inference ratio, target, padded to the header
         body += [[r["ratio"], r["train"], r["infer"], f">= {r['target']}", *[""] * (len(header) - 4)] for r in report["ratios"]]
-        log_table(cfg, header=header, body=body, images={}, name="peers", group=None, folder=out_dir)
+        log_table(cfg, header=header, body=body, name="peers", group=None, folder=out_dir, job_type="bench")
 
 
 def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dict[str, str], multirun: bool, group: str | None) -> None:
@@ -67,6 +75,11 @@ def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dic
     from zoo.bench.run import run_variant
 
     variant = variant_name(overrides, chosen)
+    digest = config_digest(cfg)
+    if multirun and report.finished(out_dir, digest=digest):
+        # a study run again into its own folder (hydra.sweep.dir=...) runs only the jobs it lacks
+        print(f"zoo-bench: {variant}: finished already, kept {out_dir / report.RESULTS} (delete it to run again)", file=sys.stderr)
+        return
     try:
         rows = run_variant(cfg, out_dir=out_dir, variant=variant, overrides=overrides, choices=chosen)
     except ConfigError as e:
@@ -81,15 +94,16 @@ def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dic
         (out_dir / "error.txt").write_text(traceback.format_exc())
         rows = [{"variant": variant, "status": "failed", "error": f"{type(e).__name__}: {e}", "choices": chosen, "overrides": overrides}]
         print(f"zoo-bench: {variant} failed: {type(e).__name__}: {e} (see {out_dir / 'error.txt'})", file=sys.stderr)
+    rows = [{**row, "config_digest": digest} for row in rows]
     if multirun:
         report.write_jsonl(rows, out_dir / report.RESULTS)  # the sweep's report gathers these
-        if report.wandb_enabled(cfg):
+        if wandb_enabled(cfg):
             report.log_wandb(cfg, rows=rows, paths={}, name=variant, group=group, folder=out_dir)
         return
     paths = report.write_report(rows, out_dir, title=f"zoo-bench: {variant}", command=" ".join(sys.argv), notes=report.study_notes(cfg))
     print(report.summary_table(rows))
     print(f"zoo-bench: report in {paths['summary']}", file=sys.stderr)
-    if report.wandb_enabled(cfg):
+    if wandb_enabled(cfg):
         report.log_wandb(cfg, rows=rows, paths=paths, name=variant, group=group, folder=out_dir)
 
 
@@ -97,7 +111,7 @@ def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dic
 def _app(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
-    from zoo.train.launchers import share_cores
+    from zoo.run.launchers import share_cores
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -115,7 +129,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The console script: plugins' configs and zoo's resolvers registered, W&B offline by default."""
-    from zoo.train.launchers import check_launcher
+    from zoo.run.launchers import check_launcher
 
     check_launcher(sys.argv[1:], app="zoo-bench")
     setup()

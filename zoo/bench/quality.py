@@ -30,6 +30,7 @@ def seed_config(cfg: DictConfig, *, seed: int, steps: int | None = None) -> Dict
     with open_dict(run):
         run.trainer.seed = seed
         run.trainer.quiet = True
+        run.trainer.overwrite = True  # the job owns its seeds' folders: a job run again (a resumed study) starts them anew
         run.trainer.sample.max_new_tokens = 0
         if steps is not None:
             run.trainer.max_steps = steps
@@ -66,8 +67,7 @@ def convergence(history: list[float], *, tolerance: float = 0.02) -> dict:
 def per_batch_eval(model: torch.nn.Module, loader, *, objective, max_batches: int | None) -> dict:
     """Validation figures as :func:`zoo.train.metrics.evaluate` gives them, plus the losses of the single
     batches (``val_batch_losses``) and their standard error (``val_loss_se``): the evaluation's own noise."""
-    from zoo.train.distributed import Dist
-    from zoo.train.metrics import evaluate
+    from zoo.train import Dist, evaluate
 
     loader.reset()
     parts = [evaluate(model, [b], objective=objective, dist=Dist(), max_batches=None) for b in itertools.islice(loader, max_batches)]
@@ -129,7 +129,7 @@ def load_trained(cfg: DictConfig, *, checkpoint: str | None, vocab_size: int, mo
 
     from zoo.config import instantiate_model
     from zoo.tokenizer import load_tokenizer
-    from zoo.train.checkpoint import find, load_weights
+    from zoo.run.checkpoint import find, load_weights
 
     data = instantiate(cfg.data)
     if model is not None:
@@ -159,8 +159,7 @@ def extrapolation(
     """Validation loss at ``factor x train_len`` for each factor, over about ``eval_tokens`` tokens each."""
     from zoo.bench.speed import max_length
     from zoo.errors import ConfigError
-    from zoo.train.distributed import Dist
-    from zoo.train.metrics import evaluate
+    from zoo.train import Dist, evaluate
 
     limit = max_length(model)
     out: dict[str, float | str] = {}

@@ -9,7 +9,6 @@ whole ``-m`` sweep when it ends, from every job's ``results.jsonl``.
 """
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -21,8 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.bench.plots import all_plots, by_variant, is_number
 from zoo.bench.stats import Difference, exceeds_noise, paired, summarize, unpaired
 from zoo.bench.timing import NOISY_SPREAD
+from zoo.run.tracking import log_table, wandb_enabled
 
 RESULTS = "results.jsonl"
+#: overrides that pick where or how a job runs, or which of its seeds, not which variant it is: left
+#: out of variant names (a study fanned out per seed, ``bench.seeds=[0],[1],[2]``, has one variant per model)
+NOT_VARIANT = ("study=", "bench.", "hydra.", "logger", "trainer.device", "trainer.threads", "trainer.keep_freed_memory", "trainer.quiet")
 SUMMARY = "summary.md"
 
 
@@ -68,6 +71,17 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def finished(job_dir: Path, *, digest: str) -> bool:
+    """Whether ``job_dir`` holds the results of a job that ended well with the config whose digest is
+    ``digest``: every row ``ok`` (a failed or interrupted job runs again, as does a changed config)."""
+    path = Path(job_dir) / RESULTS
+    try:
+        rows = read_jsonl(path)
+    except (OSError, ValueError):  # absent, or cut short mid-write
+        return False
+    return bool(rows) and all(r.get("status") == "ok" and r.get("config_digest") == digest for r in rows)
 
 
 def lookup(row: dict, key: str):
@@ -279,7 +293,7 @@ def relabel(rows: list[dict]) -> list[dict]:
         key, _, value = override.partition("=")
         return key.lstrip("+~"), value
 
-    per_job = {r["variant"]: dict(split(o) for o in r.get("overrides") or []) for r in rows}
+    per_job = {r["variant"]: dict(split(o) for o in r.get("overrides") or [] if not o.lstrip("+~").startswith(NOT_VARIANT)) for r in rows}
     if len(per_job) < 2:
         return rows
     keys = dict.fromkeys(k for o in per_job.values() for k in o)
@@ -290,31 +304,12 @@ def relabel(rows: list[dict]) -> list[dict]:
     return [{**r, "variant": names[r["variant"]]} for r in rows]
 
 
-def wandb_enabled(config: DictConfig) -> bool:
-    return str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger")
-
-
 def log_wandb(config: DictConfig, *, rows: list[dict], paths: dict[str, Path], name: str, group: str | None, folder: Path) -> None:
     """A W&B run (offline unless ``WANDB_MODE`` says otherwise) with the summary table and the plots."""
     table = [line.strip("|").split("|") for line in summary_table(rows).splitlines()]
     header, body = [h.strip() for h in table[0]], [[c.strip() for c in r] for r in table[2:]]
     images = {f"plots/{k}": p for k, p in paths.items() if str(p).endswith(".png")}
-    log_table(config, header=header, body=body, images=images, name=name, group=group, folder=folder)
-
-
-def log_table(config: DictConfig, *, header: list[str], body: list[list], images: dict[str, Path], name: str, group: str | None, folder: Path) -> None:
-    """One W&B run holding a table (and images), with the ``logger`` group's project and entity."""
-    from zoo.train.logger import import_wandb
-
-    wandb = import_wandb()
-    logger = OmegaConf.to_container(config.logger, resolve=True)
-    with wandb.init(
-        project=logger.get("project", "zoo"), entity=logger.get("entity"), group=logger.get("group") or group, name=name,
-        job_type="bench", dir=logger.get("dir") or os.environ.get("WANDB_DIR") or str(folder), reinit="finish_previous",
-        settings=wandb.Settings(console="off"),
-    ) as run:  # fmt: skip
-        run.log({"summary": wandb.Table(columns=header, data=[[str(c) for c in row] for row in body])}
-                | {k: wandb.Image(str(p)) for k, p in images.items()})  # fmt: skip
+    log_table(config, header=header, body=body, images=images, name=name, group=group, folder=folder, job_type="bench")
 
 
 class BenchSummary(Callback):

@@ -22,7 +22,7 @@ from zoo.bench.settings import BenchSettings
 from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
 from zoo.bench.timing import matmul_rate, pick_device
-from zoo.train.settings import Settings
+from zoo.train import Settings
 
 
 def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:

@@ -9,8 +9,9 @@ does not mix seeds), the same schedule, and its own gradient-norm clipping. Its 
 separate run's to float tolerance (batched matmuls sum in another order); tests/bench/test_seeds.py
 holds it to that.
 
-It covers what a study trains: a causal LM with ``objective=causal_lm`` on one process, without
-gradient accumulation, compilation, MoE auxiliary losses or activation checkpointing;
+It covers what a study trains: a causal LM with ``objective=causal_lm`` on one process, from scratch
+and without an adapter, without gradient accumulation, compilation, MoE auxiliary losses or
+activation checkpointing;
 :func:`applies` says when, and :func:`zoo.bench.run.run_variant` falls back to one seed at a time
 otherwise.
 """
@@ -33,7 +34,7 @@ def applies(cfg: DictConfig) -> str | None:
     """``None`` when the seeds of ``cfg`` can train stacked; otherwise why not (for the report)."""
     from hydra.utils import get_class
 
-    from zoo.train.settings import Settings
+    from zoo.train import Settings
 
     s = Settings.from_config(cfg.trainer)
     target = str(cfg.objective._target_)
@@ -43,6 +44,8 @@ def applies(cfg: DictConfig) -> str | None:
         return "not a causal decoder"
     if s.grad_accum != 1 or s.compile or s.activation_checkpointing or s.resume:
         return "grad_accum, compile, activation checkpointing or resume"
+    if s.init_from or not str(cfg.adapter._target_).endswith("FullFineTuning"):
+        return "initial weights or an adapter (the training loop loads and applies them)"
     if "experts" in str(cfg.model.ffn.get("_target_", "")).lower() or cfg.model.ffn.get("n_experts") is not None:
         return "mixture of experts (auxiliary losses)"
     if float(cfg.model.get("dropout", 0.0) or 0.0) > 0:
@@ -68,9 +71,7 @@ def fingerprint(data) -> str | None:
 
 
 def build_seed(cfg: DictConfig, *, seed: int, steps: int | None) -> Seed:
-    from zoo.train.components import build
-    from zoo.train.distributed import Dist
-    from zoo.train.settings import Settings
+    from zoo.train import Dist, Settings, build
 
     run = seed_config(cfg, seed=seed, steps=steps)
     settings = Settings.from_config(run.trainer)
@@ -91,10 +92,7 @@ def clip_per_seed(grads: list[torch.Tensor], max_norm: float | None) -> torch.Te
 def train_together(cfg: DictConfig, *, seeds: list[int], steps: int | None = None) -> tuple[list[dict], list[nn.Module]]:
     """Train ``seeds`` of ``cfg`` stacked; one result row per seed (as :func:`zoo.bench.quality.train_seed`'s,
     without a checkpoint) and the trained models."""
-    from zoo.train.components import build_node
-    from zoo.train.loop import forever
-    from zoo.train.optim import param_groups
-    from zoo.train.settings import Settings
+    from zoo.train import Settings, build_node, forever, param_groups
 
     runs = [build_seed(cfg, seed=s, steps=steps) for s in seeds]
     first = runs[0]

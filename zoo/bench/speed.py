@@ -58,7 +58,7 @@ def workload(model: nn.Module, *, batch: int, seq_len: int, device: torch.device
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of every timed training step, for every variant and peer alike: AdamW with torch's
     fused kernel where the device has one (as zoo-train and HF's Trainer use it)."""
-    from zoo.train.optim import fused_by_default
+    from zoo.train import fused_by_default
 
     return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_by_default(model) or None)
 

@@ -7,7 +7,6 @@ A run whose body is frozen checkpoints only what trains (``trainable.safetensors
 :meth:`zoo.train.loop.Loop.save`); the frozen rest comes back from ``trainer.init_from``.
 """
 
-import torch
 from torch import nn
 
 

@@ -31,11 +31,11 @@ def load_run(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[t
     from zoo.config import instantiate_model
     from zoo.finetune.adapters import FullFineTuning
     from zoo.finetune.pretrained import _tokenizer, open_pretrained
-    from zoo.train import checkpoint as ckpt
-    from zoo.train.components import build_node
+    from zoo.run.checkpoint import find, load_weights
+    from zoo.train import build_node
 
     try:
-        found = ckpt.find(path)
+        found = find(path)
     except FileNotFoundError as e:
         raise ConfigError("run", str(path), str(e)) from None
     cfg = OmegaConf.load(found.path / "config.yaml")
@@ -49,7 +49,7 @@ def load_run(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[t
     adapter.apply(model)
     build_node(cfg.objective, "objective", tokenizer=tokenizer).prepare(model, data=None)
     try:
-        ckpt.load_weights(found, model)
+        load_weights(found, model)
     except (ValueError, RuntimeError) as e:
         raise ConfigError("run", str(path), f"a checkpoint that fits its own config.yaml ({str(e).splitlines()[0]})") from None
     return model.eval(), cfg, tokenizer, adapter

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from zoo.errors import ConfigError
 from zoo.run.entry import EXIT_FAILED, check_overrides, describe, exit_policy, setup
-from zoo.train.launchers import check_launcher, share_cores
+from zoo.run.launchers import check_launcher, share_cores
 from zoo.train.sweep import RunInfo, summarise_interrupted
 
 
@@ -36,9 +36,6 @@ def _app(cfg: DictConfig) -> float | None:
         return result.metrics.get("val_bpb", result.metrics.get("val_loss"))
     try:
         result = train(cfg, out_dir=out_dir, info=info)
-    except KeyboardInterrupt:
-        summarise_interrupted(Path(hydra_cfg.sweep.dir), info.job_num)
-        raise
     except ConfigError as e:
         print(f"zoo-train: job {info.job_num} ({info.name}) failed: {describe(e)}", file=sys.stderr)
         return None
@@ -56,4 +53,8 @@ def main() -> None:
     setup()
     with exit_policy("zoo-train"):
         check_overrides(sys.argv[1:], config_name="config")
-        _app()
+        try:
+            _app()
+        except KeyboardInterrupt:
+            summarise_interrupted()  # a sweep's jobs so far, whichever launcher ran them
+            raise

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 # the layout and the readers live in the run layer, which zoo-generate and zoo-bench share
 from zoo.run.checkpoint import LATEST, STATE, TRAINABLE, Checkpoint, find, fsync_path, load_safetensors, load_weights, write_atomic  # noqa: F401

@@ -1,22 +1,13 @@
 """Experiment loggers: the ``logger`` config group (``wandb``, the default, and ``none``).
 
-W&B runs offline unless the user sets ``WANDB_MODE`` (``online`` to upload as it trains): the mode
-goes into the environment before ``wandb`` is imported, because an offline ``init`` alone still
-lets a telemetry thread reach the network. Offline runs land in ``<dir>/wandb/offline-run-*`` and
-``wandb sync <that folder>`` uploads them later. ``wandb`` is imported lazily (it costs ~0.4 s).
+W&B runs offline unless the user sets ``WANDB_MODE`` (:func:`zoo.run.tracking.import_wandb`). Offline
+runs land in ``<dir>/wandb/offline-run-*`` and ``wandb sync <that folder>`` uploads them later.
 """
 
 import os
 from pathlib import Path
 
-
-def import_wandb():
-    """``wandb``, imported with the offline default in place and its chatter silenced."""
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    return wandb
+from zoo.run.tracking import import_wandb
 
 
 class Logger:

@@ -7,7 +7,6 @@ the sweep then exits with status 1 once the summary is written, when any job fai
 
 import csv
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import GROUPS
 from zoo.run.naming import default_name, job_name, sweep_group
+from zoo.run.tracking import log_table, wandb_enabled
 
 #: groups of the training config, after the model's (``zoo.config.GROUPS``)
 TRAIN_GROUPS = ("data", "tokenizer", "objective", "adapter", "optim", "sched", "logger", "trainer", "experiment")
@@ -58,13 +58,22 @@ class RunInfo:
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    """Every job's ``metrics.json`` under ``sweep_dir``, in job order; a job that left none is missing."""
+    """Every job's ``metrics.json`` under ``sweep_dir``, in job order. A job that started (its folder,
+    ``<number>-<overrides>``, exists) and left none is ``interrupted``: a parallel launcher's worker
+    stopped by Ctrl-C, or a killed process, ends before it writes one. A job never started is missing."""
     rows = []
-    for path in sweep_dir.glob("*/metrics.json"):
+    for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        job, name = folder.name.split("-", 1)[0], folder.name
+        if not job.isdigit():  # wandb/, .submitit/, plots: not a job
+            continue
+        metrics = folder / "metrics.json"
         try:
-            rows.append(json.loads(path.read_text()))
+            rows.append(json.loads(metrics.read_text()))
+        except FileNotFoundError:
+            rows.append({"job": int(job) if job.isdigit() else None, "name": name, "status": "interrupted",
+                         "error": "stopped before it wrote metrics.json (killed, or its worker stopped by Ctrl-C)"})  # fmt: skip
         except (OSError, json.JSONDecodeError) as e:
-            rows.append({"name": path.parent.name, "status": "unreadable", "error": str(e)})
+            rows.append({"name": name, "status": "unreadable", "error": str(e)})
     return sorted(rows, key=lambda r: (r.get("job") is None, r.get("job") or 0, r.get("name", "")))
 
 
@@ -109,17 +118,27 @@ def _cell(value, *, rounded: bool = True):
     return "" if value is None else value
 
 
-def summarise_interrupted(sweep_dir: Path, job_num: int | None) -> None:
-    """Ctrl-C stops a sweep before Hydra's end-of-sweep callback: the jobs so far get their summary anyway
-    (the interrupted job listed as ``interrupted``); the jobs not started are not in it."""
-    rows = collect(sweep_dir)
+#: the folder of the sweep this process launched, while it runs (set by :class:`SweepSummary`)
+running_sweep: Path | None = None
+
+
+def summarise_interrupted() -> None:
+    """Ctrl-C stops a sweep before Hydra's end-of-sweep callback: the process that launched it writes
+    the summary of the jobs so far (those stopped listed as ``interrupted``; those not started are not
+    in it). Here rather than in the job: a parallel launcher's worker may be stopped before it can."""
+    rows = collect(running_sweep) if running_sweep is not None and running_sweep.is_dir() else []
     if rows:
-        _, md_path = write_summary(sweep_dir, rows)
-        print(f"zoo-train: sweep interrupted in job {job_num}; summary of its {len(rows)} runs so far in {md_path}", file=sys.stderr)
+        _, md_path = write_summary(running_sweep, rows)
+        stopped = ", ".join(str(r.get("job")) for r in rows if r.get("status") == "interrupted") or "none"
+        print(f"zoo-train: sweep interrupted in job {stopped}; summary of its {len(rows)} runs so far in {md_path}", file=sys.stderr)
 
 
 class SweepSummary(Callback):
     """Writes the sweep's summary table when a multirun ends (``hydra.callbacks.summary`` in conf/config.yaml)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global running_sweep
+        running_sweep = Path(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -129,28 +148,8 @@ class SweepSummary(Callback):
         csv_path, md_path = write_summary(sweep_dir, rows)
         failed = [r for r in rows if r.get("status") != "ok"]
         print(f"zoo-train: sweep of {len(rows)} runs, {len(failed)} not ok; summary in {md_path}", file=sys.stderr)
-        if str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger"):
-            log_table(config, sweep_dir, rows)
+        if wandb_enabled(config):
+            header, body = table(rows)
+            log_table(config, header=header, body=body, name="summary", group=sweep_group(str(sweep_dir)), folder=sweep_dir, job_type="summary")
         if failed:  # the summary is written; a script or CI running the sweep must still see the failure
             sys.exit(1)
-
-
-def log_table(config: DictConfig, sweep_dir: Path, rows: list[dict]) -> None:
-    """The summary as a W&B table, in a ``summary`` run of the sweep's group."""
-    from zoo.train.logger import import_wandb
-
-    wandb = import_wandb()
-    logger = OmegaConf.to_container(config.logger, resolve=True)
-    header, body = table(rows)
-    folder = logger.get("dir") or (None if "WANDB_DIR" in os.environ else str(sweep_dir))
-    with wandb.init(
-        project=logger.get("project", "zoo"),
-        entity=logger.get("entity"),
-        group=logger.get("group") or sweep_group(str(sweep_dir)),
-        name="summary",
-        job_type="summary",
-        dir=folder,
-        reinit="finish_previous",
-        settings=wandb.Settings(console="off"),
-    ) as run:
-        run.log({"summary": wandb.Table(columns=header, data=[[str(c) for c in row] for row in body])})
