@@ -12,7 +12,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from zoo.errors import ConfigError  # noqa: E402
 from zoo.hf import from_pretrained, hf_overrides, import_config, load  # noqa: E402
-from zoo.hf.checkpoint import Checkpoint, read  # noqa: E402
+from zoo.hf.checkpoint import HFCheckpoint, read  # noqa: E402
 from zoo.hf.cli import main  # noqa: E402
 from zoo.hf.convert import merge_overrides, to_zoo  # noqa: E402
 from zoo.hf.parity import hf_logits, zoo_logits  # noqa: E402
@@ -89,26 +89,26 @@ def llama_config(**changes) -> dict:
 )
 def test_features_zoo_lacks_are_named(config, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        hf_overrides(Checkpoint(config=config, weights={}, source="test"))
+        hf_overrides(HFCheckpoint(config=config, weights={}, source="test"))
 
 
 def test_unknown_settings_are_refused_but_metadata_passes(monkeypatch):
     from zoo.hf.llama import Llama
 
-    assert hf_overrides(Checkpoint(llama_config(is_llama_config=True, tie_word_embeddings=True), {}, "smollm"))
+    assert hf_overrides(HFCheckpoint(llama_config(is_llama_config=True, tie_word_embeddings=True), {}, "smollm"))
     # a setting transformers' LlamaConfig has and the mapping would not know
     monkeypatch.setattr(Llama, "known_keys", Llama.known_keys - {"mlp_bias"})
     with pytest.raises(ConfigError, match="mlp_bias"):
-        hf_overrides(Checkpoint(llama_config(mlp_bias=True), {}, "test"))
+        hf_overrides(HFCheckpoint(llama_config(mlp_bias=True), {}, "test"))
 
 
 def test_every_tensor_must_find_its_place(llama):
     ckpt = read(llama)
     family, tie, _ = hf_overrides(ckpt)
-    extra = Checkpoint(ckpt.config, {**ckpt.weights, "model.layers.0.self_attn.q_norm.weight": torch.ones(16)}, "test")
+    extra = HFCheckpoint(ckpt.config, {**ckpt.weights, "model.layers.0.self_attn.q_norm.weight": torch.ones(16)}, "test")
     with pytest.raises(ConfigError, match="no place"):
         to_zoo(family, extra, tie=tie)
-    missing = Checkpoint(ckpt.config, {k: v for k, v in ckpt.weights.items() if "layers.1.mlp" not in k}, "test")
+    missing = HFCheckpoint(ckpt.config, {k: v for k, v in ckpt.weights.items() if "layers.1.mlp" not in k}, "test")
     with pytest.raises(ConfigError, match="are not in"):
         to_zoo(family, missing, tie=tie)
 
@@ -134,15 +134,15 @@ def test_a_key_transformers_derives_from_the_rest_passes_and_a_contradicting_one
     pytest.importorskip("transformers")
     # LlamaConfig derives num_key_value_heads = num_attention_heads when it is absent: the same model
     monkeypatch.setattr(Llama, "known_keys", Llama.known_keys - {"num_key_value_heads"})
-    assert hf_overrides(Checkpoint(llama_config(num_key_value_heads=4, tie_word_embeddings=True), {}, "derived"))
+    assert hf_overrides(HFCheckpoint(llama_config(num_key_value_heads=4, tie_word_embeddings=True), {}, "derived"))
     with pytest.raises(ConfigError, match="num_key_value_heads"):
-        hf_overrides(Checkpoint(llama_config(num_key_value_heads=2, tie_word_embeddings=True), {}, "not derived"))
+        hf_overrides(HFCheckpoint(llama_config(num_key_value_heads=2, tie_word_embeddings=True), {}, "not derived"))
 
 
 @pytest.mark.parametrize("multi_query, derived, ok", [(True, 1, True), (False, 4, True), (True, 4, False)])
 def test_falcon_checks_the_kv_heads_it_is_told_against_the_ones_it_derives(multi_query, derived, ok):
     config = dict(model_type="falcon", vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-    ckpt = Checkpoint(config | dict(multi_query=multi_query, num_key_value_heads=derived), {}, "falcon")
+    ckpt = HFCheckpoint(config | dict(multi_query=multi_query, num_key_value_heads=derived), {}, "falcon")
     if ok:
         assert f"model.attention.n_kv_heads={derived}" in hf_overrides(ckpt)[2]
     else:

@@ -11,7 +11,7 @@ from hf_cases import CASES, DEEPSEEK, TOL, inputs  # noqa: E402
 
 from zoo.errors import ConfigError  # noqa: E402
 from zoo.hf import from_pretrained, hf_overrides  # noqa: E402
-from zoo.hf.checkpoint import Checkpoint  # noqa: E402
+from zoo.hf.checkpoint import HFCheckpoint  # noqa: E402
 from zoo.hf.deepseek_v3 import interleaved_to_halves, permute_rope_rows  # noqa: E402
 from zoo.hf.parity import hf_logits, zoo_logits  # noqa: E402
 
@@ -64,11 +64,11 @@ def config(**changes) -> dict:
 )
 def test_settings_zoo_cannot_build_are_named(changes, key):
     with pytest.raises(ConfigError, match=key):
-        hf_overrides(Checkpoint(config(**changes), {}, "test"))
+        hf_overrides(HFCheckpoint(config(**changes), {}, "test"))
 
 
 def test_all_dense_layers_need_no_experts():
-    overrides = hf_overrides(Checkpoint(config(first_k_dense_replace=3, tie_word_embeddings=True), {}, "test"))[2]
+    overrides = hf_overrides(HFCheckpoint(config(first_k_dense_replace=3, tie_word_embeddings=True), {}, "test"))[2]
     assert "model/ffn=swiglu" in overrides and not any("moe" in o for o in overrides)
 
 
@@ -80,4 +80,4 @@ def test_the_multi_token_prediction_layer_is_skipped_as_transformers_skips_it(hf
     ckpt = read(hf)
     mtp = {k.replace("model.layers.2.", "model.layers.3."): v for k, v in ckpt.weights.items() if k.startswith("model.layers.2.")}
     family = hf_overrides(ckpt)[0]
-    assert to_zoo(family, Checkpoint(ckpt.config, {**ckpt.weights, **mtp}, "mtp"), tie=False).keys() == from_pretrained(hf).state_dict().keys()
+    assert to_zoo(family, HFCheckpoint(ckpt.config, {**ckpt.weights, **mtp}, "mtp"), tie=False).keys() == from_pretrained(hf).state_dict().keys()

@@ -9,7 +9,7 @@ from hf_cases import CASES, TOL, inputs  # noqa: E402
 
 from zoo.errors import ConfigError  # noqa: E402
 from zoo.hf import from_pretrained, hf_overrides  # noqa: E402
-from zoo.hf.checkpoint import Checkpoint  # noqa: E402
+from zoo.hf.checkpoint import HFCheckpoint  # noqa: E402
 from zoo.hf.parity import hf_logits, zoo_logits  # noqa: E402
 
 SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
@@ -55,7 +55,7 @@ def test_default_layer_types_name_their_pattern(model_type, layers, option):
 def import_config_of(config: dict):
     from zoo.config import compose
 
-    return compose(hf_overrides(Checkpoint(config, {}, "test"))[2])
+    return compose(hf_overrides(HFCheckpoint(config, {}, "test"))[2])
 
 
 def test_a_transformers_4_gemma3_config_maps_as_transformers_5_reads_it():
@@ -67,13 +67,13 @@ def test_a_transformers_4_gemma3_config_maps_as_transformers_5_reads_it():
     )  # fmt: skip
     new = transformers.Gemma3TextConfig(**{k: v for k, v in old.items() if k != "model_type"}).to_dict()
     assert "layer_types" in new and "sliding_attention" in new["rope_parameters"]
-    overrides = hf_overrides(Checkpoint(old, {}, "4.x"))[2]
-    assert overrides == hf_overrides(Checkpoint(new, {}, "5.x"))[2]
+    overrides = hf_overrides(HFCheckpoint(old, {}, "4.x"))[2]
+    assert overrides == hf_overrides(HFCheckpoint(new, {}, "5.x"))[2]
     assert "model.layers.pattern=[local,local,global]" in overrides and "model.layers.kinds.local.pos.theta=100.0" in overrides
 
 
 def test_a_transformers_4_gemma2_config_keeps_its_rope_theta():
-    overrides = hf_overrides(Checkpoint(dict(model_type="gemma2", num_hidden_layers=2, rope_theta=500.0, **SIZES), {}, "4.x"))[2]
+    overrides = hf_overrides(HFCheckpoint(dict(model_type="gemma2", num_hidden_layers=2, rope_theta=500.0, **SIZES), {}, "4.x"))[2]
     assert "model.pos.theta=500.0" in overrides
 
 
@@ -98,7 +98,7 @@ def test_a_gemma3_without_a_mix_of_layers_is_uniform():
 def test_settings_zoo_cannot_build_are_named(config, key):
     config = dict(num_hidden_layers=2, **SIZES) | config
     with pytest.raises(ConfigError, match=key):
-        hf_overrides(Checkpoint(config, {}, "test"))
+        hf_overrides(HFCheckpoint(config, {}, "test"))
 
 
 def test_a_gemma3_round_trip_keeps_each_layer_types_rope(tmp_path):

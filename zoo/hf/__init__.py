@@ -23,14 +23,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
-from zoo.hf.checkpoint import Checkpoint, read
+from zoo.hf.checkpoint import HFCheckpoint, read
 from zoo.hf.convert import FAMILIES, family_for, merge_overrides, tied, to_hf, to_zoo
 from zoo.hf.family import Family, expect_features
 
 Source = str | Path | torch.nn.Module
 
 
-def hf_overrides(ckpt: Checkpoint) -> tuple[Family, bool, list[str]]:
+def hf_overrides(ckpt: HFCheckpoint) -> tuple[Family, bool, list[str]]:
     """``(family, tied head, overrides)`` of a checkpoint: the zoo composition its config describes."""
     family = family_for(ckpt.config)
     family.check(ckpt.config)
@@ -39,7 +39,7 @@ def hf_overrides(ckpt: Checkpoint) -> tuple[Family, bool, list[str]]:
     return family, tie, [*overrides, f"model.tie_embeddings={str(tie).lower()}"]
 
 
-def compose_for(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> tuple[Family, bool, list[str], DictConfig]:
+def compose_for(ckpt: HFCheckpoint, overrides: Sequence[str] = ()) -> tuple[Family, bool, list[str], DictConfig]:
     """The composed config of a checkpoint, with ``overrides`` on top (they win over the checkpoint's)."""
     from zoo.config import compose
 
@@ -79,7 +79,7 @@ def from_pretrained(
     return (model, cfg) if with_config else model
 
 
-def _build(ckpt: Checkpoint, overrides: Sequence[str], *, device=None, dtype=None, strict: bool = True):
+def _build(ckpt: HFCheckpoint, overrides: Sequence[str], *, device=None, dtype=None, strict: bool = True):
     from zoo.config import instantiate_model
 
     family, tie, merged, cfg = compose_for(ckpt, overrides)

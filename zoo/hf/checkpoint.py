@@ -20,7 +20,7 @@ PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "mod
 
 
 @dataclass
-class Checkpoint:
+class HFCheckpoint:
     """A checkpoint's config and weights, under Hugging Face's names.
 
     Args:
@@ -38,19 +38,19 @@ class Checkpoint:
         return str(self.config.get("model_type", ""))
 
 
-def read(source: "str | Path | torch.nn.Module") -> Checkpoint:
-    """A :class:`Checkpoint` from a local folder or an in-memory ``transformers`` model."""
+def read(source: "str | Path | torch.nn.Module") -> HFCheckpoint:
+    """A :class:`HFCheckpoint` from a local folder or an in-memory ``transformers`` model."""
     if isinstance(source, torch.nn.Module):
         return read_model(source)
     return read_folder(source)
 
 
-def read_model(model: torch.nn.Module) -> Checkpoint:
+def read_model(model: torch.nn.Module) -> HFCheckpoint:
     """Config and weights of a ``transformers`` ``PreTrainedModel`` already in memory."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise ConfigError("source", type(model).__name__, "a transformers PreTrainedModel (with .config) or a local checkpoint folder")
-    return Checkpoint(config=config.to_dict(), weights=dict(model.state_dict()), source=type(model).__name__)
+    return HFCheckpoint(config=config.to_dict(), weights=dict(model.state_dict()), source=type(model).__name__)
 
 
 def read_config(folder: str | Path) -> dict:
@@ -106,11 +106,11 @@ def _load_shard(path: Path) -> dict[str, torch.Tensor]:
         raise DamagedFile(path, str(e).splitlines()[0] if str(e) else type(e).__name__, "download or copy the checkpoint again") from None
 
 
-def read_folder(folder: str | Path) -> Checkpoint:
+def read_folder(folder: str | Path) -> HFCheckpoint:
     """Config and weights of a checkpoint folder, as ``transformers``' ``save_pretrained`` writes it."""
     folder = Path(folder)
     config = read_config(folder)
     weights: dict[str, torch.Tensor] = {}
     for path in weight_files(folder):
         weights.update(_load_shard(path))
-    return Checkpoint(config=config, weights=weights, source=str(folder))
+    return HFCheckpoint(config=config, weights=weights, source=str(folder))

@@ -8,7 +8,7 @@ import torch
 
 from zoo.errors import ConfigError
 from zoo.hf.bloom import Bloom
-from zoo.hf.checkpoint import Checkpoint
+from zoo.hf.checkpoint import HFCheckpoint
 from zoo.hf.deepseek_v3 import DeepseekV3
 from zoo.hf.falcon import Falcon
 from zoo.hf.family import Family, rename
@@ -37,7 +37,7 @@ def family_for(config: dict) -> Family:
     raise ConfigError("hf_config.model_type", model_type, f"zoo maps these transformers families: {known}")
 
 
-def hf_weights(family: Family, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+def hf_weights(family: Family, ckpt: HFCheckpoint) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under the names the family's rules use.
 
     A checkpoint of the bare base model lacks the base prefix (the hub's ``gpt2``); an in-memory
@@ -49,7 +49,7 @@ def hf_weights(family: Family, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     return {name if name == family.head else prefix + name: w for name, w in weights.items()}
 
 
-def tied(family: Family, ckpt: Checkpoint) -> bool:
+def tied(family: Family, ckpt: HFCheckpoint) -> bool:
     """Whether the LM head is the embedding, as ``transformers`` decides when loading.
 
     ``tie_word_embeddings`` says so, unless the checkpoint holds a head that differs from the
@@ -65,7 +65,7 @@ def tied(family: Family, ckpt: Checkpoint) -> bool:
     return tie and embed is not None and torch.equal(head, embed)
 
 
-def to_zoo(family: Family, ckpt: Checkpoint, *, tie: bool) -> dict[str, torch.Tensor]:
+def to_zoo(family: Family, ckpt: HFCheckpoint, *, tie: bool) -> dict[str, torch.Tensor]:
     """The checkpoint's weights under the zoo model's ``state_dict`` names."""
     weights = hf_weights(family, ckpt)
     rules = family.rules(ckpt.config) + ([] if tie else [rename(family.head, "lm_head.weight")])
