@@ -88,7 +88,8 @@ class StaticKVCache:
 
 def make_static(cache: list[LayerCache], *, room: int) -> list[LayerCache]:
     """Turn every layer's prefilled self-attention cache into a :class:`StaticKVCache` with ``room``
-    more tokens, in place (cross-attention caches are read-only already); returns ``cache``."""
+    more tokens, in place (cross-attention caches are read-only already; a recurrent state is static
+    already); returns ``cache``."""
     for layer in cache:
-        layer.self_attn = StaticKVCache.adopt(layer.self_attn, room=room)
+        layer.self_attn = layer.self_attn.static(room=room)
     return cache
