@@ -12,6 +12,7 @@ from zoo.attention.cache import cache_nbytes
 from zoo.attention.recurrence import chunked, parallel, scan
 from zoo.errors import ConfigError
 from zoo.generation import generate
+from zoo.generation.static import StaticDecoder
 from zoo.pos.base import NoPositions
 from zoo.pos.rope import RoPE
 
@@ -265,6 +266,41 @@ def test_what_a_mixer_cannot_read_is_refused_before_any_work(overrides, key):
     with pytest.raises(ConfigError) as error:
         model(torch.zeros(1, 4, dtype=torch.long), prefix_len=torch.tensor([2]))
     assert error.value.key == key
+
+
+def greedy_logits(model: torch.nn.Module, n: int, **static) -> torch.Tensor:
+    """Logits of ``n`` greedy steps after a padded batch of prompts: eager, or (``static``) StaticDecoder."""
+    with torch.inference_mode():
+        session = model.open_session([[5, 6, 7, 8, 9], [12, 13]], pad_id=0, room=n)
+        logits = [session.feed(session.prompt)[:, -1]]
+        step = StaticDecoder(session, room=n, **static) if static else session
+        for _ in range(n):
+            logits.append(step.feed(logits[-1].argmax(-1)[:, None])[:, -1])
+        return torch.stack(logits, 1)
+
+
+@pytest.mark.parametrize("kind", MIXERS)
+def test_static_decode_steps_give_the_eager_logits(kind):
+    torch.manual_seed(0)
+    model = zoo.build([*SMALL, f"model/attention={kind}"]).eval()
+    torch.testing.assert_close(greedy_logits(model, 6, compiled=False), greedy_logits(model, 6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", MIXERS)
+def test_compiled_decode_steps_trace_once(kind):
+    """Traced by dynamo (backend ``eager``, 5-15 s here): the token count is a tensor, so no step recompiles."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = zoo.build([*SMALL, f"model/attention={kind}"]).eval()
+    want = greedy_logits(model, 6)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = greedy_logits(model, 6, backend="eager")
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(got, want)
 
 
 def test_a_state_cannot_take_tokens_back():

@@ -43,6 +43,8 @@ class Retention(nn.Module):
     requires_causal = True
     #: the architectures it serves (``zoo-info``'s compatibility matrix)
     compatible_archs = ("causal",)
+    #: what its decoding cache holds (``zoo-info``'s "KV cache" column)
+    cache_summary = "constant state"
     option = "retention"
 
     def __init__(

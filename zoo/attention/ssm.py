@@ -67,6 +67,8 @@ class SelectiveSSM(nn.Module):
     requires_causal = True
     #: the architectures it serves (``zoo-info``'s compatibility matrix)
     compatible_archs = ("causal",)
+    #: what its decoding cache holds (``zoo-info``'s "KV cache" column)
+    cache_summary = "constant state"
     option = "mamba2"
 
     def __init__(

@@ -60,8 +60,29 @@ class StateCache:
         if n != self.seen:
             raise ValueError(f"a recurrent state ({self.owner}) cannot take back {self.seen - n} tokens: it keeps no history")
 
-    def static(self, *, room: int) -> "StateCache":
-        """Itself: its shapes never change, and :meth:`put` writes in place."""
+    def static(self, *, room: int) -> "StaticStateCache":
+        """The same state for compiled decode steps (:mod:`zoo.generation.static`); any ``room`` fits."""
         if not self.tensors:
             raise ValueError("a static cache takes over a prefilled cache: feed the prompt first")
-        return self
+        return StaticStateCache(self)
+
+
+class StaticStateCache(StateCache):
+    """A prefilled :class:`StateCache` that counts tokens in a tensor (``cursor``), as
+    :class:`~zoo.attention.static_cache.StaticKVCache` does: a Python int is a value a compiler guards
+    on, so every decode step would compile anew. The state's shapes never change and :meth:`put`
+    writes in place, so nothing else differs.
+    """
+
+    def __init__(self, cache: StateCache) -> None:
+        # not StateCache.__init__: it takes over the tensors rather than starting empty
+        self.owner, self.tensors = cache.owner, cache.tensors
+        device = next(iter(cache.tensors.values())).device
+        self.cursor = torch.tensor([cache.seen], device=device)
+
+    @property
+    def seen(self) -> int:
+        return int(self.cursor)
+
+    def advance(self, n: int) -> None:
+        self.cursor.add_(n)
