@@ -82,13 +82,13 @@ def chunked(
 ) -> tuple[torch.Tensor, State]:
     """:func:`parallel` within chunks of ``chunk`` tokens, each starting from the state the previous one
     left: ``O(n * chunk)`` time and memory instead of ``O(n^2)``; arguments and results as :func:`scan`."""
+    # split, not sliced: a slice's backward writes into a zero tensor of the whole length, once per
+    # chunk (quadratic); split's backward is one concatenation
+    parts = [t.split(chunk, dim=2) for t in (q, k, v)] + [log_decay.split(chunk, dim=2)]
+    resets_parts = [None] * len(parts[0]) if resets is None else resets.split(chunk, dim=1)
     out = []
-    for start in range(0, q.shape[2], chunk):
-        part = slice(start, start + chunk)
-        o, state = parallel(
-            q[:, :, part], k[:, :, part], v[:, :, part], log_decay[:, :, part], state=state,
-            resets=None if resets is None else resets[:, part],
-        )  # fmt: skip
+    for q_c, k_c, v_c, decay_c, resets_c in zip(*parts, resets_parts):
+        o, state = parallel(q_c, k_c, v_c, decay_c, state=state, resets=resets_c)
         out.append(o)
     return torch.cat(out, dim=2), state
 

@@ -16,7 +16,7 @@ Letters: ``b`` batch, ``n`` tokens, ``h`` heads, ``p`` channels of one head, ``s
 import math
 
 import torch
-from einops import einsum, rearrange
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
@@ -32,13 +32,19 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, ta
     """Depthwise causal convolution of ``x (b, n, c)`` by ``weight (c, w)`` after ``tail (b, w-1, c)``,
     the inputs before ``x`` (zeros at the start of a text); a tap that reaches back across a document
     start (``resets (b, n)``) reads nothing."""
-    width = weight.shape[1]
-    windows = torch.cat([tail, x], dim=1).unfold(1, width, 1)  # (b, n, c, w): tap w-1 is the token itself
-    if resets is not None:
-        run = resets.long().cumsum(dim=1)
-        before = torch.cat([run.new_zeros(run.shape[0], width - 1), run], dim=1).unfold(1, width, 1)  # (b, n, w)
-        windows = windows * (before == run[..., None])[:, :, None, :]
-    return einsum(windows, weight, "b n c w, c w -> b n c") + bias
+    n, width = x.shape[1], weight.shape[1]
+    inputs = torch.cat([tail, x], dim=1)
+    run = None if resets is None else resets.long().cumsum(dim=1)
+    if run is not None:
+        run_before = torch.cat([run.new_zeros(run.shape[0], width - 1), run], dim=1)
+    out = bias
+    # a few shifted products rather than unfold: unfold's backward cost more than the whole scan
+    for tap in range(width):  # tap w-1 is the token itself, tap 0 the one w-1 tokens back
+        term = inputs[:, tap : tap + n] * weight[:, tap]
+        if run is not None:
+            term = term * (run_before[:, tap : tap + n] == run)[..., None]
+        out = out + term
+    return out
 
 
 class SelectiveSSM(nn.Module):
