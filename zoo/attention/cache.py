@@ -67,12 +67,6 @@ class KVCache:
         if max_len is not None:
             self.reserve(max_len)
 
-    def static(self, *, room: int):
-        """A :class:`~zoo.attention.static_cache.StaticKVCache` over these buffers, ``room`` tokens more."""
-        from zoo.attention.static_cache import StaticKVCache  # it builds on this module
-
-        return StaticKVCache.adopt(self, room=room)
-
     def nbytes(self) -> int:
         """Bytes of the key and value buffers (positions and padding flags, per token not per head, excluded)."""
         return sum(t.numel() * t.element_size() for t in (self.k_buf, self.v_buf) if t is not None)

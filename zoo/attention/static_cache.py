@@ -91,5 +91,6 @@ def make_static(cache: list[LayerCache], *, room: int) -> list[LayerCache]:
     more tokens, in place (cross-attention caches are read-only already; a recurrent state is static
     already); returns ``cache``."""
     for layer in cache:
-        layer.self_attn = layer.self_attn.static(room=room)
+        own = getattr(layer.self_attn, "static", None)  # a cache that makes its own static form (a recurrent state)
+        layer.self_attn = own(room=room) if callable(own) else StaticKVCache.adopt(layer.self_attn, room=room)
     return cache
