@@ -28,6 +28,10 @@ from einops import einsum
 State = torch.Tensor  # (b, h, d, e)
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def scan(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, *, state: State | None = None, resets: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, State]:
@@ -36,7 +40,7 @@ def scan(
     b, h, n, d = k.shape
     if state is None:
         state = k.new_zeros(b, h, d, v.shape[-1])
-    decay = log_decay.exp()
+    decay = at_least_float32(log_decay).exp().to(v.dtype)
     if resets is not None:
         decay = decay * ~resets[:, None, :]
     out = []
@@ -51,7 +55,8 @@ def parallel(
 ) -> tuple[torch.Tensor, State]:
     """All tokens at once through an ``n x n`` decay matrix; arguments and results as :func:`scan`."""
     n = q.shape[2]
-    cum = log_decay.cumsum(dim=-1)  # log of a_1 ... a_i
+    # in float32 at least: a long cumulative sum in bf16 keeps too few bits for the differences below
+    cum = at_least_float32(log_decay).cumsum(dim=-1)  # log of a_1 ... a_i
     visible = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None]  # (1 | b, i, j)
     # run[i]: resets at or before token i; a token j reaches i when no reset lies in (j, i]
     run = None if resets is None else resets.long().cumsum(dim=-1)
@@ -59,12 +64,14 @@ def parallel(
         visible = visible & (run[:, :, None] == run[:, None, :])
     # masked before exp: a later token's exp(cum_i - cum_j) would overflow, and inf * 0 is NaN
     gap = (cum[..., :, None] - cum[..., None, :]).masked_fill(~visible[:, None], float("-inf"))
-    scores = einsum(q, k, "b h i d, b h j d -> b h i j") * gap.exp()
+    scores = einsum(q, k, "b h i d, b h j d -> b h i j") * gap.exp().to(q.dtype)
     out = einsum(scores, v, "b h i j, b h j e -> b h i e")
-    to_end = (cum[..., -1:] - cum).masked_fill(~visible[:, -1][:, None], float("-inf")).exp()  # (b, h, j)
+    to_end = (cum[..., -1:] - cum).masked_fill(~visible[:, -1][:, None], float("-inf")).exp().to(k.dtype)  # (b, h, j)
     final = einsum(k * to_end[..., None], v, "b h j d, b h j e -> b h d e")
     if state is not None:
-        carried = cum.exp() if run is None else cum.exp() * (run[:, None] == 0)  # (b, h, i)
+        carried = cum.exp().to(q.dtype)  # (b, h, i)
+        if run is not None:
+            carried = carried * (run[:, None] == 0)
         out = out + einsum(q, state, "b h i d, b h d e -> b h i e") * carried[..., None]
         final = final + state * carried[..., -1, None, None]
     return out, final
