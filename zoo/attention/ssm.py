@@ -155,7 +155,6 @@ class SelectiveSSM(nn.Module):
         tail = None if cache is None else cache.get("conv")
         if tail is None:
             tail = xbc.new_zeros(b, self.conv_width - 1, xbc.shape[-1])
-        padded_tail = torch.cat([tail, xbc], dim=1)[:, -(self.conv_width - 1) :] if self.conv_width > 1 else tail
         xs, b_in, c_in = F.silu(causal_conv(xbc, self.conv_weight, self.conv_bias, tail=tail, resets=resets)).split(
             [self.n_heads * self.head_width, self.state_dim, self.state_dim], dim=-1
         )
@@ -167,7 +166,7 @@ class SelectiveSSM(nn.Module):
         y, state = run_form(self.form, self.chunk, q, k, xs * rearrange(dt, "b n h -> b h n 1"), log_decay, state=state, resets=resets)
         if cache is not None:
             cache.put("state", state)
-            cache.put("conv", padded_tail)
+            cache.put("conv", torch.cat([tail, xbc], dim=1)[:, n:])  # the last conv_width - 1 inputs
             cache.advance(n)
         y = rearrange(y + self.skip[:, None, None] * xs, "b h n p -> b n (h p)")
         return self.o_proj(self.dropout(self.norm(y * F.silu(self.gate_proj(x)))))
