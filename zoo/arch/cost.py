@@ -10,8 +10,8 @@ Counted from the built modules' weight shapes (so plugins count too), not traced
 counted dense as in PaLM's MFU (Chowdhery et al. 2022, arXiv:2204.02311, App. B) and as
 ``torch.utils.flop_counter`` counts SDPA: a causal mask is not halved; a sliding window counts
 ``min(window, n)`` keys; a recurrent mixer counts its chunked recurrence (linear in ``n``). Norms,
-activations, softmax, biases and position schemes are elementwise and
-left out (< 1% at the sizes benchmarked). A backward pass costs twice the forward.
+activations, softmax, biases and position schemes are elementwise and left out (< 1% at the sizes
+benchmarked). A backward pass costs twice the forward.
 
 A module that answers ``active_params()`` (a Mixture-of-Experts FFN: the parameters one token passes
 through) is counted by its active parameters; its total parameters still count in ``params``.
