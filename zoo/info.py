@@ -111,12 +111,12 @@ def compatibility(options: list[Option]) -> dict[str, dict[str, str]]:
         for arch in archs:
             if opt.group == "model/residual" and arch.cross_attends and not getattr(cls, "supports_cross_attention", True):
                 row[arch.arch] = "no: no cross-attention slot"
-            if opt.group == "model/pos" and arch.has_bidirectional_stack and getattr(cls, "requires_causal", False):
+            if opt.group in ("model/pos", "model/attention") and arch.has_bidirectional_stack and getattr(cls, "requires_causal", False):
                 row[arch.arch] = "no: needs a causal mask"
         if opt.group == "model/pos":
             row["past max_seq_len"] = "yes" if getattr(cls, "extrapolates", True) else "no"
         if opt.group == "model/attention":
-            row["KV cache"] = "yes"
+            row["KV cache"] = getattr(cls, "cache_summary", "yes")
         rows[f"{opt.group}={opt.name}"] = row
     return rows
 

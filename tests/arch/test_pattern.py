@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from zoo.arch.cost import kv_cache_bytes
 from zoo.arch.pattern import LayerPattern
 from zoo.attention.cache import prepare_cache
+from zoo.attention.state_cache import StateCache
 from zoo.config import group_options
 from zoo.errors import ConfigError
 from zoo.testing import build_tiny
@@ -29,8 +31,12 @@ def test_cached_decoding_equals_full_forward(option):
         steps = [model(tokens[:, :PROMPT], cache=cache)]
         steps += [model(tokens[:, t : t + 1], cache=cache) for t in range(PROMPT, TOTAL)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
-    # each layer's cache is sized by its own attention: a ring of `window` keys, or every key
+    # each layer's cache is sized by its own attention: a ring of `window` keys, or every key, or (a
+    # recurrent mixer) a state of the size its cost reports, whatever the length
     for layer, layer_cache in zip(model.stack.layers, cache):
+        if isinstance(layer_cache.self_attn, StateCache):
+            assert layer_cache.self_attn.nbytes() == tokens.shape[0] * kv_cache_bytes(layer.attn, TOTAL)
+            continue
         window, capacity = layer.attn.window, layer_cache.self_attn.capacity
         assert capacity == window if window else capacity >= TOTAL
 

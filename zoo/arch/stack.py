@@ -84,6 +84,8 @@ class Stack(nn.Module):
         )
         if causal:
             refuse_future(self.layers)
+        else:
+            refuse_bidirectional(self.layers)
         tell_depth(self.layers)
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
@@ -134,8 +136,25 @@ class Stack(nn.Module):
         return self.norm(x)
 
     def new_cache(self) -> list[LayerCache]:
-        """An empty cache per block, rolling for sliding-window layers."""
-        return [LayerCache(window=getattr(layer.attn, "window", None)) for layer in self.layers]
+        """An empty cache per block: rolling for sliding-window layers, the mixer's own where its
+        attention slot says how it caches (``new_cache()``: a recurrent mixer's state)."""
+        return [LayerCache(window=getattr(layer.attn, "window", None), self_attn=own_cache(layer.attn)) for layer in self.layers]
+
+
+def own_cache(attn: nn.Module):
+    """The cache ``attn`` makes for itself (``attn.new_cache()``), or ``None`` for a :class:`KVCache`."""
+    make = getattr(attn, "new_cache", None)
+    return make() if callable(make) else None
+
+
+def refuse_bidirectional(layers: nn.Module) -> None:
+    """Refuse a bidirectional stack a mixer that reads left to right (declares ``requires_causal``)."""
+    for layer in layers:
+        if getattr(layer.attn, "requires_causal", False):
+            raise ConfigError(
+                "model/attention", getattr(layer.attn, "option", type(layer.attn).__name__),
+                "reads tokens left to right, so a bidirectional stack (an encoder) cannot use it: use model=causal",
+            )  # fmt: skip
 
 
 def check_pos(pos: Positions, causal: bool, key: str) -> None:

@@ -59,6 +59,14 @@ class KVCache:
         """Allocate room for ``n`` tokens at the first update (e.g. prompt + new tokens), not by doubling."""
         self.reserved = max(self.reserved, n)
 
+    def prepare(self, *, max_len: int | None, rollback: int) -> None:
+        """Before the first update: room for ``max_len`` tokens, and ``rollback`` for a ring."""
+        if self.k_buf is not None:
+            raise ValueError("prepare_cache needs an empty cache (call it right after model.new_cache())")
+        self.rollback = rollback
+        if max_len is not None:
+            self.reserve(max_len)
+
     def nbytes(self) -> int:
         """Bytes of the key and value buffers (positions and padding flags, per token not per head, excluded)."""
         return sum(t.numel() * t.element_size() for t in (self.k_buf, self.v_buf) if t is not None)
@@ -222,10 +230,16 @@ class MemoryCache:
 
 
 class LayerCache:
-    """The caches of one block: its self-attention and, in an encoder-decoder, its cross-attention."""
+    """The caches of one block: its self-attention and, in an encoder-decoder, its cross-attention.
 
-    def __init__(self, *, window: int | None = None, rollback: int = 0) -> None:
-        self.self_attn = KVCache(window=window, rollback=rollback)
+    Args:
+        window, rollback: of the self-attention's :class:`KVCache`.
+        self_attn: the self-attention slot's own cache instead (a recurrent mixer's
+            :class:`~zoo.attention.state_cache.StateCache`).
+    """
+
+    def __init__(self, *, window: int | None = None, rollback: int = 0, self_attn=None) -> None:
+        self.self_attn = KVCache(window=window, rollback=rollback) if self_attn is None else self_attn
         self.cross_attn = MemoryCache()
 
     def nbytes(self) -> int:
@@ -240,11 +254,7 @@ def cache_nbytes(cache: list[LayerCache]) -> int:
 def prepare_cache(cache: list[LayerCache], *, max_len: int | None = None, rollback: int = 0) -> list[LayerCache]:
     """Size an empty cache before its first update: room for ``max_len`` tokens, ``rollback`` for rings."""
     for layer in cache:
-        if layer.self_attn.k_buf is not None:
-            raise ValueError("prepare_cache needs an empty cache (call it right after model.new_cache())")
-        layer.self_attn.rollback = rollback
-        if max_len is not None:
-            layer.self_attn.reserve(max_len)
+        layer.self_attn.prepare(max_len=max_len, rollback=rollback)
     return cache
 
 

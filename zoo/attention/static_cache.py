@@ -88,7 +88,9 @@ class StaticKVCache:
 
 def make_static(cache: list[LayerCache], *, room: int) -> list[LayerCache]:
     """Turn every layer's prefilled self-attention cache into a :class:`StaticKVCache` with ``room``
-    more tokens, in place (cross-attention caches are read-only already); returns ``cache``."""
+    more tokens, in place (cross-attention caches are read-only already; a recurrent mixer's state
+    makes its own static form); returns ``cache``."""
     for layer in cache:
-        layer.self_attn = StaticKVCache.adopt(layer.self_attn, room=room)
+        own = getattr(layer.self_attn, "static", None)  # a cache that makes its own static form (a recurrent state)
+        layer.self_attn = own(room=room) if callable(own) else StaticKVCache.adopt(layer.self_attn, room=room)
     return cache
