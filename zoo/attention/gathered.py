@@ -1,0 +1,172 @@
+"""Gathered sparse attention (``model.attention.kernel=sparse``): a sparse pattern at sub-quadratic cost on SDPA.
+
+For a mask with a sparse pattern (:mod:`zoo.attention.sparse`), queries are cut into blocks of the
+pattern's ``query_block``; each block gathers the keys its pattern names (the union of its queries'
+candidates, each key once) and attends to them through one batched
+``F.scaled_dot_product_attention`` call, with the exact :class:`~zoo.attention.mask.Mask` rule and any
+score bias evaluated on the gathered positions. Cost and memory grow with the keys the pattern lets a
+query see, not with ``n x m``; it differentiates on every device (block-sparse attention as in
+Child et al. 2019, arXiv:1904.10509, gathered like :mod:`zoo.attention.local`'s bands).
+
+A mask without a pattern goes to :func:`~zoo.attention.local.local` (windows) or SDPA; so do short
+rows, prefix masks (a prefix is seen by every query, outside any pattern) and positions that are not
+the keys' indices shifted by one offset per row (see :func:`index_shift`): all exact.
+
+Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim,
+``s`` query blocks, ``q`` queries of a block, ``l`` keys one query block sees.
+"""
+
+import warnings
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from zoo.attention.dense import sdpa
+from zoo.attention.local import local, narrow
+from zoo.attention.mask import Mask
+from zoo.attention.signature import BiasFn
+
+
+def index_shift(q_pos: torch.Tensor, k_pos: torch.Tensor, mask: Mask) -> torch.Tensor | None:
+    """``(b,)`` offsets ``c`` with ``k_pos = index + c`` on every real key and queries the last ``n`` keys,
+    or ``None`` where positions are otherwise (a pattern's candidate positions then name no index).
+
+    Left-padded rows qualify (their positions start at the first real token); packed rows whose
+    positions restart at each document do not.
+    """
+    n, m = q_pos.shape[1], k_pos.shape[1]
+    if n > m:
+        return None
+    valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand_as(k_pos)
+    shift = k_pos - torch.arange(m, device=k_pos.device)
+    row_shift = shift.masked_fill(~valid, torch.iinfo(shift.dtype).min).amax(dim=1)
+    aligned = (shift == row_shift[:, None]) | ~valid
+    last = (q_pos == k_pos[:, m - n :]) | ~valid[:, m - n :]
+    return row_shift if bool(aligned.all() & last.all()) else None
+
+
+def sparse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Attention under ``mask``'s sparse pattern, each query over the keys its pattern names; equal to
+    :func:`~zoo.attention.dense.eager`. Rows too short for gathering to pay go to SDPA.
+
+    Args:
+        q: ``(b, h, n, d)`` queries, the last ``n`` of the keys.
+        k, v: ``(b, k, m, d)`` keys and values.
+        mask, q_pos, k_pos, bias, scale, dropout: as for every kernel.
+
+    Returns: ``(b, h, n, d)``.
+    """
+    kw = dict(mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=scale, dropout=dropout)
+    if mask.pattern is None:
+        return local(q, k, v, **kw)
+    m = k.shape[2]
+    if mask.prefix_len is not None or m <= 2 * mask.pattern.keys_per_query(m):
+        return sdpa(q, k, v, **kw)
+    return gathered(q, k, v, **kw)
+
+
+def gathered(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """The gathered computation at any length (tests call it on short rows); ``mask.pattern`` is set."""
+    b, n, m = q.shape[0], q.shape[2], k.shape[2]
+    q_pos, k_pos = q_pos.expand(b, n), k_pos.expand(b, m)
+    kw = dict(bias=bias, scale=scale, dropout=dropout)
+    shift = index_shift(q_pos, k_pos, mask) if mask.prefix_len is None else None
+    if shift is None:
+        warnings.warn(
+            "model.attention.kernel=sparse: a prefix mask, or positions that are not the keys' indices plus one offset "
+            "per row; using SDPA with a dense mask instead",
+            stacklevel=3,
+        )
+        return sdpa(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, **kw)
+    # queries that see every key (BigBird's global tokens in an encoder) are few: computed densely
+    q_valid = torch.ones_like(q_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid[:, m - n :]
+    below = (q_pos < mask.pattern.dense_below(causal=mask.causal)) & q_valid
+    head = int((below * torch.arange(1, n + 1, device=q.device)).max())
+    if head == 0:
+        return _gather_blocks(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, shift=shift, **kw)
+    out_head = sdpa(q[:, :, :head], k, v, mask=narrow(mask, queries=slice(head)), q_pos=q_pos[:, :head], k_pos=k_pos, **kw)
+    if head == n:
+        return out_head
+    tail_mask = narrow(mask, queries=slice(head, None))
+    out_tail = _gather_blocks(q[:, :, head:], k, v, mask=tail_mask, q_pos=q_pos[:, head:], k_pos=k_pos, shift=shift, **kw)
+    return torch.cat([out_head, out_tail], dim=2)
+
+
+def block_keys(pattern, q_pos: torch.Tensor, k_pos: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor, *, causal: bool):
+    """Key indices ``(b, s, l)`` each block of ``q_pos (b, s * q)`` gathers (its queries' candidates, each
+    once), and which of the ``l`` slots hold one (the rest repeat an index and must be masked)."""
+    b, m = k_pos.shape
+    real = k_pos.masked_select(valid)
+    lo, hi = (int(real.min()), int(real.max())) if real.numel() else (0, 0)
+    index = pattern.candidates(q_pos, lo=lo, hi=hi, causal=causal) - shift[:, None, None]
+    index = rearrange(index, "b (s q) l -> b s (q l)", q=pattern.query_block)
+    index = index.masked_fill((index < 0) | (index >= m), m).sort(dim=-1).values  # m: no key, sorts last
+    repeated = F.pad(index[..., 1:] == index[..., :-1], (1, 0), value=False)
+    index = index.masked_fill(repeated, m).sort(dim=-1).values
+    width = max(int((index < m).sum(-1).max()), 1)
+    index = index[..., :width]
+    return index.clamp(max=m - 1), index < m
+
+
+def _gather_blocks(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, scale: float, dropout: float) -> torch.Tensor:
+    b, h, n, _ = q.shape
+    m, block = k.shape[2], mask.pattern.query_block
+    s = -(-n // block)
+    pad_q = s * block - n  # padding queries repeat the last one, so they see a key; cut off at the end
+    qp = _repeat_last(q_pos, pad_q)
+    valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand(b, m)
+    index, filled = block_keys(mask.pattern, qp, k_pos, valid, shift, causal=mask.causal)
+    flat = index.flatten(1)  # (b, s l)
+
+    def per_key(x: torch.Tensor) -> torch.Tensor:  # (b, m) -> (b s) l, gathered like the keys
+        return rearrange(x.gather(1, flat), "b (s l) -> (b s) l", s=s)
+
+    def key_blocks(x: torch.Tensor) -> torch.Tensor:
+        gathered = x.gather(2, flat[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+        return rearrange(gathered, "b k (s l) d -> (b s) k l d", s=s)
+
+    blocked = replace(
+        mask,
+        # a slot that holds no key is hidden by the padding flags, whatever the pattern says of its position
+        key_valid=per_key(valid) & rearrange(filled, "b s l -> (b s) l"),
+        q_segment=None if mask.q_segment is None else rearrange(_repeat_last(mask.q_segment.expand(b, n), pad_q), "b (s q) -> (b s) q", s=s),
+        k_segment=None if mask.k_segment is None else per_key(mask.k_segment.expand(b, m)),
+    )
+    qp_blk, kp_blk = rearrange(qp, "b (s q) -> (b s) q", s=s), per_key(k_pos)
+    allowed = blocked.allows(qp_blk, kp_blk)[:, None]  # (b s) 1 q l
+    score_bias = bias(qp_blk, kp_blk)
+    attn_mask = allowed if score_bias is None else score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
+    q_blk = rearrange(F.pad(q, (0, 0, 0, pad_q)), "b h (s q) d -> (b s) h q d", s=s)
+    out = F.scaled_dot_product_attention(
+        q_blk, key_blocks(k), key_blocks(v), attn_mask=attn_mask, dropout_p=dropout, scale=scale, enable_gqa=h != k.shape[1]
+    )
+    return rearrange(out, "(b s) h q d -> b h (s q) d", b=b)[:, :, :n]
+
+
+def _repeat_last(x: torch.Tensor, extra: int) -> torch.Tensor:
+    """``x (b, n)`` followed by ``extra`` copies of its last column."""
+    return torch.cat([x, x[:, -1:].expand(-1, extra)], dim=1)
