@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import zoo
+from zoo.attention import flex as flex_module
 from zoo.attention.dense import eager
 from zoo.attention.gathered import gathered, sparse
-from zoo.attention.kernels import auto_kernel
+from zoo.attention.kernels import KERNEL_SPECS, auto_kernel
 from zoo.attention.mask import Mask
 from zoo.attention.sparse import BigBird, Fixed, Strided
 from zoo.arch.stack import document_positions
@@ -172,6 +173,53 @@ def test_sparse_kernel_and_auto():
     auto = dict(window=None, device=CPU, dropout=0.0, n=4096, m=4096)
     assert auto_kernel(backward=True, pattern=Strided(stride=64), **auto) == "sparse"
     assert auto_kernel(backward=True, pattern=Strided(stride=64), **{**auto, "n": 100, "m": 100}) == "sdpa"  # short
+
+
+# --- FlexAttention: the pattern in mask_mod and in the block mask ------------------------------------
+
+
+def pairs(b: int, n: int, m: int):
+    """Broadcastable (b, h, q_idx, kv_idx) index tensors, as FlexAttention's vmap hands them to the mods."""
+    return torch.arange(b)[:, None, None, None], torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(n)[:, None], torch.arange(m)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_flex_mask_mod_is_the_rule_and_its_tiles_cover_it(name, causal):
+    pattern = {  # at a tile's scale: a stride and blocks of whole tiles leave tiles out (a stride below it cannot)
+        "strided": Strided(stride=40),
+        "fixed": Fixed(stride=256, summary=8),
+        "bigbird": BigBird(window=100, n_global=2, random_blocks=1, block=64),
+    }[name]
+    n = m = 700
+    _, _, _, kw, _ = case(pattern, causal=causal, padded=True, n=n, m=m)
+    mask, q_pos, k_pos = kw["mask"], kw["q_pos"], kw["k_pos"]
+    seen = flex_module.rule_mod(mask, q_pos, k_pos)(*pairs(B, n, m))[:, 0]
+    assert torch.equal(seen, mask.with_keys(None).allows(q_pos, k_pos) & mask.key_valid[:, None])
+    some, every = flex_module.tile_mask(mask, q_pos, k_pos)
+    tile = flex_module.BLOCK
+    padded = torch.zeros(B, some.shape[1] * tile, some.shape[2] * tile, dtype=torch.bool)
+    padded[:, :n, :m] = seen
+    visible = padded.unflatten(1, (-1, tile)).unflatten(3, (-1, tile)).any(dim=(2, 4))
+    assert not (visible & ~some).any(), "a visible pair in a skipped tile"
+    assert not every.any()
+    if name != "strided":  # a stride shorter than a tile reaches every tile
+        assert not some.all(), "the pattern skips no tile"
+
+
+@pytest.mark.slow
+def test_flex_matches_eager_in_inference():
+    """One compilation (~30 s on 2 cores): BigBird, whose rule (a hash per random block) is the hardest to trace."""
+    if not KERNEL_SPECS["flex"].available():
+        pytest.skip("no torch.nn.attention.flex_attention in this torch")
+    q, k, v, kw, rows = case(PATTERNS["bigbird"], causal=True, padded=True, n=40, m=300)
+    try:
+        with torch.no_grad():
+            out = flex_module.flex(q, k, v, **kw)
+    except Exception as error:  # no C++ compiler, no AVX2...
+        pytest.skip(f"FlexAttention does not compile here: {type(error).__name__}: {error}")
+    keep = rows[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[keep], eager(q, k, v, **kw).detach()[keep], atol=2e-5, rtol=1e-4)
 
 
 # --- whole models -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Child et al. 2019, arXiv:1904.10509, gathered like :mod:`zoo.attention.local`'s 
 
 A mask without a pattern goes to :func:`~zoo.attention.local.local` (windows) or SDPA; so do short
 rows, prefix masks (a prefix is seen by every query, outside any pattern) and positions that are not
-the keys' indices shifted by one offset per row (see :func:`index_shift`): all exact.
+the keys' indices shifted by one offset per row (see :func:`key_shift`): all exact.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim,
 ``s`` query blocks, ``q`` queries of a block, ``l`` keys one query block sees.
@@ -29,22 +29,28 @@ from zoo.attention.mask import Mask
 from zoo.attention.signature import BiasFn
 
 
-def index_shift(q_pos: torch.Tensor, k_pos: torch.Tensor, mask: Mask) -> torch.Tensor | None:
-    """``(b,)`` offsets ``c`` with ``k_pos = index + c`` on every real key and queries the last ``n`` keys,
-    or ``None`` where positions are otherwise (a pattern's candidate positions then name no index).
+def key_shift(k_pos: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor | None:
+    """``(b,)`` offsets ``c`` with ``k_pos = index + c`` on every real key of ``k_pos (b, m)``, or ``None``
+    where positions are otherwise (a pattern's candidate positions then name no key index).
 
     Left-padded rows qualify (their positions start at the first real token); packed rows whose
     positions restart at each document do not.
     """
-    n, m = q_pos.shape[1], k_pos.shape[1]
-    if n > m:
-        return None
-    valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand_as(k_pos)
+    m = k_pos.shape[1]
+    valid = torch.ones_like(k_pos, dtype=torch.bool) if key_valid is None else key_valid.expand_as(k_pos)
     shift = k_pos - torch.arange(m, device=k_pos.device)
     row_shift = shift.masked_fill(~valid, torch.iinfo(shift.dtype).min).amax(dim=1)
-    aligned = (shift == row_shift[:, None]) | ~valid
-    last = (q_pos == k_pos[:, m - n :]) | ~valid[:, m - n :]
-    return row_shift if bool(aligned.all() & last.all()) else None
+    return row_shift if bool(((shift == row_shift[:, None]) | ~valid).all()) else None
+
+
+def candidate_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key indices ``(b, n, l)`` that include every key each query of ``q_pos (b, n)`` may see under
+    ``mask.pattern`` (from its candidates), and which of them name a key (the rest are out of range)."""
+    valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand_as(k_pos)
+    real = k_pos.masked_select(valid)
+    lo, hi = (int(real.min()), int(real.max())) if real.numel() else (0, 0)
+    index = mask.pattern.candidates(q_pos, lo=lo, hi=hi, causal=mask.causal) - shift[:, None, None]
+    return index, (index >= 0) & (index < k_pos.shape[1])
 
 
 def sparse(
@@ -63,7 +69,7 @@ def sparse(
     :func:`~zoo.attention.dense.eager`. Rows too short for gathering to pay go to SDPA.
 
     Args:
-        q: ``(b, h, n, d)`` queries, the last ``n`` of the keys.
+        q: ``(b, h, n, d)`` queries.
         k, v: ``(b, k, m, d)`` keys and values.
         mask, q_pos, k_pos, bias, scale, dropout: as for every kernel.
 
@@ -94,17 +100,16 @@ def gathered(
     b, n, m = q.shape[0], q.shape[2], k.shape[2]
     q_pos, k_pos = q_pos.expand(b, n), k_pos.expand(b, m)
     kw = dict(bias=bias, scale=scale, dropout=dropout)
-    shift = index_shift(q_pos, k_pos, mask) if mask.prefix_len is None else None
+    shift = key_shift(k_pos, mask.key_valid) if mask.prefix_len is None else None
     if shift is None:
         warnings.warn(
-            "model.attention.kernel=sparse: a prefix mask, or positions that are not the keys' indices plus one offset "
+            "model.attention.kernel=sparse: a prefix mask, or key positions that are not their indices plus one offset "
             "per row; using SDPA with a dense mask instead",
             stacklevel=3,
         )
         return sdpa(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, **kw)
     # queries that see every key (BigBird's global tokens in an encoder) are few: computed densely
-    q_valid = torch.ones_like(q_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid[:, m - n :]
-    below = (q_pos < mask.pattern.dense_below(causal=mask.causal)) & q_valid
+    below = q_pos < mask.pattern.dense_below(causal=mask.causal)
     head = int((below * torch.arange(1, n + 1, device=q.device)).max())
     if head == 0:
         return _gather_blocks(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, shift=shift, **kw)
@@ -116,15 +121,13 @@ def gathered(
     return torch.cat([out_head, out_tail], dim=2)
 
 
-def block_keys(pattern, q_pos: torch.Tensor, k_pos: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor, *, causal: bool):
+def block_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Key indices ``(b, s, l)`` each block of ``q_pos (b, s * q)`` gathers (its queries' candidates, each
     once), and which of the ``l`` slots hold one (the rest repeat an index and must be masked)."""
-    b, m = k_pos.shape
-    real = k_pos.masked_select(valid)
-    lo, hi = (int(real.min()), int(real.max())) if real.numel() else (0, 0)
-    index = pattern.candidates(q_pos, lo=lo, hi=hi, causal=causal) - shift[:, None, None]
-    index = rearrange(index, "b (s q) l -> b s (q l)", q=pattern.query_block)
-    index = index.masked_fill((index < 0) | (index >= m), m).sort(dim=-1).values  # m: no key, sorts last
+    m = k_pos.shape[1]
+    index, inside = candidate_keys(mask, q_pos, k_pos, shift)
+    index = rearrange(index.masked_fill(~inside, m), "b (s q) l -> b s (q l)", q=mask.pattern.query_block)
+    index = index.sort(dim=-1).values  # m: no key, sorts last
     repeated = F.pad(index[..., 1:] == index[..., :-1], (1, 0), value=False)
     index = index.masked_fill(repeated, m).sort(dim=-1).values
     width = max(int((index < m).sum(-1).max()), 1)
@@ -139,7 +142,7 @@ def _gather_blocks(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, sc
     pad_q = s * block - n  # padding queries repeat the last one, so they see a key; cut off at the end
     qp = _repeat_last(q_pos, pad_q)
     valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand(b, m)
-    index, filled = block_keys(mask.pattern, qp, k_pos, valid, shift, causal=mask.causal)
+    index, filled = block_keys(mask, qp, k_pos, shift)
     flat = index.flatten(1)  # (b, s l)
 
     def per_key(x: torch.Tensor) -> torch.Tensor:  # (b, m) -> (b s) l, gathered like the keys
