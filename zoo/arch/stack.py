@@ -134,8 +134,15 @@ class Stack(nn.Module):
         return self.norm(x)
 
     def new_cache(self) -> list[LayerCache]:
-        """An empty cache per block, rolling for sliding-window layers."""
-        return [LayerCache(window=getattr(layer.attn, "window", None)) for layer in self.layers]
+        """An empty cache per block: the one its attention asks for (``new_cache()``), else keys and values,
+        rolling for sliding-window layers."""
+        return [LayerCache(window=getattr(layer.attn, "window", None), self_attn=own_cache(layer.attn)) for layer in self.layers]
+
+
+def own_cache(attn: nn.Module):
+    """The cache an attention layer builds for itself (random features: running sums), or ``None``."""
+    ask = getattr(attn, "new_cache", None)
+    return ask() if callable(ask) else None
 
 
 def check_pos(pos: Positions, causal: bool, key: str) -> None:

@@ -222,10 +222,16 @@ class MemoryCache:
 
 
 class LayerCache:
-    """The caches of one block: its self-attention and, in an encoder-decoder, its cross-attention."""
+    """The caches of one block: its self-attention and, in an encoder-decoder, its cross-attention.
 
-    def __init__(self, *, window: int | None = None, rollback: int = 0) -> None:
-        self.self_attn = KVCache(window=window, rollback=rollback)
+    Args:
+        window, rollback: of the self-attention's :class:`KVCache`.
+        self_attn: the self-attention's own cache instead, for a layer that keeps something else than
+            keys (random-feature attention's running sums).
+    """
+
+    def __init__(self, *, window: int | None = None, rollback: int = 0, self_attn=None) -> None:
+        self.self_attn = KVCache(window=window, rollback=rollback) if self_attn is None else self_attn
         self.cross_attn = MemoryCache()
 
     def nbytes(self) -> int:
@@ -240,7 +246,7 @@ def cache_nbytes(cache: list[LayerCache]) -> int:
 def prepare_cache(cache: list[LayerCache], *, max_len: int | None = None, rollback: int = 0) -> list[LayerCache]:
     """Size an empty cache before its first update: room for ``max_len`` tokens, ``rollback`` for rings."""
     for layer in cache:
-        if layer.self_attn.k_buf is not None:
+        if layer.self_attn.seen:
             raise ValueError("prepare_cache needs an empty cache (call it right after model.new_cache())")
         layer.self_attn.rollback = rollback
         if max_len is not None:
