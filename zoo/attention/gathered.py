@@ -121,12 +121,12 @@ def gathered(
     return torch.cat([out_head, out_tail], dim=2)
 
 
-def block_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def block_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Key indices ``(b, s, l)`` each block of ``q_pos (b, s * q)`` gathers (its queries' candidates, each
     once), and which of the ``l`` slots hold one (the rest repeat an index and must be masked)."""
     m = k_pos.shape[1]
     index, inside = candidate_keys(mask, q_pos, k_pos, shift)
-    index = rearrange(index.masked_fill(~inside, m), "b (s q) l -> b s (q l)", q=mask.pattern.query_block)
+    index = rearrange(index.masked_fill(~inside, m), "b (s q) l -> b s (q l)", q=block)
     index = index.sort(dim=-1).values  # m: no key, sorts last
     repeated = F.pad(index[..., 1:] == index[..., :-1], (1, 0), value=False)
     index = index.masked_fill(repeated, m).sort(dim=-1).values
@@ -137,12 +137,12 @@ def block_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torc
 
 def _gather_blocks(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, scale: float, dropout: float) -> torch.Tensor:
     b, h, n, _ = q.shape
-    m, block = k.shape[2], mask.pattern.query_block
+    m, block = k.shape[2], min(mask.pattern.query_block, n)  # a decoding step is one query, not a block
     s = -(-n // block)
     pad_q = s * block - n  # padding queries repeat the last one, so they see a key; cut off at the end
     qp = _repeat_last(q_pos, pad_q)
     valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand(b, m)
-    index, filled = block_keys(mask, qp, k_pos, shift)
+    index, filled = block_keys(mask, qp, k_pos, shift, block=block)
     flat = index.flatten(1)  # (b, s l)
 
     def per_key(x: torch.Tensor) -> torch.Tensor:  # (b, m) -> (b s) l, gathered like the keys
