@@ -222,7 +222,17 @@ def test_flex_matches_eager_in_inference():
     torch.testing.assert_close(out[keep], eager(q, k, v, **kw).detach()[keep], atol=2e-5, rtol=1e-4)
 
 
-# --- whole models -----------------------------------------------------------------------------------
+# --- whole models ---------------------------------------------------------------------------------
+
+
+def test_cost_counts_the_keys_a_pattern_lets_a_query_see():
+    sizes = ["model.dim=32", "model.n_layers=2", "model.vocab_size=64"]
+    dense, strided = zoo.build(sizes), zoo.build([*sizes, "model/attention=strided", "model.attention.pattern.stride=16"])
+    n = 1024
+    ratio = strided.flops(seq_len=n).attn_scores / dense.flops(seq_len=n).attn_scores
+    assert ratio == Strided(stride=16).keys_per_query(n) / n  # 16 near keys and 64 columns of 1024
+    # the cache keeps every key: the pattern picks among them
+    assert [r["kv_cache_bytes"] for r in strided.layer_costs(seq_len=n)] == [r["kv_cache_bytes"] for r in dense.layer_costs(seq_len=n)]
 
 
 @pytest.mark.parametrize("name", list(PATTERNS))

@@ -148,9 +148,13 @@ def _gather_blocks(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, sc
     def per_key(x: torch.Tensor) -> torch.Tensor:  # (b, m) -> (b s) l, gathered like the keys
         return rearrange(x.gather(1, flat), "b (s l) -> (b s) l", s=s)
 
+    rows = (flat + m * torch.arange(b, device=flat.device)[:, None]).flatten()
+
     def key_blocks(x: torch.Tensor) -> torch.Tensor:
-        gathered = x.gather(2, flat[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
-        return rearrange(gathered, "b k (s l) d -> (b s) k l d", s=s)
+        # Whole token rows picked from a token-major copy: index_select's backward (index_add) is several
+        # times faster on CPU than gather's (scatter_add) over an index expanded to every channel.
+        picked = rearrange(x, "b k m d -> (b m) (k d)").index_select(0, rows)
+        return rearrange(picked, "(b s l) (k d) -> (b s) k l d", b=b, s=s, d=x.shape[3])
 
     blocked = replace(
         mask,
