@@ -148,3 +148,15 @@ def test_what_it_cannot_express_is_refused_in_one_line():
         state = FeatureState()
         state.seen = 4
         state.truncate(2)
+
+
+def test_generation_runs_on_the_sums_and_refuses_a_static_cache():
+    from zoo.attention.static_cache import make_static
+    from zoo.generation.loop import generate
+
+    torch.manual_seed(0)
+    model = zoo.build(TINY).eval()
+    out = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=4, pad_id=0)
+    assert [len(t) for t in out.tokens] == [4, 4]
+    with pytest.raises(ConfigError, match="generate.compiled.*FeatureState"):
+        make_static(model.new_cache(), room=4)

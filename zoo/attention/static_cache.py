@@ -20,6 +20,7 @@ Letters: ``b`` batch, ``k`` KV heads, ``m`` slots, ``d`` head dim.
 import torch
 
 from zoo.attention.cache import KVCache, LayerCache
+from zoo.errors import ConfigError
 
 
 class StaticKVCache:
@@ -86,9 +87,18 @@ class StaticKVCache:
         return self.k_buf, self.v_buf, self.pos_buf, self.valid_buf
 
 
+def holds_keys(cache: list[LayerCache]) -> bool:
+    """Whether every layer caches keys and values (a layer's own cache, such as random-feature
+    attention's running sums, cannot become a static KV cache)."""
+    return all(isinstance(layer.self_attn, KVCache) for layer in cache)
+
+
 def make_static(cache: list[LayerCache], *, room: int) -> list[LayerCache]:
     """Turn every layer's prefilled self-attention cache into a :class:`StaticKVCache` with ``room``
     more tokens, in place (cross-attention caches are read-only already); returns ``cache``."""
+    if not holds_keys(cache):
+        kinds = sorted({type(layer.self_attn).__name__ for layer in cache if not isinstance(layer.self_attn, KVCache)})
+        raise ConfigError("generate.compiled", True, f"false: layers caching {', '.join(kinds)} rather than keys have no static cache")
     for layer in cache:
         layer.self_attn = StaticKVCache.adopt(layer.self_attn, room=room)
     return cache
