@@ -99,6 +99,14 @@ def test_the_rule_does_not_depend_on_the_length(name):
     assert torch.equal(mask.allows(short[None], short[None]), mask.allows(long[None], long[None])[:, :20, :20])
 
 
+def test_strided_parts_split_the_pattern_in_two():
+    """The gathered kernel merges the parts' softmaxes: exact only if they are disjoint and cover the pattern."""
+    pos = torch.arange(40)
+    near, columns = Strided(stride=4).parts()
+    a, c = near.allows(pos[:, None], pos[None]), columns.allows(pos[:, None], pos[None])
+    assert not (a & c).any() and torch.equal(a | c, Strided(stride=4).allows(pos[:, None], pos[None]))
+
+
 def test_bigbird_random_blocks_follow_the_seed():
     pos = torch.arange(64)[None]
     rule = lambda seed: Mask(causal=True, pattern=BigBird(window=2, n_global=0, random_blocks=2, block=4, seed=seed)).allows(pos, pos)  # noqa: E731

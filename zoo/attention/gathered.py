@@ -112,12 +112,12 @@ def gathered(
     below = q_pos < mask.pattern.dense_below(causal=mask.causal)
     head = int((below * torch.arange(1, n + 1, device=q.device)).max())
     if head == 0:
-        return _gather_blocks(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, shift=shift, **kw)
+        return _gather_parts(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, shift=shift, **kw)
     out_head = sdpa(q[:, :, :head], k, v, mask=narrow(mask, queries=slice(head)), q_pos=q_pos[:, :head], k_pos=k_pos, **kw)
     if head == n:
         return out_head
     tail_mask = narrow(mask, queries=slice(head, None))
-    out_tail = _gather_blocks(q[:, :, head:], k, v, mask=tail_mask, q_pos=q_pos[:, head:], k_pos=k_pos, shift=shift, **kw)
+    out_tail = _gather_parts(q[:, :, head:], k, v, mask=tail_mask, q_pos=q_pos[:, head:], k_pos=k_pos, shift=shift, **kw)
     return torch.cat([out_head, out_tail], dim=2)
 
 
@@ -135,8 +135,37 @@ def block_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torc
     return index.clamp(max=m - 1), index < m
 
 
-def _gather_blocks(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, scale: float, dropout: float) -> torch.Tensor:
-    b, h, n, _ = q.shape
+def _gather_parts(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, scale: float, dropout: float) -> torch.Tensor:
+    """The pattern gathered whole, or (strided) as disjoint parts, each gathered in its own query order,
+    whose softmaxes are merged by their log-sum-exps: ``softmax`` over the union of disjoint key sets is
+    each part's softmax weighted by ``exp(lse_part - lse_all)``."""
+    kw = dict(q_pos=q_pos, k_pos=k_pos, shift=shift, bias=bias, scale=scale, dropout=dropout)
+    parts = mask.pattern.parts()
+    if len(parts) == 1:
+        return _gather_blocks(q, k, v, mask=mask, **kw)[0]
+    outs, lses = zip(*(_gather_blocks(q, k, v, mask=replace(mask, pattern=part), with_lse=True, **kw) for part in parts))
+    lse = torch.stack(lses).logsumexp(0)
+    return sum(out * torch.exp(part_lse - lse)[..., None] for out, part_lse in zip(outs, lses)).to(q.dtype)
+
+
+#: the score of a hidden key when softmaxes are merged: finite, so that a part where a query sees
+#: nothing gets weight exp(-1e30 - lse) = 0 in the merge, with no NaN in its gradient
+HIDDEN = -1e30
+
+
+def _gather_blocks(
+    q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, scale: float, dropout: float, with_lse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out (b, h, n, d), lse (b, h, n) | None)``: SDPA over each query block's gathered keys, or with
+    ``with_lse`` the same softmax in float32 that also returns its log-sum-exp (queries in the order the
+    pattern asks for, returned in theirs)."""
+    b, h, n, d = q.shape
+    order = mask.pattern.query_order(q_pos)
+    if order is not None:  # gathered in the pattern's order, returned in ours
+        q = q.gather(2, order[:, None, :, None].expand(-1, h, -1, d))
+        q_pos = q_pos.gather(1, order)
+        if mask.q_segment is not None:
+            mask = replace(mask, q_segment=mask.q_segment.expand(b, n).gather(1, order))
     m, block = k.shape[2], min(mask.pattern.query_block, n)  # a decoding step is one query, not a block
     s = -(-n // block)
     pad_q = s * block - n  # padding queries repeat the last one, so they see a key; cut off at the end
@@ -156,22 +185,42 @@ def _gather_blocks(q, k, v, *, mask: Mask, q_pos, k_pos, shift, bias: BiasFn, sc
         picked = rearrange(x, "b k m d -> (b m) (k d)").index_select(0, rows)
         return rearrange(picked, "(b s l) (k d) -> (b s) k l d", b=b, s=s, d=x.shape[3])
 
+    # a slot that holds no key is hidden by the padding flags, whatever the pattern says of its position
+    slot_valid = per_key(valid) & rearrange(filled, "b s l -> (b s) l")
     blocked = replace(
         mask,
-        # a slot that holds no key is hidden by the padding flags, whatever the pattern says of its position
-        key_valid=per_key(valid) & rearrange(filled, "b s l -> (b s) l"),
+        key_valid=None if with_lse else slot_valid,
         q_segment=None if mask.q_segment is None else rearrange(_repeat_last(mask.q_segment.expand(b, n), pad_q), "b (s q) -> (b s) q", s=s),
         k_segment=None if mask.k_segment is None else per_key(mask.k_segment.expand(b, m)),
     )
     qp_blk, kp_blk = rearrange(qp, "b (s q) -> (b s) q", s=s), per_key(k_pos)
     allowed = blocked.allows(qp_blk, kp_blk)[:, None]  # (b s) 1 q l
     score_bias = bias(qp_blk, kp_blk)
-    attn_mask = allowed if score_bias is None else score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
     q_blk = rearrange(F.pad(q, (0, 0, 0, pad_q)), "b h (s q) d -> (b s) h q d", s=s)
-    out = F.scaled_dot_product_attention(
-        q_blk, key_blocks(k), key_blocks(v), attn_mask=attn_mask, dropout_p=dropout, scale=scale, enable_gqa=h != k.shape[1]
-    )
-    return rearrange(out, "(b s) h q d -> b h (s q) d", b=b)[:, :, :n]
+    k_blk, v_blk = key_blocks(k), key_blocks(v)
+    lse = None
+    if not with_lse:
+        attn_mask = allowed if score_bias is None else score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
+        out = F.scaled_dot_product_attention(q_blk, k_blk, v_blk, attn_mask=attn_mask, dropout_p=dropout, scale=scale, enable_gqa=h != k.shape[1])
+    else:
+        # no "a row of padding sees everything" here: a part where a query sees nothing must weigh nothing
+        allowed = allowed & slot_valid[:, None, None]
+        groups = h // k.shape[1]
+        k_blk, v_blk = (x.repeat_interleave(groups, dim=1) for x in (k_blk, v_blk))
+        scores = torch.einsum("shqd,shld->shql", q_blk, k_blk).float() * scale
+        if score_bias is not None:
+            scores = scores + score_bias
+        scores = scores.masked_fill(~allowed, HIDDEN)
+        lse = scores.logsumexp(-1)
+        weights = F.dropout(torch.exp(scores - lse[..., None]), p=dropout).to(v.dtype)
+        out = torch.einsum("shql,shld->shqd", weights, v_blk)
+        lse = rearrange(lse, "(b s) h q -> b h (s q)", b=b)[:, :, :n]
+    out = rearrange(out, "(b s) h q d -> b h (s q) d", b=b)[:, :, :n]
+    if order is not None:
+        back = order.argsort(dim=1)
+        out = out.gather(2, back[:, None, :, None].expand(-1, h, -1, d))
+        lse = None if lse is None else lse.gather(2, back[:, None, :].expand(-1, h, -1))
+    return out, lse
 
 
 def _repeat_last(x: torch.Tensor, extra: int) -> torch.Tensor:

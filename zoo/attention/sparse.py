@@ -14,7 +14,10 @@ Each pattern answers:
   ``[lo, hi]`` the query may see (entries outside ``[lo, hi]`` and repeats are allowed: dropped later);
 - ``query_block``: how many neighbouring queries share most of their candidates (gathered together);
 - ``dense_below(causal=)``: queries at positions below it may see every key (computed densely);
-- ``keys_per_query(n_keys)``: at most how many keys a query sees, for the FLOP count.
+- ``keys_per_query(n_keys)``: at most how many keys a query sees, for the FLOP count;
+- ``parts()``: disjoint patterns whose union is this one, each gathered on its own and merged by their
+  softmaxes' log-sum-exps (strided: its near keys and its columns), or just itself;
+- ``query_order(q_pos)``: ``(b, n)`` the order in which to cut queries into blocks, or ``None`` for theirs.
 
 Every pattern lets a query see itself, so no row is left empty. The architecture's causal rule
 still applies on top (a pattern never widens a mask): under a causal mask each pattern is causal.
@@ -63,19 +66,73 @@ class Strided:
         return (offset.abs() < self.stride) | (offset % self.stride == 0)
 
     def candidates(self, q: torch.Tensor, *, lo: int, hi: int, causal: bool) -> torch.Tensor:
-        near = torch.arange(-(self.stride - 1), 1 if causal else self.stride, device=q.device)
-        rows = (hi - lo) // self.stride + 1
-        if causal:
-            column = q[..., None] - self.stride * torch.arange(rows, device=q.device)
-        else:  # every key of the query's residue class, from the lowest key position on
-            column = lo + (q[..., None] - lo) % self.stride + self.stride * torch.arange(rows, device=q.device)
-        return torch.cat([q[..., None] + near, column], dim=-1)
+        return torch.cat([part.candidates(q, lo=lo, hi=hi, causal=causal) for part in self.parts()], dim=-1)
 
     def keys_per_query(self, n_keys: int) -> int:
         return min(n_keys, self.stride + -(-n_keys // self.stride))
 
     def dense_below(self, *, causal: bool) -> int:
         return 0  # no query sees every key
+
+    def parts(self) -> tuple:
+        # neighbouring queries share their near keys, queries of one residue their columns: apart, each
+        # is gathered by blocks that share keys, rather than one query at a time
+        return StridedNear(self.stride), StridedColumns(self.stride)
+
+    def query_order(self, q_pos: torch.Tensor) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class StridedNear:
+    """The near part of :class:`Strided`: keys fewer than ``stride`` positions away."""
+
+    stride: int
+
+    @property
+    def query_block(self) -> int:
+        return self.stride
+
+    def allows(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q - k).abs() < self.stride
+
+    def candidates(self, q: torch.Tensor, *, lo: int, hi: int, causal: bool) -> torch.Tensor:
+        return q[..., None] + torch.arange(-(self.stride - 1), 1 if causal else self.stride, device=q.device)
+
+    def dense_below(self, *, causal: bool) -> int:
+        return 0
+
+    def query_order(self, q_pos: torch.Tensor) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class StridedColumns:
+    """The column part of :class:`Strided`: keys a whole number (at least one) of strides away."""
+
+    stride: int
+
+    #: queries of one residue class gathered together: they share every column
+    query_block = 64
+
+    def allows(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        offset = q - k
+        return (offset % self.stride == 0) & (offset.abs() >= self.stride)
+
+    def candidates(self, q: torch.Tensor, *, lo: int, hi: int, causal: bool) -> torch.Tensor:
+        rows = torch.arange((hi - lo) // self.stride + 1, device=q.device)
+        if causal:
+            return q[..., None] - self.stride * rows
+        # every key of the query's residue class, from the lowest key position on
+        return lo + (q[..., None] - lo) % self.stride + self.stride * rows
+
+    def dense_below(self, *, causal: bool) -> int:
+        return 0
+
+    def query_order(self, q_pos: torch.Tensor) -> torch.Tensor:
+        """Queries by residue modulo the stride, then by position."""
+        span = int(q_pos.max() - q_pos.min()) + 1
+        return (q_pos % self.stride * span + (q_pos - q_pos.min())).argsort(dim=1, stable=True)
 
 
 @dataclass(frozen=True)
@@ -117,6 +174,12 @@ class Fixed:
 
     def dense_below(self, *, causal: bool) -> int:
         return 0  # no query sees every key
+
+    def parts(self) -> tuple:
+        return (self,)
+
+    def query_order(self, q_pos: torch.Tensor) -> None:
+        return None
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +253,12 @@ class BigBird:
     def dense_below(self, *, causal: bool) -> int:
         """Queries at positions below this see every key (bidirectional global tokens): computed densely."""
         return 0 if causal else self.n_global
+
+    def parts(self) -> tuple:
+        return (self,)
+
+    def query_order(self, q_pos: torch.Tensor) -> None:
+        return None
 
     def keys_per_query(self, n_keys: int) -> int:
         return min(n_keys, self.window + self.n_global + self.random_blocks * self.block)
