@@ -6,7 +6,9 @@ candidates, each key once) and attends to them through one batched
 ``F.scaled_dot_product_attention`` call, with the exact :class:`~zoo.attention.mask.Mask` rule and any
 score bias evaluated on the gathered positions. Cost and memory grow with the keys the pattern lets a
 query see, not with ``n x m``; it differentiates on every device (block-sparse attention as in
-Child et al. 2019, arXiv:1904.10509, gathered like :mod:`zoo.attention.local`'s bands).
+Child et al. 2019, arXiv:1904.10509, gathered like :mod:`zoo.attention.local`'s bands). A pattern whose
+neighbouring queries share few keys (strided) comes in disjoint parts, each gathered in the query
+order that makes its blocks share keys, their softmaxes merged by their log-sum-exps.
 
 A mask without a pattern goes to :func:`~zoo.attention.local.local` (windows) or SDPA; so do short
 rows, prefix masks (a prefix is seen by every query, outside any pattern) and positions that are not
