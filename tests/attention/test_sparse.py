@@ -2,6 +2,7 @@
 reference, and whole models (no future leak, cached decoding equals the full forward)."""
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -191,7 +192,7 @@ def pairs(b: int, n: int, m: int):
     return torch.arange(b)[:, None, None, None], torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(n)[:, None], torch.arange(m)
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("causal", [True, False, "prefix"], ids=["causal", "bidirectional", "prefix"])
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_flex_mask_mod_is_the_rule_and_its_tiles_cover_it(name, causal):
     pattern = {  # at a tile's scale: a stride and blocks of whole tiles leave tiles out (a stride below it cannot)
@@ -200,8 +201,10 @@ def test_flex_mask_mod_is_the_rule_and_its_tiles_cover_it(name, causal):
         "bigbird": BigBird(window=100, n_global=2, random_blocks=1, block=64),
     }[name]
     n = m = 700
-    _, _, _, kw, _ = case(pattern, causal=causal, padded=True, n=n, m=m)
+    _, _, _, kw, _ = case(pattern, causal=bool(causal), padded=True, n=n, m=m)
     mask, q_pos, k_pos = kw["mask"], kw["q_pos"], kw["k_pos"]
+    if causal == "prefix":  # prefix queries see later prefix keys the pattern allows
+        mask = replace(mask, prefix_len=torch.tensor([300, 500]))
     seen = flex_module.rule_mod(mask, q_pos, k_pos)(*pairs(B, n, m))[:, 0]
     assert torch.equal(seen, mask.with_keys(None).allows(q_pos, k_pos) & mask.key_valid[:, None])
     some, every = flex_module.tile_mask(mask, q_pos, k_pos)
@@ -211,7 +214,7 @@ def test_flex_mask_mod_is_the_rule_and_its_tiles_cover_it(name, causal):
     visible = padded.unflatten(1, (-1, tile)).unflatten(3, (-1, tile)).any(dim=(2, 4))
     assert not (visible & ~some).any(), "a visible pair in a skipped tile"
     assert not every.any()
-    if name != "strided":  # a stride shorter than a tile reaches every tile
+    if name != "strided" and causal != "prefix":  # a stride shorter than a tile reaches every tile
         assert not some.all(), "the pattern skips no tile"
 
 

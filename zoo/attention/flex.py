@@ -118,8 +118,9 @@ def tile_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[tor
 def pattern_tiles(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
     """Booleans ``(b, n / 128, m / 128)``: tiles holding a candidate key of ``mask.pattern`` for one of their
     queries (``O(n * keys a query sees)``), or ``None`` where key positions are not their indices plus
-    one offset per row (then every tile is computed and ``mask_mod`` applies the pattern)."""
-    shift = key_shift(k_pos, mask.key_valid)
+    one offset per row, or under a prefix mask, whose queries see later prefix keys that causal candidates
+    do not list (then every tile is computed and ``mask_mod`` applies the pattern)."""
+    shift = key_shift(k_pos, mask.key_valid) if mask.prefix_len is None else None
     if shift is None:
         return None
     b, n = q_pos.shape

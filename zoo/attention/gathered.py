@@ -11,8 +11,9 @@ neighbouring queries share few keys (strided) comes in disjoint parts, each gath
 order that makes its blocks share keys, their softmaxes merged by their log-sum-exps.
 
 A mask without a pattern goes to :func:`~zoo.attention.local.local` (windows) or SDPA; so do short
-rows, prefix masks (a prefix is seen by every query, outside any pattern) and positions that are not
-the keys' indices shifted by one offset per row (see :func:`key_shift`): all exact.
+rows, prefix masks (a prefix query sees later prefix keys, which a causal pattern's candidates do not
+list) and key positions that are not their indices shifted by one offset per row (see
+:func:`key_shift`): all exact.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim,
 ``s`` query blocks, ``q`` queries of a block, ``l`` keys one query block sees.

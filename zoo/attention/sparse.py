@@ -58,7 +58,8 @@ class Strided:
 
     @property
     def query_block(self) -> int:
-        # neighbouring queries share no strided column: gathered one query at a time
+        # gathered whole, neighbouring queries would share no column: one query a block (the gathered
+        # kernel takes its two parts instead, FlexAttention the whole rule)
         return 1
 
     def allows(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -264,5 +265,5 @@ class BigBird:
         return min(n_keys, self.window + self.n_global + self.random_blocks * self.block)
 
 
-#: what the ``pattern`` of an attention layer may be
-Pattern = Strided | Fixed | BigBird
+#: what the ``pattern`` of an attention layer (or of one part of it) may be
+Pattern = Strided | StridedNear | StridedColumns | Fixed | BigBird
