@@ -9,9 +9,10 @@ Counted from the built modules' weight shapes (so plugins count too), not traced
 ``2 * 2 * n * m * h * d`` (``q k^T`` and the weighted sum of ``v``) for ``n`` queries over ``m`` keys,
 counted dense as in PaLM's MFU (Chowdhery et al. 2022, arXiv:2204.02311, App. B) and as
 ``torch.utils.flop_counter`` counts SDPA: a causal mask is not halved; a sliding window counts
-``min(window, n)`` keys; a recurrent mixer counts its chunked recurrence (linear in ``n``). Norms,
-activations, softmax, biases and position schemes are elementwise and left out (< 1% at the sizes
-benchmarked). A backward pass costs twice the forward.
+``min(window, n)`` keys, a sparse pattern (:mod:`zoo.attention.sparse`) the most keys it lets a query
+see; a recurrent mixer counts its chunked recurrence (linear in ``n``). Norms, activations, softmax,
+biases and position schemes are elementwise and left out (< 1% at the sizes benchmarked). A backward
+pass costs twice the forward.
 
 A module that answers ``active_params()`` (a Mixture-of-Experts FFN: the parameters one token passes
 through) is counted by its active parameters; its total parameters still count in ``params``.
@@ -81,16 +82,24 @@ def ffn_weights(ffn: nn.Module) -> int:
     return int(active()) if callable(active) else linear_weights(ffn)
 
 
-def attention_keys(attn: nn.Module, n_keys: int) -> int:
-    """Keys one query scores: all ``n_keys``, or the layer's ``window`` of them."""
+def cached_keys(attn: nn.Module, n_keys: int) -> int:
+    """Keys the layer's cache holds after ``n_keys`` tokens: all, or its ``window`` (a ring buffer)."""
     window = getattr(attn, "window", None)
     return n_keys if window is None else min(window, n_keys)
 
 
+def attention_keys(attn: nn.Module, n_keys: int) -> int:
+    """Keys one query scores: all ``n_keys``, the layer's ``window`` of them, or at most what its sparse
+    ``pattern`` lets a query see (the cache still holds every key: the pattern picks among them)."""
+    pattern = getattr(attn, "pattern", None)
+    keys = cached_keys(attn, n_keys)
+    return keys if pattern is None else min(keys, pattern.keys_per_query(n_keys))
+
+
 def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
-    """``q k^T`` and ``weights @ v`` over the keys each query scores: per query-key pair, the layer's own
-    ``flops_per_pair()`` where it says so (latent, differential attention), else ``4 * n_heads * head_dim``.
-    A mixer that scores no pairs (retention, a selective SSM) answers ``score_flops(n_queries, n_keys)`` itself."""
+    """``q k^T`` and ``weights @ v`` over the keys each query scores: the layer's own ``score_flops(n_queries,
+    n_keys)`` where it says so (random features, retention, a selective SSM: no pairs), else per query-key
+    pair its own ``flops_per_pair()`` where it says so (latent, differential attention), else ``4 * n_heads * head_dim``."""
     own = getattr(attn, "score_flops", None)
     if callable(own):
         return float(own(n_queries, n_keys))
@@ -129,13 +138,13 @@ def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> F
 
 def kv_cache_bytes(attn: nn.Module, n: int) -> int:
     """Bytes of keys and values one sequence's cache holds for ``attn`` after ``n`` tokens: every key,
-    or the last ``window`` (a ring buffer), at the projections' dtype; a layer that caches otherwise
-    answers ``cache_bytes(n)`` itself (a recurrent mixer: its state, the same at any ``n``)."""
+    or the last ``window`` (a ring buffer), at the projections' dtype; or the layer's own ``cache_bytes(n)``
+    where it says so (a recurrent mixer's state, random features' running sums: the same at any ``n``)."""
     own = getattr(attn, "cache_bytes", None)
     if callable(own):
         return int(own(n))
     weight = attn.k_proj.weight
-    return 2 * attention_keys(attn, n) * attn.n_kv_heads * attn.head_dim * weight.element_size()
+    return 2 * cached_keys(attn, n) * attn.n_kv_heads * attn.head_dim * weight.element_size()
 
 
 def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cached: bool = True, name: str = "") -> list[dict]:

@@ -14,6 +14,7 @@ from zoo.attention.cache import KVCache
 from zoo.attention.kernels import check_kernel, pick_kernel
 from zoo.attention.signature import needs_backward
 from zoo.attention.mask import Mask
+from zoo.attention.sparse import Pattern
 from zoo.errors import ConfigError
 from zoo.pos.base import Positions, Rotation
 
@@ -45,7 +46,8 @@ class Attention(nn.Module):
     ``n_kv_heads`` equal to ``n_heads`` is multi-head attention, 1 is multi-query attention
     (Shazeer 2019, arXiv:1911.02150), anything between that divides ``n_heads`` is grouped-query
     attention (Ainslie et al. 2023, arXiv:2305.13245). A ``window`` makes it sliding-window attention
-    (Beltagy et al. 2020, arXiv:2004.05150; Mistral, arXiv:2310.06825).
+    (Beltagy et al. 2020, arXiv:2004.05150; Mistral, arXiv:2310.06825); a ``pattern`` makes it sparse
+    attention (strided or fixed, Child et al. 2019, arXiv:1904.10509; BigBird, arXiv:2007.14062).
 
     Args:
         dim: model width.
@@ -63,6 +65,9 @@ class Attention(nn.Module):
             keys before the positions rotate them (:mod:`zoo.attention.qk_norm`); ``None``: none.
         softcap: soft-cap of the scaled scores, ``softcap * tanh(s / softcap)`` before the softmax (Gemma 2,
             arXiv:2408.00118: 50); ``None``: none. Kernels ``eager`` and ``flex`` express it; ``auto`` picks one.
+        pattern: a sparse pattern (:mod:`zoo.attention.sparse`) that narrows what each query sees, run at
+            sub-quadratic cost by kernels ``sparse`` and ``flex``; the KV cache keeps every key and the
+            pattern picks among them, so decoding sees what a full forward sees. ``None``: dense.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -82,6 +87,7 @@ class Attention(nn.Module):
         kernel: str = "auto",
         qk_norm: Callable[..., nn.Module] | None = None,
         softcap: float | None = None,
+        pattern: Pattern | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -95,7 +101,7 @@ class Attention(nn.Module):
         check_kernel(kernel, dropout=dropout, softcap=softcap)
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.window, self.dropout, self.kernel, self.softcap = window, dropout, kernel, softcap
+        self.window, self.dropout, self.kernel, self.softcap, self.pattern = window, dropout, kernel, softcap, pattern
         self.scale = head_dim**-0.5 if scale is None else scale
         self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
@@ -118,7 +124,7 @@ class Attention(nn.Module):
         # layout, so merging the heads back below is a view rather than a copy
         q = rearrange(ctx.pos.rotate(q, q_pos, ctx.rotation), "b n h d -> b h n d")
         k = rearrange(ctx.pos.rotate(k, k_pos, ctx.rotation), "b n k d -> b k n d")
-        mask = ctx.mask.with_window(self.window)
+        mask = ctx.mask.with_window(self.window).with_pattern(self.pattern)
         if cache is not None:
             k, v, k_pos, key_valid = cache.update(k, v, k_pos, mask.key_valid)
             mask = mask.with_keys(key_valid)
@@ -129,7 +135,7 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=q.device, backward=needs_backward(q, k, v), dropout=dropout,
-            n=q.shape[2], m=k.shape[2], softcap=self.softcap,
+            n=q.shape[2], m=k.shape[2], softcap=self.softcap, pattern=mask.pattern,
         )
         # only the kernels that can soft-cap take the argument: the others are refused above
         capped = {} if self.softcap is None else {"softcap": self.softcap}

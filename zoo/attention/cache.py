@@ -235,7 +235,7 @@ class LayerCache:
     Args:
         window, rollback: of the self-attention's :class:`KVCache`.
         self_attn: the self-attention slot's own cache instead (a recurrent mixer's
-            :class:`~zoo.attention.state_cache.StateCache`).
+            :class:`~zoo.attention.state_cache.StateCache`, random-feature attention's running sums).
     """
 
     def __init__(self, *, window: int | None = None, rollback: int = 0, self_attn=None) -> None:

@@ -9,7 +9,8 @@ window costs ``O(n * window)``. Here:
   (``O(n m / 128^2)``, never an ``n x m`` tensor), so tiles between two documents are skipped;
 - ``mask_mod`` evaluates the same rule as ``Mask.allows`` on each pair inside the partial tiles, with
   every mask setting passed as a tensor, so one compiled kernel serves causal, prefix, bidirectional,
-  windowed, padded and document masks alike (no recompilation per layer kind);
+  windowed, padded and document masks alike (no recompilation per layer kind); a sparse pattern
+  (:mod:`zoo.attention.sparse`) adds its own rule, and its candidate keys mark the tiles it reaches;
 - score soft-capping (Gemma 2) becomes ``score_mod`` too, before any bias;
 - a score bias (ALiBi, T5) becomes ``score_mod``: a ``(h, offsets)`` table of the bias as a function
   of ``q_pos - k_pos``, looked up per score (differentiable, so T5's table trains on CUDA).
@@ -25,6 +26,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from zoo.attention.gathered import candidate_keys, key_shift
 from zoo.attention.mask import Mask
 from zoo.attention.signature import BiasFn, needs_backward
 from zoo.errors import ConfigError
@@ -107,7 +109,31 @@ def tile_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[tor
         # does where both tiles hold one and the same document
         some = some & (qs_lo <= ks_hi) & (ks_lo <= qs_hi)
         every = every & (qs_lo == qs_hi) & (ks_lo == ks_hi) & (qs_lo == ks_lo)
+    if mask.pattern is not None:
+        reached = pattern_tiles(mask, q_pos, k_pos)
+        some, every = some if reached is None else some & reached, torch.zeros_like(every)
     return some, every
+
+
+def pattern_tiles(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+    """Booleans ``(b, n / 128, m / 128)``: tiles holding a candidate key of ``mask.pattern`` for one of their
+    queries (``O(n * keys a query sees)``), or ``None`` where key positions are not their indices plus
+    one offset per row, or under a prefix mask, whose queries see later prefix keys that causal candidates
+    do not list (then every tile is computed and ``mask_mod`` applies the pattern)."""
+    shift = key_shift(k_pos, mask.key_valid) if mask.prefix_len is None else None
+    if shift is None:
+        return None
+    b, n = q_pos.shape
+    index, inside = candidate_keys(mask, q_pos, k_pos, shift)
+    s, t = -(-n // BLOCK), -(-k_pos.shape[1] // BLOCK)
+    q_tile = (torch.arange(n, device=q_pos.device) // BLOCK)[None, :, None]
+    flat = torch.where(inside, q_tile * t + index // BLOCK, s * t)  # s * t: a slot for "no key", dropped
+    tiles = torch.zeros(b, s * t + 1, dtype=torch.bool, device=q_pos.device).scatter_(1, flat.flatten(1), True)
+    tiles = tiles[:, :-1].view(b, s, t)
+    # queries that see every key (bidirectional global tokens) reach every tile of their rows
+    dense = (q_pos < mask.pattern.dense_below(causal=mask.causal)).view(b, -1, 1)
+    dense = F.pad(dense, (0, 0, 0, s * BLOCK - n)).view(b, s, BLOCK).any(-1)
+    return tiles | dense[:, :, None]
 
 
 def ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,13 +156,15 @@ def rule_mod(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor):
     ahead = torch.tensor(ahead, device=device)
     q_segment = torch.zeros_like(q_pos) if mask.q_segment is None else pad_to_block(mask.q_segment.long())
     k_segment = torch.zeros_like(k_pos) if mask.k_segment is None else pad_to_block(mask.k_segment.long())
+    pattern = mask.pattern
 
     def mask_mod(b, h, q_idx, kv_idx):
-        k = k_pos[b, kv_idx]
-        offset = q_pos[b, q_idx] - k
+        q, k = q_pos[b, q_idx], k_pos[b, kv_idx]
+        offset = q - k
         seen = ~causal | (offset >= 0) | (k < prefix_len[b])
         same_document = q_segment[b, q_idx] == k_segment[b, kv_idx]
-        return seen & (offset < behind) & (-offset < ahead) & key_valid[b, kv_idx] & same_document
+        ok = seen & (offset < behind) & (-offset < ahead) & key_valid[b, kv_idx] & same_document
+        return ok if pattern is None else ok & pattern.allows(q, k)
 
     return mask_mod
 

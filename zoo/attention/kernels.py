@@ -4,7 +4,8 @@ Kept apart from the attention *structure* (projections, heads, positions, cache)
 path can be held equal to the short eager reference by tests. Here: the registry :data:`KERNEL_SPECS`
 of what every kernel supports (the reference ``eager`` and torch's fused ``sdpa`` of
 :mod:`zoo.attention.dense`, the blocked sliding window ``local`` of :mod:`zoo.attention.local`, the
-compiled ``flex`` of :mod:`zoo.attention.flex`), and ``auto``, which picks one per call.
+gathered sparse patterns ``sparse`` of :mod:`zoo.attention.gathered`, the compiled ``flex`` of
+:mod:`zoo.attention.flex`), and ``auto``, which picks one per call.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim.
 Every kernel takes ``q (b, h, n, d)``, ``k, v (b, k, m, d)`` and returns ``(b, h, n, d)``.
@@ -18,8 +19,10 @@ import torch
 
 from zoo.attention.dense import eager, sdpa
 from zoo.attention.flex import flex, flex_importable
+from zoo.attention.gathered import sparse
 from zoo.attention.local import local
 from zoo.attention.mask import Mask
+from zoo.attention.sparse import Pattern
 from zoo.attention.signature import Kernel, needs_backward
 from zoo.errors import ConfigError
 
@@ -38,6 +41,8 @@ class KernelSpec:
         needs_cuda: runs only on a CUDA device.
         needs_compile: compiled with ``torch.compile`` on first use (slow first call).
         linear_window: a sliding window costs ``O(n * window)`` rather than ``O(n^2)``.
+        sparse_pattern: a sparse pattern (:mod:`zoo.attention.sparse`) costs the keys it lets each query
+            see rather than ``O(n^2)``.
         available: whether this torch build has what the kernel needs.
     """
 
@@ -50,6 +55,7 @@ class KernelSpec:
     needs_cuda: bool = False
     needs_compile: bool = False
     linear_window: bool = False
+    sparse_pattern: bool = False
     available: Callable[[], bool] = lambda: True
 
     def refusal(self, *, device: torch.device | None, backward: bool, dropout: float, softcap: float | None = None) -> str | None:
@@ -79,6 +85,12 @@ KERNEL_SPECS: dict[str, KernelSpec] = {
     "eager": KernelSpec(eager, "reference: every score materialised, softmax in float32", supports_softcap=True),
     "sdpa": KernelSpec(sdpa, "torch's fused scaled_dot_product_attention; windows as a dense mask"),
     "local": KernelSpec(local, "blocked sliding window on SDPA: O(n * window), trains on CPU and GPU", linear_window=True),
+    "sparse": KernelSpec(
+        sparse,
+        "sparse patterns (strided, fixed, BigBird) on SDPA over each query block's gathered keys; windows as local",
+        linear_window=True,
+        sparse_pattern=True,
+    ),
     "flex": KernelSpec(
         flex,
         "compiled FlexAttention with a block mask: O(n * window); inference only on CPU",
@@ -87,6 +99,7 @@ KERNEL_SPECS: dict[str, KernelSpec] = {
         supports_backward_on_cpu=False,
         needs_compile=True,
         linear_window=True,
+        sparse_pattern=True,
         available=flex_importable,
     ),
 }
@@ -108,18 +121,25 @@ _broken: set[str] = set()  # device types where FlexAttention failed to compile 
 
 
 def auto_kernel(
-    *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int, softcap: float | None = None
+    *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int, softcap: float | None = None,
+    pattern: Pattern | None = None,
 ) -> str:
     """The name of the fastest exact kernel for this call.
 
     Full attention, short sequences and single-token decoding: ``sdpa``. Long sliding windows:
     ``flex`` on CUDA (training and inference) and, where measured faster, in CPU inference;
     otherwise ``local`` (the one linear-cost kernel that trains on CPU, and that has dropout).
+    Sparse patterns over more keys than twice what a query sees: ``flex`` on CUDA, else ``sparse``.
     Soft-capped scores: ``flex`` on CUDA, else ``eager`` (SDPA cannot apply a tanh to scores).
     """
     if softcap is not None:
         flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
         return "flex" if flex_ok and device.type == "cuda" else "eager"
+    if pattern is not None:
+        if m <= 2 * pattern.keys_per_query(m):
+            return "sdpa"
+        flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
+        return "flex" if flex_ok and device.type == "cuda" else "sparse"
     if window is None or n <= window or m <= LONG_WINDOWS * window:
         return "sdpa"
     flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
@@ -129,9 +149,12 @@ def auto_kernel(
 
 
 def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
-    """``auto``'s FlexAttention: where it cannot run, ``local`` (``eager`` for soft-capped scores; said
-    once if FlexAttention is broken here)."""
-    fallback, name = (eager, "eager") if kw.get("softcap") is not None else (local, "local")
+    """``auto``'s FlexAttention: where it cannot run, ``local`` (``sparse`` for sparse patterns, ``eager``
+    for soft-capped scores; said once if FlexAttention is broken here)."""
+    if kw.get("softcap") is not None:
+        fallback, name = eager, "eager"
+    else:
+        fallback, name = (sparse, "sparse") if kw["mask"].pattern is not None else (local, "local")
     try:
         return flex(q, k, v, **kw)
     except ConfigError:  # a bias FlexAttention cannot express: local and eager take any bias
@@ -146,7 +169,7 @@ def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
 
 def pick_kernel(
     name: str, *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int,
-    softcap: float | None = None,
+    softcap: float | None = None, pattern: Pattern | None = None,
 ) -> Kernel:
     """The kernel for ``name``; ``auto`` picks by device, mode, mask and sizes (:func:`auto_kernel`).
 
@@ -154,7 +177,9 @@ def pick_kernel(
         ConfigError: an explicitly chosen kernel that cannot run here (e.g. ``flex`` training on CPU).
     """
     if name == "auto":
-        chosen = auto_kernel(window=window, device=device, backward=backward, dropout=dropout, n=n, m=m, softcap=softcap)
+        chosen = auto_kernel(
+            window=window, device=device, backward=backward, dropout=dropout, n=n, m=m, softcap=softcap, pattern=pattern
+        )
         return _flex_or_local if chosen == "flex" else KERNELS[chosen]
     refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout, softcap=softcap)
     if refusal is not None:

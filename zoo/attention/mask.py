@@ -1,7 +1,8 @@
 """Which keys each query may see, as a function of the tokens' positions.
 
 The architecture builds a :class:`Mask` (causal, prefix, bidirectional, padding, documents); a
-sliding-window attention narrows it with its window. Kernels turn it into what they need: a dense
+sliding-window attention narrows it with its window, a sparse attention with its pattern
+(:mod:`zoo.attention.sparse`). Kernels turn it into what they need: a dense
 boolean tensor, a flag for SDPA's causal fast path, block bounds for local attention, or a
 FlexAttention ``mask_mod``.
 """
@@ -9,6 +10,8 @@ FlexAttention ``mask_mod``.
 from dataclasses import dataclass, replace
 
 import torch
+
+from zoo.attention.sparse import Pattern
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Mask:
             row: a query sees only keys of its own document (document masking; Zhao et al. 2024,
             arXiv:2402.13991). Both or neither. Within a document the other rules apply to the
             positions as given, so they stay exact when positions restart at each document.
+        pattern: a sparse pattern (strided, fixed, BigBird) that also narrows what each query sees.
     """
 
     causal: bool = False
@@ -32,9 +36,13 @@ class Mask:
     key_valid: torch.Tensor | None = None
     q_segment: torch.Tensor | None = None
     k_segment: torch.Tensor | None = None
+    pattern: Pattern | None = None
 
     def with_window(self, window: int | None) -> "Mask":
         return self if window is None else replace(self, window=window)
+
+    def with_pattern(self, pattern: Pattern | None) -> "Mask":
+        return self if pattern is None else replace(self, pattern=pattern)
 
     def with_keys(self, key_valid: torch.Tensor | None) -> "Mask":
         return replace(self, key_valid=key_valid)
@@ -46,12 +54,19 @@ class Mask:
     @property
     def is_full(self) -> bool:
         """Every query sees every key: no mask at all."""
-        return not self.causal and self.window is None and self.key_valid is None and self.q_segment is None
+        return (
+            not self.causal and self.window is None and self.key_valid is None and self.q_segment is None and self.pattern is None
+        )
 
     @property
     def is_plain_causal(self) -> bool:
         return (
-            self.causal and self.prefix_len is None and self.window is None and self.key_valid is None and self.q_segment is None
+            self.causal
+            and self.prefix_len is None
+            and self.window is None
+            and self.key_valid is None
+            and self.q_segment is None
+            and self.pattern is None
         )
 
     def allows(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -64,6 +79,8 @@ class Mask:
                 ok = ok | (k_pos[:, None, :] < self.prefix_len[:, None, None])
         if self.window is not None:
             ok = ok & ((offset < self.window) if self.causal else (offset.abs() < self.window))
+        if self.pattern is not None:
+            ok = ok & self.pattern.allows(q_pos[:, :, None], k_pos[:, None, :])
         if self.q_segment is not None:
             # a query always sees itself, so document masking alone leaves no row empty
             ok = ok & (self.q_segment[:, :, None] == self.k_segment[:, None, :])

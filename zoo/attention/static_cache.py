@@ -20,6 +20,7 @@ Letters: ``b`` batch, ``k`` KV heads, ``m`` slots, ``d`` head dim.
 import torch
 
 from zoo.attention.cache import KVCache, LayerCache
+from zoo.errors import ConfigError
 
 
 class StaticKVCache:
@@ -86,10 +87,19 @@ class StaticKVCache:
         return self.k_buf, self.v_buf, self.pos_buf, self.valid_buf
 
 
+def has_static_form(cache: list[LayerCache]) -> bool:
+    """Whether every layer's self-attention cache can become static: keys and values, or a cache that
+    makes its own static form (a recurrent mixer's state); random-feature attention's running sums cannot."""
+    return all(isinstance(layer.self_attn, KVCache) or callable(getattr(layer.self_attn, "static", None)) for layer in cache)
+
+
 def make_static(cache: list[LayerCache], *, room: int) -> list[LayerCache]:
     """Turn every layer's prefilled self-attention cache into a :class:`StaticKVCache` with ``room``
     more tokens, in place (cross-attention caches are read-only already; a recurrent mixer's state
     makes its own static form); returns ``cache``."""
+    if not has_static_form(cache):
+        kinds = sorted({type(layer.self_attn).__name__ for layer in cache if not has_static_form([layer])})
+        raise ConfigError("generate.compiled", True, f"false: layers caching {', '.join(kinds)} have no static cache")
     for layer in cache:
         own = getattr(layer.self_attn, "static", None)  # a cache that makes its own static form (a recurrent state)
         layer.self_attn = own(room=room) if callable(own) else StaticKVCache.adopt(layer.self_attn, room=room)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from zoo.attention.static_cache import has_static_form
 from zoo.errors import ConfigError
 from zoo.generation.prompts import Prompts, as_lists, evaluating
 from zoo.generation.result import Generation, trim_at_eos
@@ -84,7 +85,7 @@ def generate(
             return Generation(tokens=[[] for _ in rows])
         logits = session.feed(session.prompt)[:, -1]
         steps = max_new_tokens - 1
-        if compiled or (compiled is None and compile_pays(steps=steps)):
+        if compiled or (compiled is None and compile_pays(steps=steps) and has_static_form(session.cache)):
             session = StaticDecoder(session, room=steps)
         done = torch.zeros(b, dtype=torch.bool, device=session.device)
         calls = 0
