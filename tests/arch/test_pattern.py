@@ -101,6 +101,12 @@ def test_unknown_slot_is_refused():
         LayerPattern(pattern=["a"], kinds={"a": {"mixer": {}}})
 
 
+def test_a_setting_the_slot_does_not_take_is_one_line():
+    # a window on a recurrent mixer's layers: refused naming the key, not a TypeError at build
+    with pytest.raises(ConfigError, match=r"model.layers.kinds.local.attention.window=8: a setting SelectiveSSM takes"):
+        build_tiny(["model/attention=mamba2", "model/layers=local_global_1to1", "model.layers.kinds.local.attention.window=8"])
+
+
 def test_additive_positions_per_kind_are_refused():
     with pytest.raises(ConfigError, match=r"model.layers.kinds.nope.pos.*once per stack"):
         build_tiny(["model/layers=nope_every_fourth", "model/pos@model.layers.kinds.nope.pos=learned"])

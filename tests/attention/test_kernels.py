@@ -99,12 +99,13 @@ def make_bias(name: str, causal: bool):
     return scheme.bias, scheme
 
 
-def case(mask_name: str, *, n: int, m: int, kv_heads: int, seed: int = 0):
-    """Inputs for queries that are the last ``n`` of ``m`` keys (self-attention after a cache of ``m - n``)."""
+def case(mask_name: str, *, n: int, m: int, kv_heads: int, seed: int = 0, d: int = D):
+    """Inputs for queries that are the last ``n`` of ``m`` keys (self-attention after a cache of ``m - n``),
+    heads ``d`` channels wide."""
     torch.manual_seed(seed)
     mask = MASKS[mask_name](m)
-    q = torch.randn(B, H, n, D, requires_grad=True)
-    k, v = (torch.randn(B, kv_heads, m, D, requires_grad=True) for _ in range(2))
+    q = torch.randn(B, H, n, d, requires_grad=True)
+    k, v = (torch.randn(B, kv_heads, m, d, requires_grad=True) for _ in range(2))
     k_pos = torch.arange(m).expand(B, m)
     if mask.key_valid is not None and not mask.key_valid[:, 0].all():  # left padding: positions start at the first token
         k_pos = (mask.key_valid.cumsum(1) - 1).clamp(min=0)
@@ -113,7 +114,7 @@ def case(mask_name: str, *, n: int, m: int, kv_heads: int, seed: int = 0):
         mask = replace(mask, q_segment=mask.k_segment[:, m - n :])
     q_pos = k_pos[:, m - n :]
     rows = torch.ones(B, n, dtype=torch.bool) if mask.key_valid is None else mask.key_valid[:, m - n :]
-    return q, k, v, dict(mask=mask, q_pos=q_pos, k_pos=k_pos, scale=D**-0.5), rows
+    return q, k, v, dict(mask=mask, q_pos=q_pos, k_pos=k_pos, scale=d**-0.5), rows
 
 
 def assert_matches_eager(kernel, q, k, v, kw, rows, *, bias, scheme, grads: bool = True) -> None:
@@ -326,7 +327,7 @@ def test_flex_training_on_cpu_is_a_config_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mask_name", ["window", "window_prefix", "window_padding", "bidirectional_padding"])
 def test_fast_kernels_train_on_cuda(mask_name):
-    q, k, v, kw, rows = case(mask_name, n=300, m=300, kv_heads=2)
+    q, k, v, kw, rows = case(mask_name, n=300, m=300, kv_heads=2, d=64)  # a real head width: Triton's flex needs >= 16
     q, k, v = (t.detach().cuda().requires_grad_() for t in (q, k, v))
     kw = {key: value.cuda() if torch.is_tensor(value) else value for key, value in kw.items()}
     mask = kw["mask"]
@@ -357,6 +358,20 @@ def test_auto_picks_by_window_length_mode_and_device():
         cuda = partial(auto_kernel, device=torch.device("cuda"), window=256, n=4096, m=4096)
         assert cuda(backward=True, dropout=0.0) == "flex"
         assert cuda(backward=True, dropout=0.1) == "local"  # FlexAttention has no dropout
+
+
+def test_auto_never_picks_a_kernel_past_its_declared_limits():
+    """FlexAttention's CUDA lowering needs heads of >= 16 channels: asked about CUDA shapes on a CPU-only
+    machine, the picker says so, before any GPU is involved."""
+    cuda = torch.device("cuda")
+    if KERNEL_SPECS["flex"].available():
+        narrow = partial(auto_kernel, device=cuda, window=256, n=4096, m=4096, backward=True, dropout=0.0)
+        assert narrow(head_dim=64) == "flex" and narrow(head_dim=16) == "flex"
+        assert narrow(head_dim=8) == "local"
+        assert auto_kernel(device=cuda, window=None, n=64, m=64, backward=True, dropout=0.0, softcap=30.0, head_dim=8) == "eager"
+        with pytest.raises(ConfigError, match="model.attention.kernel.*at least 16 channels on CUDA, got 8"):
+            pick_kernel("flex", window=256, device=cuda, backward=False, dropout=0.0, n=4096, m=4096, head_dim=8)
+    assert auto_kernel(device=CPU, window=256, n=4096, m=4096, backward=False, dropout=0.0, head_dim=8) == CPU_INFERENCE_KERNEL
 
 
 def test_explicit_kernels_that_cannot_run_are_config_errors():

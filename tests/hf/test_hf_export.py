@@ -82,6 +82,9 @@ def test_composed_models_export_with_parity(overrides, tmp_path):
         (["preset=llama", "model.logit_softcap=30.0"], "LlamaForCausalLM: model.logit_softcap"),
         (["preset=llama", "model/attention=softcap"], "LlamaForCausalLM: model.attention.softcap"),
         (["preset=gemma3", "model/attention=softcap"], "Gemma3ForCausalLM: model.attention.softcap"),
+        (["preset=llama", "model/attention=bigbird"], "LlamaForCausalLM: model.attention.pattern"),  # exported dense, it would see more
+        (["preset=llama", "model/attention=performer"], "LlamaForCausalLM: model.attention._target_"),
+        (["preset=llama", "model/attention=mamba2"], "LlamaForCausalLM: model.attention._target_"),
         (["preset=gemma2", "model.layers.kinds.global.attention.window=8"], "Gemma2ForCausalLM: model.layers.kinds"),  # one sliding_window
         (["preset=gemma2", "+model.layers.kinds.local.pos.theta=100.0"], "Gemma2ForCausalLM: model.layers.kinds.local.pos"),  # one RoPE
         (["preset=deepseek_v3", "model.layers.pattern=[moe,dense]"], "DeepseekV3ForCausalLM: model.layers.pattern"),  # dense layers first

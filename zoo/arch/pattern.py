@@ -13,6 +13,7 @@ counter reads each layer's window and FFN.
 """
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -72,6 +73,8 @@ class LayerPattern:
         """The slot factories of ``kind``: ``base`` (every slot of :data:`SLOTS`) with its overrides."""
         out = dict(base)
         for slot, override in self.kinds[kind].items():
+            if not callable(override):
+                _check_settings(base[slot], override, key=f"model.layers.kinds.{kind}.{slot}")
             out[slot] = override if callable(override) else functools.partial(base[slot], **override)
         return out
 
@@ -89,3 +92,19 @@ class LayerPattern:
             else:
                 runs.append([kind, 1])
         return ", ".join(f"{kind} x{count}" for kind, count in runs)
+
+
+def _check_settings(factory: Factory, settings: Mapping[str, Any], *, key: str) -> None:
+    """Refuse settings the slot's option does not take (``{window: 8}`` on a recurrent mixer), in one line
+    naming the key, rather than as a ``TypeError`` when the layer is built."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for name, value in settings.items():
+        if name not in params:
+            owner = getattr(getattr(factory, "func", factory), "__name__", "the option")
+            raise ConfigError(f"{key}.{name}", value, f"a setting {owner} takes: one of {allowed}")

@@ -135,7 +135,7 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=q.device, backward=needs_backward(q, k, v), dropout=dropout,
-            n=q.shape[2], m=k.shape[2], softcap=self.softcap, pattern=mask.pattern,
+            n=q.shape[2], m=k.shape[2], softcap=self.softcap, pattern=mask.pattern, head_dim=min(q.shape[-1], v.shape[-1]),
         )
         # only the kernels that can soft-cap take the argument: the others are refused above
         capped = {} if self.softcap is None else {"softcap": self.softcap}

@@ -142,7 +142,7 @@ class DifferentialAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=x.device, backward=needs_backward(q1, k1, v), dropout=dropout,
-            n=q1.shape[2], m=k1.shape[2],
+            n=q1.shape[2], m=k1.shape[2], head_dim=min(q1.shape[-1], v.shape[-1]),
         )
         kw = dict(mask=mask, q_pos=q_pos, k_pos=k_pos, scale=self.scale, dropout=dropout)
         first = kernel(q1, k1, v, bias=map_heads(ctx.pos.bias, 0), **kw)

@@ -43,6 +43,7 @@ class KernelSpec:
         linear_window: a sliding window costs ``O(n * window)`` rather than ``O(n^2)``.
         sparse_pattern: a sparse pattern (:mod:`zoo.attention.sparse`) costs the keys it lets each query
             see rather than ``O(n^2)``.
+        min_head_dim_cuda: the smallest head width it runs on CUDA (FlexAttention's Triton lowering: 16).
         available: whether this torch build has what the kernel needs.
     """
 
@@ -56,11 +57,14 @@ class KernelSpec:
     needs_compile: bool = False
     linear_window: bool = False
     sparse_pattern: bool = False
+    min_head_dim_cuda: int = 1
     available: Callable[[], bool] = lambda: True
 
-    def refusal(self, *, device: torch.device | None, backward: bool, dropout: float, softcap: float | None = None) -> str | None:
-        """Why this kernel cannot run on ``device`` (``None``: at build time, device unknown) in this mode,
-        or ``None`` when it can."""
+    def refusal(
+        self, *, device: torch.device | None, backward: bool, dropout: float, softcap: float | None = None, head_dim: int | None = None
+    ) -> str | None:
+        """Why this kernel cannot run on ``device`` (``None``: at build time, device unknown) in this mode
+        and at this head width (``None``: unknown), or ``None`` when it can."""
         if not self.available():
             return f"is not available in torch {torch.__version__}"
         if softcap is not None and not self.supports_softcap:
@@ -72,6 +76,8 @@ class KernelSpec:
             return None
         if self.needs_cuda and device.type != "cuda":
             return f"needs a CUDA device, got {device.type}"
+        if device.type == "cuda" and head_dim is not None and head_dim < self.min_head_dim_cuda:
+            return f"needs heads of at least {self.min_head_dim_cuda} channels on CUDA, got {head_dim}: widen model.head_dim or pick sdpa/local"
         if backward and device.type == "cpu" and not self.supports_backward_on_cpu:
             return (
                 f"has no backward on CPU in torch {torch.__version__}: train with kernel=local or auto, "
@@ -100,6 +106,7 @@ KERNEL_SPECS: dict[str, KernelSpec] = {
         needs_compile=True,
         linear_window=True,
         sparse_pattern=True,
+        min_head_dim_cuda=16,  # Triton's lowering: "embedding dimension ... must be at least 16"
         available=flex_importable,
     ),
 }
@@ -120,9 +127,15 @@ CPU_INFERENCE_KERNEL = "local"
 _broken: set[str] = set()  # device types where FlexAttention failed to compile (no compiler, no AVX2...)
 
 
+def flex_runs(*, device: torch.device, backward: bool, dropout: float, head_dim: int | None) -> bool:
+    """Whether FlexAttention can take this call (and has not failed to compile on this device type)."""
+    spec = KERNEL_SPECS["flex"]
+    return device.type not in _broken and spec.refusal(device=device, backward=backward, dropout=dropout, head_dim=head_dim) is None
+
+
 def auto_kernel(
     *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int, softcap: float | None = None,
-    pattern: Pattern | None = None,
+    pattern: Pattern | None = None, head_dim: int | None = None,
 ) -> str:
     """The name of the fastest exact kernel for this call.
 
@@ -131,18 +144,18 @@ def auto_kernel(
     otherwise ``local`` (the one linear-cost kernel that trains on CPU, and that has dropout).
     Sparse patterns over more keys than twice what a query sees: ``flex`` on CUDA, else ``sparse``.
     Soft-capped scores: ``flex`` on CUDA, else ``eager`` (SDPA cannot apply a tanh to scores).
+    Never a kernel whose declared limits (:class:`KernelSpec`) the call exceeds, e.g. ``flex`` on CUDA
+    with heads narrower than 16 channels.
     """
+    flex_ok = flex_runs(device=device, backward=backward, dropout=dropout, head_dim=head_dim)
     if softcap is not None:
-        flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
         return "flex" if flex_ok and device.type == "cuda" else "eager"
     if pattern is not None:
         if m <= 2 * pattern.keys_per_query(m):
             return "sdpa"
-        flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
         return "flex" if flex_ok and device.type == "cuda" else "sparse"
     if window is None or n <= window or m <= LONG_WINDOWS * window:
         return "sdpa"
-    flex_ok = device.type not in _broken and KERNEL_SPECS["flex"].refusal(device=device, backward=backward, dropout=dropout) is None
     if flex_ok and (device.type == "cuda" or CPU_INFERENCE_KERNEL == "flex"):
         return "flex"
     return "local"
@@ -169,19 +182,21 @@ def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
 
 def pick_kernel(
     name: str, *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int,
-    softcap: float | None = None, pattern: Pattern | None = None,
+    softcap: float | None = None, pattern: Pattern | None = None, head_dim: int | None = None,
 ) -> Kernel:
     """The kernel for ``name``; ``auto`` picks by device, mode, mask and sizes (:func:`auto_kernel`).
+    ``head_dim``: the narrowest of the query, key and value heads.
 
     Raises:
         ConfigError: an explicitly chosen kernel that cannot run here (e.g. ``flex`` training on CPU).
     """
     if name == "auto":
         chosen = auto_kernel(
-            window=window, device=device, backward=backward, dropout=dropout, n=n, m=m, softcap=softcap, pattern=pattern
-        )
+            window=window, device=device, backward=backward, dropout=dropout, n=n, m=m, softcap=softcap, pattern=pattern,
+            head_dim=head_dim,
+        )  # fmt: skip
         return _flex_or_local if chosen == "flex" else KERNELS[chosen]
-    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout, softcap=softcap)
+    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout, softcap=softcap, head_dim=head_dim)
     if refusal is not None:
         raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")
     return KERNELS[name]

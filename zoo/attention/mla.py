@@ -133,7 +133,7 @@ class MultiHeadLatentAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=q.device, backward=needs_backward(q, k, v), dropout=dropout,
-            n=q.shape[2], m=k.shape[2],
+            n=q.shape[2], m=k.shape[2], head_dim=min(q.shape[-1], v.shape[-1]),
         )
         out = kernel(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=ctx.pos.bias, scale=self.scale, dropout=dropout)
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))

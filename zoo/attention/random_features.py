@@ -144,6 +144,8 @@ class RandomFeatureAttention(nn.Module):
 
     #: a prefix LM's bidirectional prefix would need the prefix's sums at every query: refused
     compatible_archs = ("causal", "encoder", "encdec")
+    #: what its decoding cache holds (``zoo-info``'s "KV cache" column): running sums, not keys
+    cache_summary = "constant state"
 
     def __init__(
         self,
