@@ -1,8 +1,9 @@
 """Optimisers and learning-rate schedules: the ``optim`` and ``sched`` config groups.
 
 The default is the LLaMA recipe (Touvron et al. 2023, arXiv:2302.13971): AdamW with betas
-(0.9, 0.95), weight decay 0.1, gradient clipping at 1.0, a linear warm-up and a cosine decay to a
-tenth of the peak learning rate.
+(0.9, 0.95), weight decay 0.1, gradient clipping at 1.0, a linear warm-up and a cosine decay; the
+default schedule (conf/sched/cosine.yaml) decays to zero rather than LLaMA's tenth of the peak,
+measured better at the default run's budget.
 
 A schedule is a pure function of the step, so its whole state is the step the loop already saves;
 nothing here needs pickling to resume.
