@@ -20,6 +20,8 @@ from zoo.errors import ConfigError
 from zoo.run.entry import check_overrides, exit_policy, setup
 from zoo.run.naming import sweep_group
 from zoo.run.tracking import log_table, wandb_enabled
+
+
 def variant_name(overrides: list[str], choices: dict[str, str]) -> str:
     """The variant's label: its overrides, shortened (``pos=alibi``), or its components when none."""
     from zoo.bench.report import NOT_VARIANT, short
@@ -27,18 +29,6 @@ def variant_name(overrides: list[str], choices: dict[str, str]) -> str:
 
     named = [short(o) for o in overrides if not o.lstrip("+~").startswith(NOT_VARIANT)]
     return job_name(named) or default_name(choices)
-
-
-def config_digest(cfg: DictConfig) -> str:
-    """What a job's results are a function of: its config, less where it logs and how loudly or on how
-    many threads it runs. A finished job is kept on a re-run only when this is unchanged."""
-    import hashlib
-
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("logger", None)
-    for key in ("quiet", "threads", "keep_freed_memory"):
-        plain.get("trainer", {}).pop(key, None)
-    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_peers(cfg: DictConfig, out_dir: Path) -> None:
@@ -75,7 +65,7 @@ def run_job(cfg: DictConfig, *, out_dir: Path, overrides: list[str], chosen: dic
     from zoo.bench.run import run_variant
 
     variant = variant_name(overrides, chosen)
-    digest = config_digest(cfg)
+    digest = report.config_digest(cfg)
     if multirun and report.finished(out_dir, digest=digest):
         # a study run again into its own folder (hydra.sweep.dir=...) runs only the jobs it lacks
         print(f"zoo-bench: {variant}: finished already, kept {out_dir / report.RESULTS} (delete it to run again)", file=sys.stderr)

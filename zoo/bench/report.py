@@ -73,6 +73,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def config_digest(cfg: DictConfig) -> str:
+    """What a job's results are a function of: its config, less where it logs and how loudly or on how
+    many threads it runs. A finished job is kept on a re-run only when this is unchanged."""
+    import hashlib
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("logger", None)
+    for key in ("quiet", "threads", "keep_freed_memory"):
+        plain.get("trainer", {}).pop(key, None)
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def finished(job_dir: Path, *, digest: str) -> bool:
     """Whether ``job_dir`` holds the results of a job that ended well with the config whose digest is
     ``digest``: every row ``ok`` (a failed or interrupted job runs again, as does a changed config)."""

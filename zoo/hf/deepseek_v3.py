@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
 from zoo.ffn.glu import parameter_matched_hidden
-from zoo.hf.family import Rule, expect, expect_slots, ffn_overrides, fmt, layer_kinds, linear, rename, require
+from zoo.hf.family import Rule, expect, expect_slots, ffn_overrides, fmt, layer_kinds, linear, rename, require, unfused_experts
 from zoo.hf.gemma import period
 from zoo.hf.llama import Llama
 from zoo.hf.rope import rope_export, rope_overrides
@@ -226,12 +226,8 @@ class DeepseekV3(Llama):
             match = FUSED.match(name)
             if match is None:
                 out[name] = w
-            elif match.group(2) == "down_proj":
-                out |= {f"{match.group(1)}{j}.down_proj.weight": e for j, e in enumerate(w)}
             else:
-                for j, e in enumerate(w):
-                    gate, up = e.chunk(2, dim=0)
-                    out |= {f"{match.group(1)}{j}.gate_proj.weight": gate, f"{match.group(1)}{j}.up_proj.weight": up}
+                out |= unfused_experts(match.group(1), match.group(2), w, gate="gate_proj", up="up_proj", down="down_proj")
         return out
 
     # -- export -----------------------------------------------------------------------------------

@@ -332,3 +332,16 @@ def expect_slots(m: DictConfig, family: str, **targets: str) -> None:
     for slot, wanted in targets.items():
         actual = target(m, None if slot == "arch" else slot)
         expect(m, "_target_" if slot == "arch" else f"{slot}._target_", actual, [wanted], family)
+
+
+def unfused_experts(prefix: str, part: str, w: torch.Tensor, *, gate: str, up: str, down: str) -> dict[str, torch.Tensor]:
+    """One weight per expert from transformers' fused expert tensors: ``...gate_up_proj`` ``(E, 2h, d)``
+    (the gate's rows, then the up projection's) or ``...down_proj`` ``(E, d, h)``, named
+    ``<prefix><j>.<gate|up|down>.weight`` as the family's per-expert checkpoints name them."""
+    if part.endswith("down_proj"):
+        return {f"{prefix}{j}.{down}.weight": e for j, e in enumerate(w)}
+    out = {}
+    for j, e in enumerate(w):
+        gate_w, up_w = e.chunk(2, dim=0)
+        out |= {f"{prefix}{j}.{gate}.weight": gate_w, f"{prefix}{j}.{up}.weight": up_w}
+    return out

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from zoo.errors import ConfigError
 from zoo.ffn.glu import parameter_matched_hidden
-from zoo.hf.family import GLU_ACTS, Rule, expect, fmt, rename
+from zoo.hf.family import GLU_ACTS, Rule, expect, fmt, rename, unfused_experts
 from zoo.hf.llama import glu_act
 from zoo.hf.mistral import Mistral, uniform_window
 
@@ -77,12 +77,8 @@ class Mixtral(Mistral):
             moe, part = match.group(1) + "block_sparse_moe.", match.group(2)
             if part == "gate.weight":
                 out[moe + part] = w
-            elif part == "experts.down_proj":
-                out |= {f"{moe}experts.{j}.w2.weight": e for j, e in enumerate(w)}
             else:
-                for j, e in enumerate(w):
-                    gate, up = e.chunk(2, dim=0)
-                    out |= {f"{moe}experts.{j}.w1.weight": gate, f"{moe}experts.{j}.w3.weight": up}
+                out |= unfused_experts(f"{moe}experts.", part, w, gate="w1", up="w3", down="w2")
         return out
 
     def export_ffn(self, m: DictConfig) -> dict:

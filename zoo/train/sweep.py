@@ -70,7 +70,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         try:
             rows.append(json.loads(metrics.read_text()))
         except FileNotFoundError:
-            rows.append({"job": int(job) if job.isdigit() else None, "name": name, "status": "interrupted",
+            rows.append({"job": int(job), "name": name, "status": "interrupted",
                          "error": "stopped before it wrote metrics.json (killed, or its worker stopped by Ctrl-C)"})  # fmt: skip
         except (OSError, json.JSONDecodeError) as e:
             rows.append({"name": name, "status": "unreadable", "error": str(e)})
@@ -141,6 +141,8 @@ class SweepSummary(Callback):
         running_sweep = Path(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        global running_sweep
+        running_sweep = None  # ended: a later Ctrl-C in this process is not this sweep's
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
         if not rows:
