@@ -39,3 +39,8 @@ def test_bench_peers_profiles_the_step_it_times(capsys):
 def test_bench_malloc_pairs_fresh_processes():
     ratios = script("bench_malloc").main(["--pairs", "1", "--steps", "1", "--batch", "2", "--seq-len", "16", "--threads", "1"])
     assert set(ratios) == {"train_tokens_per_s", "prefill_tokens_per_s"} and all(v > 0 for v in ratios.values())
+
+
+def test_bench_mixers_times_every_variant_against_full_attention():
+    out = script("bench_mixers").main(["--seqs", "64", "--rounds", "1", "--threads", "1", "--variants", "retention", "bigbird"])
+    assert set(out[64]) == {"mha", "retention", "bigbird"} and all(v > 0 for v in out[64].values())
