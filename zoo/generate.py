@@ -21,6 +21,7 @@ import torch
 
 from zoo.errors import ConfigError
 from zoo.generation import Generation, generate, speculative_generate
+from zoo.generation.healing import TextPrompt, encode_prompt
 
 #: the keys of a composition that choose the model (``model.dim=..``, ``model/ffn=..``, ``preset=..``)
 MODEL_KEYS = ("model", "preset")
@@ -194,24 +195,25 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     model, draft, tokenizer = build_models(cfg, task_overrides=list(task_overrides))
     if not getattr(model, "can_generate", False):
         model.new_cache()  # the encoder-only ConfigError
-    prompt = tokenizer.encode(text_in)
     if cfg.get("chat"):  # the prompt is a user's message; the model answers as the assistant
         from zoo.finetune.chat import ChatTemplate
 
-        prompt = ChatTemplate(tokenizer).prompt([{"role": "user", "content": text_in}])
-    if not model.continues_prompt:
-        prompt = [*prompt, tokenizer.eos_id]  # a source ends with <eos>, as span corruption writes it
-    prompt = prompt or [tokenizer.bos_id]
+        prompt = TextPrompt(ids=ChatTemplate(tokenizer).prompt([{"role": "user", "content": text_in}]), text=text_in)
+    elif not model.continues_prompt:  # a source ends with <eos>, as span corruption writes it
+        prompt = TextPrompt(ids=[*tokenizer.encode(text_in), tokenizer.eos_id], text=text_in)
+    else:
+        prompt = encode_prompt(tokenizer, text_in, heal=cfg.get("heal", True))
     eos = tokenizer.eos_id if cfg.stop_at_eos else None
     start = time.perf_counter()
     out = generate(
-        model, [prompt], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        model, [prompt.ids], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         eos_id=eos, pad_id=tokenizer.pad_id, start_id=tokenizer.bos_id, seed=cfg.seed, draft=draft, n_draft=cfg.draft.n_draft,
-        compiled=cfg.get("compiled"),
+        compiled=cfg.get("compiled"), allowed_first=[prompt.allowed],
     )
     seconds = time.perf_counter() - start
     new = out.tokens[0]
-    text = tokenizer.decode(new[:-1] if new and new[-1] == eos else new)
+    # a healed prompt's first new token writes the backed-off token's text again: not new text
+    text = tokenizer.decode(new[:-1] if new and new[-1] == eos else new)[len(prompt.removed) :]
     if not model.continues_prompt:
         print(f"source: {text_in}\noutput: {text}")
     else:

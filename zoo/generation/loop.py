@@ -12,7 +12,7 @@ from zoo.attention.static_cache import has_static_form
 from zoo.errors import ConfigError
 from zoo.generation.prompts import Prompts, as_lists, evaluating
 from zoo.generation.result import Generation, trim_at_eos
-from zoo.generation.sampling import check_sampling, next_token, seeded_generator
+from zoo.generation.sampling import check_sampling, next_token, restrict, seeded_generator
 from zoo.generation.speculative import speculative_generate
 from zoo.generation.static import StaticDecoder, compile_pays
 
@@ -33,6 +33,7 @@ def generate(
     draft: nn.Module | None = None,
     n_draft: int = 4,
     compiled: bool | None = None,
+    allowed_first: Sequence[Sequence[int] | None] | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after each prompt, with the model's KV cache.
 
@@ -58,6 +59,8 @@ def generate(
             graphs on CUDA) (:mod:`zoo.generation.static`): the same tokens, without the per-operator
             overhead, after a compilation of seconds. ``None``: only where it was measured to pay
             (:func:`~zoo.generation.static.compile_pays`). Not with a ``draft``.
+        allowed_first: per prompt, the ids its first new token may take (``None``: any): token healing
+            (:mod:`zoo.generation.healing`) writes a backed-off prompt token again this way.
 
     Returns: a :class:`Generation`; ``tokens[i]`` are the new tokens of prompt ``i``.
     """
@@ -75,6 +78,7 @@ def generate(
         return speculative_generate(
             model, draft, rows, max_new_tokens=max_new_tokens, n_draft=n_draft, temperature=temperature, top_k=top_k,
             top_p=top_p, eos_id=eos_id, pad_id=pad_id, start_id=start_id, seed=seed, generator=generator,
+            allowed_first=allowed_first,
         )
     with evaluating(model), torch.inference_mode():
         session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens)
@@ -83,7 +87,7 @@ def generate(
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=session.device)
         if max_new_tokens == 0:
             return Generation(tokens=[[] for _ in rows])
-        logits = session.feed(session.prompt)[:, -1]
+        logits = restrict(session.feed(session.prompt)[:, -1], allowed_first)
         steps = max_new_tokens - 1
         if compiled or (compiled is None and compile_pays(steps=steps) and has_static_form(session.cache)):
             session = StaticDecoder(session, room=steps)

@@ -3,6 +3,8 @@
 Letters: ``b`` batch, ``v`` vocabulary.
 """
 
+from collections.abc import Sequence
+
 import torch
 
 from zoo.errors import ConfigError
@@ -16,6 +18,19 @@ def check_sampling(*, temperature: float, top_k: int | None, top_p: float | None
         raise ConfigError("generate.top_k", top_k, ">= 1, or null for no top-k filter")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError("generate.top_p", top_p, "in (0, 1], or null for no nucleus filter")
+
+
+def restrict(logits: torch.Tensor, allowed: Sequence[Sequence[int] | None] | None) -> torch.Tensor:
+    """``logits (b, v)`` with every id outside row ``i``'s ``allowed[i]`` at ``-inf``; a row whose
+    ``allowed`` is ``None``, or ``allowed=None``, is kept whole (token healing's first step)."""
+    if allowed is None or all(a is None for a in allowed):
+        return logits
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    for row, ids in enumerate(allowed):
+        if ids is not None:
+            keep[row] = False
+            keep[row, list(ids)] = True
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:

@@ -14,13 +14,15 @@ far leaves its distribution unchanged. Rejected tokens are dropped from both cac
 Letters: ``b`` batch, ``g`` draft tokens this round, ``v`` vocabulary.
 """
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.generation.prompts import evaluating
 from zoo.generation.result import Generation, trim_at_eos
-from zoo.generation.sampling import draw, probabilities, seeded_generator
+from zoo.generation.sampling import draw, probabilities, restrict, seeded_generator
 
 
 def speculative_generate(
@@ -38,6 +40,7 @@ def speculative_generate(
     start_id: int = 0,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    allowed_first: Sequence[Sequence[int] | None] | None = None,
 ) -> Generation:
     """:func:`zoo.generation.generate` with a draft model; see there for the arguments.
 
@@ -60,7 +63,8 @@ def speculative_generate(
         b = len(prompts)
         # Prefill both models with the whole prompt in one pass (a prefix LM's prompt must be read whole);
         # afterwards each round feeds the previous round's last token with the new drafts.
-        first_t, first_d = t.feed(t.prompt)[:, -1], d.feed(d.prompt)[:, -1]
+        # both restricted alike, so the accepted tokens stay distributed as the restricted target's
+        first_t, first_d = (restrict(session.feed(session.prompt)[:, -1], allowed_first) for session in (t, d))
         pend_t = pend_d = t.prompt.new_empty(b, 0)
         done = torch.zeros(b, dtype=torch.bool, device=t.device)
         chunks: list[torch.Tensor] = []

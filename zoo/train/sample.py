@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from zoo.generation import generate
+from zoo.generation.healing import encode_prompt
 from zoo.arch.session import position_limit
 from zoo.train.settings import SampleSettings
 
@@ -22,9 +23,12 @@ def room_for(model: nn.Module, prompt_len: int, wanted: int) -> int:
 @torch.no_grad()
 def sample(model: nn.Module, tokenizer, *, settings: SampleSettings, seed: int = 0) -> str:
     """``settings.prompt`` and its continuation, up to ``<eos>``; its own generator, so the training RNG never moves."""
-    ids = tokenizer.encode(settings.prompt) or [tokenizer.bos_id]
-    n_new = room_for(model, len(ids), settings.max_new_tokens)
+    prompt = encode_prompt(tokenizer, settings.prompt, heal=settings.heal)
+    n_new = room_for(model, len(prompt.ids), settings.max_new_tokens)
     if n_new == 0:
         return settings.prompt
-    out = generate(model, [ids], max_new_tokens=n_new, temperature=settings.temperature, top_k=settings.top_k, eos_id=tokenizer.eos_id, seed=seed)
-    return settings.prompt + tokenizer.decode([t for t in out.tokens[0] if t != tokenizer.eos_id])
+    out = generate(
+        model, [prompt.ids], max_new_tokens=n_new, temperature=settings.temperature, top_k=settings.top_k,
+        eos_id=tokenizer.eos_id, seed=seed, allowed_first=[prompt.allowed],
+    )
+    return prompt.text + tokenizer.decode([t for t in out.tokens[0] if t != tokenizer.eos_id])

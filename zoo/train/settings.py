@@ -22,12 +22,15 @@ class SampleSettings:
         max_new_tokens: tokens to generate (0: no sample).
         temperature: 0 for greedy decoding.
         top_k: sample among the ``top_k`` likeliest tokens; ``None``: all.
+        heal: back the prompt off its last token and have the sample write it again
+            (:mod:`zoo.generation.healing`): ``"def "`` then continues with a name, not digits.
     """
 
     prompt: str = "def "
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = 50
+    heal: bool = True
 
 
 @dataclass(frozen=True)
