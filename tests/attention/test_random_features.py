@@ -200,3 +200,14 @@ def test_contract_while_redrawing_every_forward():
 def test_a_redraw_period_below_one_is_refused():
     with pytest.raises(ConfigError, match="model.attention.redraw_every=0"):
         zoo.build([*TINY, "model.attention.redraw_every=0"])
+
+
+def test_recomputing_blocks_that_redraw_is_refused():
+    """A recomputed block would run the feature map's forward twice per step: counted twice, redrawn between."""
+    from zoo.train.recompute import Recomputed, recompute_blocks
+
+    with pytest.raises(ConfigError, match="trainer.activation_checkpointing=True: false with model.attention.redraw_every=2"):
+        recompute_blocks(zoo.build([*TINY, "model.attention.redraw_every=2"]))
+    model = zoo.build(TINY)
+    recompute_blocks(model)
+    assert all(isinstance(layer, Recomputed) for layer in model.stack.layers)

@@ -84,6 +84,14 @@ class RandomFeatures(nn.Module):
     def n_features(self) -> int:
         return self.features.shape[0]
 
+    @property
+    def recompute_refusal(self) -> str | None:
+        """Why recomputing this module in the backward pass (``trainer.activation_checkpointing``) would
+        not repeat its forward, or ``None``: a recomputation would count the forward again and could redraw."""
+        if self.redraw_every is None:
+            return None
+        return f"false with model.attention.redraw_every={self.redraw_every}: a recomputed forward would count again and could redraw the features"
+
     def draw(self, number: int, *, n_features: int | None = None) -> torch.Tensor:
         """Draw ``number`` of this layer: the same features for the same seed and number, on any device."""
         generator = torch.Generator().manual_seed(int(self.seed) + number)
