@@ -1,19 +1,14 @@
-"""Random-feature attention (Performer's FAVOR+): the chunked form against the quadratic reference, its
-approximation of softmax attention as the features grow, decoding from running sums, and refusals."""
+"""Random-feature attention (Performer's FAVOR+): its approximation of softmax attention as the features
+grow, decoding from running sums, refusals, and redrawing the features during training (the chunked
+form against the quadratic reference: tests/attention/test_linear_attention.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.attention.random_features import (
-    FeatureState,
-    bidirectional,
-    causal_chunks,
-    orthogonal_features,
-    positive_features,
-    quadratic_reference,
-)
+from zoo.attention.linear_attention import FeatureState, quadratic_reference
+from zoo.attention.random_features import RandomFeatures, orthogonal_features, positive_features
 from zoo.errors import ConfigError
 from zoo.testing import check_contract
 
@@ -34,39 +29,6 @@ def features_of(n: int, m: int, r: int = 16, *, seed: int = 0):
     q = torch.randn(B, K, G, n, D, requires_grad=True)
     k, v = torch.randn(B, K, m, D, requires_grad=True), torch.randn(B, K, m, D, requires_grad=True)
     return q, k, v, w
-
-
-@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
-def test_chunked_form_equals_the_quadratic_reference(chunk):
-    q, k, v, w = features_of(37, 37)
-    fq, fk = positive_features(q * 0.5, w, query=True), positive_features(k * 0.5, w, query=False)
-    zeros = torch.zeros(B, K, w.shape[0], D), torch.zeros(B, K, w.shape[0])
-    out, _, _ = causal_chunks(fq, fk, v, *zeros, chunk=chunk)
-    ref = quadratic_reference(fq, fk, v, causal=True)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    weight = torch.randn_like(ref)
-    got_grads = torch.autograd.grad((out * weight).sum(), (q, k, v), retain_graph=True)  # the features are shared
-    for got, want in zip(got_grads, torch.autograd.grad((ref * weight).sum(), (q, k, v))):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-
-
-def test_running_sums_carry_the_past():
-    """Queries after a prefix, fed with the prefix's sums, equal the last rows of one pass."""
-    q, k, v, w = features_of(30, 30)
-    fq, fk = positive_features(q * 0.5, w, query=True), positive_features(k * 0.5, w, query=False)
-    zeros = torch.zeros(B, K, w.shape[0], D), torch.zeros(B, K, w.shape[0])
-    whole, state, norm = causal_chunks(fq, fk, v, *zeros, chunk=8)
-    _, mid_state, mid_norm = causal_chunks(fq[:, :, :, :21], fk[:, :, :21], v[:, :, :21], *zeros, chunk=8)
-    tail, end_state, end_norm = causal_chunks(fq[:, :, :, 21:], fk[:, :, 21:], v[:, :, 21:], mid_state, mid_norm, chunk=4)
-    torch.testing.assert_close(tail, whole[:, :, :, 21:], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(end_state, state, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(quadratic_reference(fq[:, :, :, 21:], fk, v, causal=True), whole[:, :, :, 21:], atol=1e-5, rtol=1e-4)
-
-
-def test_bidirectional_form_equals_the_quadratic_reference():
-    q, k, v, w = features_of(20, 33)
-    fq, fk = positive_features(q, w, query=True), positive_features(k, w, query=False)
-    torch.testing.assert_close(bidirectional(fq, fk, v), quadratic_reference(fq, fk, v, causal=False), atol=1e-5, rtol=1e-4)
 
 
 def test_features_are_orthogonal_within_a_block():
@@ -145,7 +107,7 @@ def test_what_it_cannot_express_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="model='prefix'"):
         zoo.build([*TINY, "model=prefix"])(tokens, prefix_len=torch.tensor([3]))
     with pytest.raises(ValueError, match="cannot take back"):
-        state = FeatureState()
+        state = FeatureState(owner="performer")
         state.seen = 4
         state.truncate(2)
 
@@ -160,3 +122,92 @@ def test_generation_runs_on_the_sums_and_refuses_a_static_cache():
     assert [len(t) for t in out.tokens] == [4, 4]
     with pytest.raises(ConfigError, match="generate.compiled.*FeatureState"):
         make_static(model.new_cache(), room=4)
+
+
+# --- redrawing the features during training -----------------------------------------------------------
+
+
+def feature_maps(model) -> list[RandomFeatures]:
+    return [m for m in model.modules() if isinstance(m, RandomFeatures)]
+
+
+def train_forwards(model, n: int, *, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` training-mode forwards (each with a backward, as in training) on seeded tokens; their logits."""
+    model.train()
+    g, outs = torch.Generator().manual_seed(seed), []
+    for _ in range(n):
+        logits = model(torch.randint(0, 64, (2, 9), generator=g))
+        logits.square().mean().backward()
+        outs.append(logits.detach())
+    return outs
+
+
+def test_features_are_redrawn_every_n_training_forwards_and_never_in_eval():
+    torch.manual_seed(0)
+    model = zoo.build([*TINY, "model.attention.redraw_every=3"])
+    first = [m.features.clone() for m in feature_maps(model)]
+    assert not torch.equal(first[0], first[1]), "two layers drew the same features"
+    train_forwards(model, 3)  # forwards 0, 1, 2: the draw made at build time
+    assert all(torch.equal(m.features, f) for m, f in zip(feature_maps(model), first))
+    train_forwards(model, 1)  # forward 3 draws anew
+    second = [m.features.clone() for m in feature_maps(model)]
+    assert not any(torch.equal(s, f) for s, f in zip(second, first)), "no redraw after 3 training forwards"
+    model.eval()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randint(0, 64, (2, 9)))
+    assert all(torch.equal(m.features, s) for m, s in zip(feature_maps(model), second)), "evaluation redrew"
+    assert [int(m.forwards) for m in feature_maps(model)] == [4, 4], "evaluation forwards were counted"
+
+
+def test_without_redraw_every_the_features_stay():
+    torch.manual_seed(0)
+    model = zoo.build(TINY)
+    first = [m.features.clone() for m in feature_maps(model)]
+    train_forwards(model, 3)
+    assert all(torch.equal(m.features, f) for m, f in zip(feature_maps(model), first))
+
+
+def test_two_runs_with_one_seed_draw_the_same_features():
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        model = zoo.build([*TINY, "model.attention.redraw_every=2"])
+        train_forwards(model, 5)  # draws 0, 1, 2
+        runs.append(torch.cat([m.features for m in feature_maps(model)]))
+    torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
+    assert not torch.equal(runs[0], runs[2]), "another seed drew the same features"
+
+
+def test_a_reloaded_state_continues_as_the_run_would_have():
+    torch.manual_seed(0)
+    run = zoo.build([*TINY, "model.attention.redraw_every=3"])
+    train_forwards(run, 4)  # a checkpoint after draw 1 was made
+    torch.manual_seed(1)
+    resumed = zoo.build([*TINY, "model.attention.redraw_every=3"])
+    resumed.load_state_dict(run.state_dict())
+    # forwards 4..7: forward 6 draws anew, in both
+    for went_on, came_back in zip(train_forwards(run, 4, seed=1), train_forwards(resumed, 4, seed=1)):
+        torch.testing.assert_close(came_back, went_on, atol=0, rtol=0)
+    for a, b in zip(feature_maps(run), feature_maps(resumed)):
+        assert torch.equal(a.features, b.features) and int(a.forwards) == int(b.forwards) == 8
+
+
+def test_contract_while_redrawing_every_forward():
+    check_contract(["model/attention=performer", "model.attention.redraw_every=1"])
+
+
+def test_a_redraw_period_below_one_is_refused():
+    with pytest.raises(ConfigError, match="model.attention.redraw_every=0"):
+        zoo.build([*TINY, "model.attention.redraw_every=0"])
+
+
+def test_recomputing_blocks_that_redraw_is_refused():
+    """A recomputed block would run the feature map's forward twice per step: counted twice, redrawn between."""
+    from zoo.train.recompute import Recomputed, recompute_blocks
+
+    with pytest.raises(ConfigError, match="trainer.activation_checkpointing=True: false with model.attention.redraw_every=2"):
+        recompute_blocks(zoo.build([*TINY, "model.attention.redraw_every=2"]))
+    model = zoo.build(TINY)
+    recompute_blocks(model)
+    assert all(isinstance(layer, Recomputed) for layer in model.stack.layers)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.arch.stack import Stack
+from zoo.errors import ConfigError
 
 #: the attribute that holds the wrapped block (left out of the state dict's names)
 WRAPPED = "block"
@@ -58,7 +59,15 @@ def _wrap_names(module: nn.Module, state_dict: dict, prefix: str, *args) -> None
 
 
 def recompute_blocks(model: nn.Module) -> None:
-    """Wrap every block of every :class:`~zoo.arch.Stack` of ``model`` in :class:`Recomputed`, in place."""
+    """Wrap every block of every :class:`~zoo.arch.Stack` of ``model`` in :class:`Recomputed`, in place.
+
+    A module whose forward changes its own state (performer's redrawn features) declares why it cannot
+    be recomputed (``recompute_refusal``), and is refused before any step.
+    """
+    for module in model.modules():
+        refusal = getattr(module, "recompute_refusal", None)
+        if refusal is not None:
+            raise ConfigError("trainer.activation_checkpointing", True, refusal)
     for stack in [m for m in model.modules() if isinstance(m, Stack)]:
         for i, layer in enumerate(stack.layers):
             if not isinstance(layer, Recomputed):
