@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 import torch
 from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zoo.errors import ConfigError
 from zoo.trust import PLUGIN_GROUP, check_config
@@ -104,6 +104,14 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     """The option chosen in each group (``{"model/ffn": "swiglu", ...}``) of a composed config."""
     chosen = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
     return {g: str(chosen[g]) for g in GROUPS if g in chosen and chosen[g] is not None}
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The config as plain values, without Hydra's own node."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(copy):
+        copy.pop("hydra", None)
+    return OmegaConf.to_container(copy, resolve=True)
 
 
 def instantiate_model(model_cfg: DictConfig, *, device: torch.device | str | None = None, source: str = "the config") -> torch.nn.Module:

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from zoo.config import resolved_config
 from zoo.errors import ConfigError
 from zoo.objectives.base import Objective
 from zoo.run.folder import FolderTaken, claim, is_held, record_hydra
@@ -32,9 +33,10 @@ from zoo.train.distributed import (
     setup, sharded, teardown, wrap,
 )  # fmt: skip
 from zoo.train.metrics import compressor_metrics, count_parameters, evaluate, flops_per_token, routing_metrics, sums_of, summarise
-from zoo.train.recompute import recompute_blocks
-from zoo.train.sample import can_sample, sample
 from zoo.train.optim import Schedule
+from zoo.train.recompute import recompute_blocks
+from zoo.train.resume import check_same_config, find_resume, restore, restore_weights, resumes_here
+from zoo.train.sample import can_sample, sample
 from zoo.train.settings import Settings
 from zoo.train.sweep import RunInfo
 
@@ -64,14 +66,6 @@ class RunResult:
     history: list[float] = field(default_factory=list)
     out_dir: Path | None = None
     checkpoint: Path | None = None
-
-
-def resolved_config(cfg: DictConfig) -> dict:
-    """The config as plain values, without Hydra's own node."""
-    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    with open_dict(copy):
-        copy.pop("hydra", None)
-    return OmegaConf.to_container(copy, resolve=True)
 
 
 def autocast_for(settings: Settings, device: torch.device) -> Autocast:
@@ -116,7 +110,7 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         dist = setup(device=settings.device)
         out_dir = result.out_dir = Path(broadcast_object(str(out_dir), dist))  # ranks may have started in different seconds
         if dist.main:  # the folder is this run's from here on (zoo.run.folder)
-            held.enter_context(claim(out_dir, resume=_resumes_here(settings, out_dir), overwrite=settings.overwrite))
+            held.enter_context(claim(out_dir, resume=resumes_here(settings, out_dir), overwrite=settings.overwrite))
             claimed = True
             record_hydra(out_dir, cfg)
         autocast = autocast_for(settings, dist.device)
@@ -124,9 +118,9 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         optim = build_node(cfg.optim, "optim")
         schedule = build_node(cfg.sched, "sched")
         logger_node = build_node(cfg.logger, "logger") if dist.main else None
-        resume = _find_resume(settings, out_dir)
+        resume = find_resume(settings, out_dir)
         if resume is not None:
-            _check_same_config(resume, cfg)
+            check_same_config(resume, cfg)
         tokenizer = None
         if resume is not None:
             tokenizer = resume.tokenizer()  # one of zoo's tokenizer classes, never a module the file names
@@ -147,14 +141,14 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
         objective = parts.make_objective(rank=dist.rank)
         result.metrics["parameters_trainable"] = adapt(cfg, parts.model, objective=objective, data=parts.data)
         if resume is not None:
-            _restore_weights(resume, parts)
+            restore_weights(resume, parts)
         if settings.activation_checkpointing:
             recompute_blocks(parts.model)
         strategy = pick_strategy(settings.strategy, parts.model, dist)
         wrapper = wrap(parts.model, dist, strategy=strategy, mixed_precision=torch.bfloat16 if autocast is not nullcontext else None)
         optimizer = optim.build(parts.model)  # after wrapping: FSDP replaces the parameters by shards
         if resume is not None:
-            _restore(resume, parts, optimizer, objective, dist)
+            restore(resume, parts, optimizer, objective, dist)
         if dist.main:
             out_dir.mkdir(parents=True, exist_ok=True)
             logger = logger_node
@@ -197,78 +191,6 @@ def adapt(cfg: DictConfig, model: nn.Module, *, objective, data) -> int:
     if not trainable:
         raise ConfigError("adapter", OmegaConf.select(cfg, "adapter._target_"), f"something to train, but {adapter!r} froze every parameter and objective={objective.name} adds none")
     return trainable
-
-def _resumes_here(settings: Settings, out_dir: Path) -> bool:
-    """Whether the run continues the checkpoints of its own folder (``auto``, or a path inside it)."""
-    if settings.resume is None:
-        return False
-    if settings.resume == "auto":
-        return True
-    target, folder = Path(settings.resume).expanduser().resolve(), out_dir.resolve()
-    return target == folder or folder in target.parents
-
-
-def _find_resume(settings: Settings, out_dir: Path) -> ckpt.Checkpoint | None:
-    if settings.resume is None:
-        return None
-    try:
-        found = ckpt.find(out_dir if settings.resume == "auto" else settings.resume)
-    except FileNotFoundError as e:
-        if settings.resume == "auto":
-            return None
-        raise ConfigError("trainer.resume", settings.resume, str(e)) from None
-    if not found.is_training:
-        raise ConfigError("trainer.resume", settings.resume, f"a training checkpoint ({found.path} has no {ckpt.STATE}: it holds weights only)")
-    found.config()  # its targets checked before anything of it is used (zoo.trust)
-    return found
-
-
-#: what a resumed run must share with the checkpoint's run: what it trains on and how it reads it
-SAME_ON_RESUME = ("model", "data", "tokenizer", "objective", "trainer.batch_size", "trainer.seq_len", "trainer.grad_accum")
-
-
-def _check_same_config(resume: ckpt.Checkpoint, cfg: DictConfig) -> None:
-    """Refuse a resume under a different config, listing every key that differs (before any heavy work)."""
-    saved = OmegaConf.to_container(resume.config(), resolve=True)
-    now = resolved_config(cfg)
-    differ = []
-    for key in SAME_ON_RESUME:
-        a, b = OmegaConf.select(OmegaConf.create(saved), key, default=None), OmegaConf.select(OmegaConf.create(now), key, default=None)
-        a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
-        b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
-        differ += [k for k in _diff(a, b, key) if not k.startswith("model.vocab_size ")]  # set from the tokenizer when the run starts
-    if differ:
-        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config; these keys differ: {', '.join(differ[:12])}")
-
-
-def _diff(a, b, key: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for sub in sorted(set(a) | set(b), key=str) for k in _diff(a.get(sub), b.get(sub), f"{key}.{sub}")]
-    return [] if a == b else [f"{key} ({a!r} -> {b!r})"]
-
-
-def _restore_weights(resume: ckpt.Checkpoint, parts: Components) -> None:
-    """The checkpoint's weights, into the whole model before any wrapper shards it."""
-    try:
-        ckpt.load_weights(resume, parts.model)
-    except ConfigError:  # a damaged file names itself and the last good checkpoint
-        raise
-    except (ValueError, RuntimeError, KeyError) as e:  # a checkpoint of another model
-        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config ({str(e).splitlines()[0]})") from None
-
-
-def _restore(resume: ckpt.Checkpoint, parts: Components, optimizer, objective, dist: Dist) -> None:
-    """Optimizer, RNG, data position and objective draws as they were at the checkpoint."""
-    try:
-        ckpt.load_optimizer(resume, optimizer)
-        parts.train_loader.load_state_dict(resume.state["loader"])
-    except ConfigError:  # a damaged file names itself and the last good checkpoint
-        raise
-    except (ValueError, RuntimeError, KeyError) as e:  # a checkpoint of another model, data or batch size
-        raise ConfigError("trainer.resume", str(resume.path), f"a checkpoint of this same config ({str(e).splitlines()[0]})") from None
-    ckpt.load_rng(resume, rank=dist.rank)
-    objective.step = int(resume.state["objective"]["step"])
-
 
 def _finish(logger, result: RunResult, info: RunInfo, out_dir: Path, *, failed: bool) -> None:
     """``metrics.json`` into the run folder, the summary into the logger, and the logger closed."""
