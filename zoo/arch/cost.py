@@ -98,8 +98,9 @@ def attention_keys(attn: nn.Module, n_keys: int) -> int:
 
 def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
     """``q k^T`` and ``weights @ v`` over the keys each query scores: the layer's own ``score_flops(n_queries,
-    n_keys)`` where it says so (random features, retention, a selective SSM: no pairs), else per query-key
-    pair its own ``flops_per_pair()`` where it says so (latent, differential attention), else ``4 * n_heads * head_dim``."""
+    n_keys)`` where it says so (random features, retention, a selective SSM: no pairs; latent attention: the
+    form it runs at those sizes), else per query-key pair its own ``flops_per_pair()`` where it says so
+    (differential attention), else ``4 * n_heads * head_dim``."""
     own = getattr(attn, "score_flops", None)
     if callable(own):
         return float(own(n_queries, n_keys))
