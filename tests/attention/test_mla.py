@@ -100,7 +100,7 @@ def test_its_flops_count_each_width_of_its_own_in_the_form_it_runs():
     attn = latent_attention()
     lm = model(partial(MultiHeadLatentAttention, n_heads=HEADS, head_dim=ROPE, nope_head_dim=NOPE, v_head_dim=V, kv_rank=KV_RANK))
     expanded_pair = 2 * HEADS * (NOPE + ROPE) + 2 * HEADS * V
-    absorbed_pair = 2 * HEADS * (KV_RANK + ROPE) + 2 * HEADS * KV_RANK
+    absorbed_pair = 2 * HEADS * (KV_RANK + ROPE) * 2  # its values are whole keys, rotary channels included
     reprojected = 2 * KV_RANK * HEADS * (NOPE + V)  # one cached latent up-projected into keys and values
     # a whole sequence: expanded (2 * KV_RANK > NOPE + V), its up-projections counted with the weights
     assert lm.flops(seq_len=16).attn_scores == 2 * 16 * 16 * expanded_pair

@@ -131,14 +131,15 @@ class MultiHeadLatentAttention(nn.Module):
     def flops(self, n_queries: int, n_keys: int, *, absorbed: bool) -> float:
         """Forward FLOPs that grow with the keys, of ``n_queries`` new tokens over ``n_keys`` tokens in
         all, in one form: the scores and weighted sums (per pair and head: expanded ``nope + rope``
-        and ``v_head_dim`` channels; absorbed ``kv_rank + rope`` and ``kv_rank``), plus, expanded, the
-        up-projection of the keys that are not new. What both forms spend per new token (the
+        and ``v_head_dim`` channels; absorbed ``kv_rank + rope`` for both), plus, expanded, the
+        up-projection of the keys that are not new (absorbed, the values are the whole cached keys, rotary
+        channels included: :meth:`absorbed` says why). What both forms spend per new token (the
         up-projection of its own latent, or the same matrix applied to its query and output) is the
         projections' share, counted with every other weight (:mod:`zoo.arch.cost`)."""
         held = n_keys if self.window is None else min(self.window, n_keys)  # a window's ring holds no more
         h, r = self.n_heads, self.kv_rank
         if absorbed:
-            return n_queries * held * 2.0 * h * (2 * r + self.head_dim)
+            return n_queries * held * 2.0 * h * 2 * (r + self.head_dim)
         pairs = n_queries * held * 2.0 * h * (self.nope_head_dim + self.head_dim + self.v_head_dim)
         return pairs + 2.0 * max(held - n_queries, 0) * self.kv_b_proj.weight.numel()
 
@@ -201,7 +202,9 @@ class MultiHeadLatentAttention(nn.Module):
         up_k, up_v = self.up_projections()
         q_latent = torch.einsum("bnhd,hdr->bhnr", q_nope, up_k)
         q = torch.cat([q_latent, q_rope], dim=-1)
-        mixed = self.attend(q, key, key[..., : self.kv_rank], **kw)  # (b, h, n, r)
+        # the whole key as the value, its rotary channels dropped after the sum: equal widths keep
+        # SDPA on its fused kernels (a narrower value sends CPU SDPA to its slow math path, ~10x here)
+        mixed = self.attend(q, key, key, **kw)[..., : self.kv_rank]  # (b, h, n, r)
         return torch.einsum("bhnr,her->bnhe", mixed, up_v)
 
     def attend(self, q, k, v, *, mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, bias: BiasFn) -> torch.Tensor:
