@@ -44,10 +44,11 @@ class MultiHeadLatentAttention(nn.Module):
     RMS-normalised and rotated before they are cached.
 
     Each call runs the expanded or the absorbed form (module docstring), whichever costs fewer FLOPs
-    at its sizes (:meth:`flops`) unless ``absorb`` fixes one: the absorbed form scores ``kv_rank +
-    head_dim`` channels per pair instead of ``nope_head_dim + head_dim`` but up-projects nothing per
-    key, so it wins when few queries meet many cached keys (decoding) and loses on a whole sequence
-    at once (training, prefill) whenever ``2 * kv_rank > nope_head_dim + v_head_dim``.
+    at its sizes (:meth:`flops`) unless ``absorb`` fixes one: per pair, the absorbed form scores and
+    sums ``kv_rank + head_dim`` channels where the expanded one scores ``nope_head_dim + head_dim``
+    and sums ``v_head_dim``, but it up-projects no cached key, so it wins when few queries meet many
+    cached keys (decoding) and loses on a whole sequence at once (training, prefill) whenever
+    ``2 * kv_rank + head_dim > nope_head_dim + v_head_dim`` (the paper's sizes: always).
 
     Args:
         dim: model width.
@@ -70,7 +71,7 @@ class MultiHeadLatentAttention(nn.Module):
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``; the cache holds ``(b, 1, m, kv_rank + head_dim)`` keys,
     each token's latent followed by its rotary key (the layout of DeepSeek's FlashMLA kernels), and
-    values of zero channels: the absorbed form's values are the keys' first ``kv_rank`` channels.
+    values of zero channels: the absorbed form takes the keys themselves as values.
     """
 
     def __init__(
