@@ -217,10 +217,17 @@ def test_cached_steps_of_either_form_equal_a_full_forward(absorb, window):
 def spy_forms(lm: CausalLM) -> list[tuple[str, int]]:
     """Record, in every layer, which form each call runs and with how many queries."""
     calls = []
+
+    def spied(form: str, run):
+        def call(q_nope, *args, **kw):
+            calls.append((form, q_nope.shape[1]))
+            return run(q_nope, *args, **kw)
+
+        return call
+
     for layer in lm.stack.layers:
         for form in ("expanded", "absorbed"):
-            run = getattr(layer.attn, form)
-            setattr(layer.attn, form, lambda q_nope, *a, _run=run, _form=form, **kw: (calls.append((_form, q_nope.shape[1])), _run(q_nope, *a, **kw))[1])
+            setattr(layer.attn, form, spied(form, getattr(layer.attn, form)))
     return calls
 
 
