@@ -86,3 +86,17 @@ def test_expert_choice_is_marked_for_encoders_only(matrix):
 def test_components_doc_is_up_to_date(options):
     expected = markdown([o for o in options if o.provider == "zoo"]) + "\n"
     assert DOC.read_text() == expected, "regenerate it: zoo-info --markdown > docs/components.md"
+
+
+def test_cost_shows_each_layers_decoding_step():
+    """``zoo-info --cost`` for latent attention (which has no k_proj): the absorbed form decodes cheaper."""
+    from zoo.info import cost
+
+    def decode_step(overrides: list[str]) -> list[float]:
+        lines = cost(["model/attention=mla", *overrides]).splitlines()
+        header = next(i for i, line in enumerate(lines) if "decode step flops" in line)
+        return [float(line.split()[-2].replace(",", "")) for line in lines[header + 1 :]]
+
+    absorbed, expanded = decode_step([]), decode_step(["model.attention.absorb=false"])
+    assert len(absorbed) == len(expanded) > 0
+    assert all(0 < a < e for a, e in zip(absorbed, expanded))

@@ -197,10 +197,14 @@ def cost(overrides: list[str]) -> str:
     lines = [f"{type_name(cfg.model)} at seq_len={seq_len}"]
     lines += [f"  {k:<24}{v:>16,.0f}" for k, v in report.items()]
     rows = model.layer_costs(seq_len=seq_len)
-    header = ["layer", "kind", "window", "ffn", "pos", "params", "flops/token", "KV cache bytes"]
-    table = [[str(r["layer"]), r["kind"], str(r["window"] or "full"), r["ffn"], r["pos"], f"{r['params']:,}", f"{r['flops_per_token']:,.0f}", f"{r['kv_cache_bytes']:,}"] for r in rows]
+    header = ["layer", "kind", "window", "ffn", "pos", "params", "flops/token", "decode step flops", "KV cache bytes"]
+    table = [
+        [str(r["layer"]), r["kind"], str(r["window"] or "full"), r["ffn"], r["pos"], f"{r['params']:,}", f"{r['flops_per_token']:,.0f}",
+         "-" if r["decode_flops"] is None else f"{r['decode_flops']:,.0f}", f"{r['kv_cache_bytes']:,}"]
+        for r in rows
+    ]  # fmt: skip
     widths = [max(len(x) for x in column) for column in zip(header, *table)]
-    lines += ["", "per layer (KV cache: one sequence of seq_len tokens, decoding)"]
+    lines += ["", "per layer (decode step and KV cache: token seq_len of one sequence, decoding)"]
     lines += ["  " + "  ".join(x.rjust(w) if j >= 5 else x.ljust(w) for j, (x, w) in enumerate(zip(row, widths))) for row in [header, *table]]
     return "\n".join(lines)
 

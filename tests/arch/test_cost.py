@@ -115,3 +115,29 @@ def test_moe_matches_a_hand_count():
     expert = 3 * dim * hidden
     assert counts["params"] - counts["active_params"] == layers * (experts - top_k) * expert
     assert training_flops_per_token(model, seq_len=n) == 3 * (flops.attn_proj + flops.attn_scores + flops.ffn + 2 * n * dim * vocab) / n
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model/attention=mha"],
+        ["model/attention=sliding_window", "model.attention.window=4"],
+        ["model/attention=mla"],  # decodes in the absorbed form
+        ["model/attention=mla", "model.attention.absorb=false"],  # up-projects every cached latent again
+    ],
+    ids=["mha", "window", "mla", "mla-expanded"],
+)
+def test_a_decoding_step_matches_torch_flop_counter(overrides):
+    """The per-layer decode column of ``layer_costs`` (shown by ``zoo-info --cost``) against one real step."""
+    from zoo.attention.cache import prepare_cache
+
+    model = build_tiny([*overrides, "model.attention.kernel=eager"]).eval()  # FlopCounterMode does not count CPU's SDPA
+    n = 12
+    tokens = torch.randint(0, model.vocab_size, (1, n))
+    with torch.no_grad():
+        cache = prepare_cache(model.new_cache(), max_len=n)
+        model(tokens[:, :-1], cache=cache)
+        with FlopCounterMode(display=False) as mode:
+            model(tokens[:, -1:], cache=cache)
+    ours = sum(row["decode_flops"] for row in model.layer_costs(seq_len=n)) + 2 * model.lm_head.weight.numel()
+    assert ours == pytest.approx(mode.get_total_flops(), rel=0.02)

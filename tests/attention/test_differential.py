@@ -14,6 +14,7 @@ from zoo.init import NormalInit
 from zoo.norm import RMSNorm
 from zoo.pos import ALiBi, RoPE
 from zoo.residual import PreNorm
+from zoo.testing import build_tiny, check_causal
 
 DIM, HEADS, KV_HEADS, HEAD_DIM = 32, 8, 4, 4
 
@@ -27,9 +28,9 @@ def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.
     return torch.cat([z.real, z.imag], dim=-1)
 
 
-def reference(attn: DifferentialAttention, x: torch.Tensor, slopes: torch.Tensor | None = None) -> torch.Tensor:
+def reference(attn: DifferentialAttention, x: torch.Tensor, slopes: torch.Tensor | None = None, cap: float | None = None) -> torch.Tensor:
     """Eqs. 1-3 of arXiv:2410.05258 head by head, causal, from the module's weights; ``slopes``: ALiBi
-    per query map instead of RoPE."""
+    per query map instead of RoPE; ``cap``: each map's scaled scores soft-capped (Gemma 2)."""
     b, n, _ = x.shape
     pos = torch.arange(n)
     q = (x @ attn.q_proj.weight.T).view(b, n, HEADS, HEAD_DIM)
@@ -48,6 +49,8 @@ def reference(attn: DifferentialAttention, x: torch.Tensor, slopes: torch.Tensor
         maps = []
         for t in range(2):
             scores = q[:, :, 2 * i + t] @ k[:, :, 2 * j + t].transpose(1, 2) / math.sqrt(HEAD_DIM)
+            if cap is not None:
+                scores = cap * torch.tanh(scores / cap)
             if slopes is not None:
                 scores = scores - slopes[2 * i + t] * distance
             maps.append(scores.masked_fill(future, float("-inf")).softmax(-1))
@@ -102,3 +105,34 @@ def test_it_keeps_multi_head_attentions_parameters_and_counts_its_flops():
 def test_unpaired_heads_are_refused_with_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
         DifferentialAttention(DIM, head_dim=HEAD_DIM, **kw)
+
+
+# -- soft-capped scores: each of the two maps capped before its softmax ------------------------------
+
+
+@pytest.mark.parametrize("kernel", ["eager", "auto"])
+def test_each_maps_scores_are_soft_capped(kernel):
+    attn, x = differential(kernel=kernel, lambda_init=0.5, softcap=0.3), torch.randn(2, 9, DIM) * 4
+    scheme = RoPE(DIM, n_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=64, causal=True)
+    out = attn(x, Context(torch.arange(9)[None], Mask(causal=True), scheme))
+    torch.testing.assert_close(out, reference(attn, x, cap=0.3), atol=1e-5, rtol=1e-4)
+    assert (out - reference(attn, x)).abs().max() > 1e-2  # the cap matters at this size
+
+
+@torch.no_grad()
+def test_a_large_cap_changes_nothing():
+    x = torch.randn(2, 9, DIM)
+    ctx = Context(torch.arange(9)[None], Mask(causal=True), RoPE(DIM, n_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=64, causal=True))
+    torch.testing.assert_close(differential(softcap=1e6)(x, ctx), differential(kernel="eager")(x, ctx))
+
+
+def test_kernels_that_cannot_cap_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"model.attention.kernel='local': local cannot soft-cap .*softcap=2.0.*eager or flex") as error:
+        differential(kernel="local", softcap=2.0)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"model.attention.softcap=-1.0: a positive cap"):
+        differential(softcap=-1.0)
+
+
+def test_capped_scores_see_no_future_token():
+    check_causal(build_tiny(["model/attention=differential", "model.attention.softcap=0.5"]).eval())

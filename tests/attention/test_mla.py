@@ -1,4 +1,5 @@
-"""Multi-head latent attention: the paper's equations, a cache of latents, and its cost."""
+"""Multi-head latent attention: the paper's equations, a cache of latents, its absorbed form, soft-capped
+scores, and its cost."""
 
 import math
 from functools import partial
@@ -8,13 +9,15 @@ import torch
 
 from zoo.arch import CausalLM
 from zoo.attention import Attention, Context, Mask, MultiHeadLatentAttention
-from zoo.attention.cache import cache_nbytes, prepare_cache
+from zoo.attention.cache import KVCache, cache_nbytes, prepare_cache
+from zoo.errors import ConfigError
 from zoo.ffn import SwiGLU
+from zoo.generation.static import StaticDecoder
 from zoo.init import NormalInit
 from zoo.norm import RMSNorm
-from zoo.pos import RoPE
+from zoo.pos import ALiBi, RoPE
 from zoo.residual import PreNorm
-from zoo.testing import check_contract
+from zoo.testing import build_tiny, check_causal, check_contract
 
 DIM, HEADS, ROPE, NOPE, V, KV_RANK, Q_RANK = 32, 4, 8, 6, 5, 12, 10
 
@@ -93,12 +96,20 @@ def test_the_cache_holds_the_latent_and_the_rotary_key_not_keys_and_values():
     assert nbytes["mha"] == 2 * 2 * 20 * 2 * HEADS * ROPE * 4
 
 
-def test_its_flops_count_each_width_of_its_own():
+def test_its_flops_count_each_width_of_its_own_in_the_form_it_runs():
     attn = latent_attention()
     lm = model(partial(MultiHeadLatentAttention, n_heads=HEADS, head_dim=ROPE, nope_head_dim=NOPE, v_head_dim=V, kv_rank=KV_RANK))
-    per_pair = 2 * HEADS * (NOPE + ROPE) + 2 * HEADS * V
-    assert attn.flops_per_pair() == per_pair
-    assert lm.flops(seq_len=16).attn_scores == 2 * 16 * 16 * per_pair
+    expanded_pair = 2 * HEADS * (NOPE + ROPE) + 2 * HEADS * V
+    absorbed_pair = 2 * HEADS * (KV_RANK + ROPE) * 2  # its values are whole keys, rotary channels included
+    reprojected = 2 * KV_RANK * HEADS * (NOPE + V)  # one cached latent up-projected into keys and values
+    # a whole sequence: expanded (2 * KV_RANK > NOPE + V), its up-projections counted with the weights
+    assert lm.flops(seq_len=16).attn_scores == 2 * 16 * 16 * expanded_pair
+    assert attn.score_flops(16, 16) == 16 * 16 * expanded_pair
+    # one query over 100 keys: absorbed, where expanded would up-project the 99 cached latents again
+    assert attn.flops(1, 100, absorbed=False) == 100 * expanded_pair + 99 * reprojected
+    assert attn.score_flops(1, 100) == attn.flops(1, 100, absorbed=True) == 100 * absorbed_pair
+    assert latent_attention(absorb=False).score_flops(1, 100) == 100 * expanded_pair + 99 * reprojected
+    assert latent_attention(window=4).score_flops(1, 100) == 4 * absorbed_pair  # its ring holds 4 keys
 
 
 def test_bad_sizes_are_refused_with_the_key():
@@ -147,3 +158,176 @@ def test_latent_attention_equals_transformers_deepseek_v3_attention(interleaved)
     causal = torch.zeros(n, n).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))[None, None]
     expected, _ = theirs(x, cos_sin, causal)
     torch.testing.assert_close(ours(x, context(n)), expected, atol=1e-5, rtol=1e-4)
+
+
+# -- the absorbed form (section 2.1.2): the same function, a cheaper decoding step -----------------
+
+
+def context_at(start: int, n: int, pos: str = "rope") -> Context:
+    scheme = (RoPE if pos == "rope" else ALiBi)(DIM, n_heads=HEADS, head_dim=ROPE, max_seq_len=64, causal=True)
+    return Context(torch.arange(start, start + n)[None], Mask(causal=True), scheme)
+
+
+def both_forms(**kw) -> dict:
+    """The expanded and the absorbed form with the same weights, in float64: they differ by rounding only."""
+    torch.manual_seed(0)
+    forms = {absorb: latent_attention(absorb=absorb, **kw).double() for absorb in (False, True)}
+    for p in forms[False].parameters():
+        torch.nn.init.normal_(p, mean=0.2, std=0.3)
+    forms[True].load_state_dict(forms[False].state_dict())
+    return forms
+
+
+FORM_CASES = [  # kernel, position scheme, window, softcap
+    ("eager", "rope", None, None),
+    ("sdpa", "rope", None, None),
+    ("sdpa", "alibi", None, None),  # a score bias per head
+    ("local", "rope", 3, None),
+    ("eager", "rope", 3, 0.5),
+]
+
+
+@pytest.mark.parametrize("kernel,pos,window,softcap", FORM_CASES)
+@torch.no_grad()
+def test_the_absorbed_form_computes_the_expanded_form(kernel, pos, window, softcap):
+    forms = both_forms(kernel=kernel, window=window, softcap=softcap)
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    expanded, absorbed = (forms[a](x, context_at(0, 9, pos)) for a in (False, True))
+    torch.testing.assert_close(absorbed, expanded, atol=1e-12, rtol=1e-10)
+    assert not torch.allclose(expanded, latent_attention(kernel=kernel, window=window).double()(x, context_at(0, 9, pos)))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("absorb", [False, True, "auto"])
+@torch.no_grad()
+def test_cached_steps_of_either_form_equal_a_full_forward(absorb, window):
+    """A prefill, single steps and a step of 3 tokens (past the window's ring) against one full forward."""
+    forms = both_forms(window=window)
+    attn = forms[False]
+    attn.absorb = absorb
+    x = torch.randn(2, 12, DIM, dtype=torch.float64)
+    full = attn(x, context_at(0, 12))
+    cache, start, out = KVCache(window=window), 0, []
+    for n in [5, 1, 1, 3, 1, 1]:
+        out.append(attn(x[:, start : start + n], context_at(start, n), cache))
+        start += n
+    torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-12, rtol=1e-10)
+
+
+def spy_forms(lm: CausalLM) -> list[tuple[str, int]]:
+    """Record, in every layer, which form each call runs and with how many queries."""
+    calls = []
+
+    def spied(form: str, run):
+        def call(q_nope, *args, **kw):
+            calls.append((form, q_nope.shape[1]))
+            return run(q_nope, *args, **kw)
+
+        return call
+
+    for layer in lm.stack.layers:
+        for form in ("expanded", "absorbed"):
+            setattr(layer.attn, form, spied(form, getattr(layer.attn, form)))
+    return calls
+
+
+def greedy(lm: CausalLM, prompts: list[list[int]], n: int, **static) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens ``(b, n)`` and the logits that chose them, with the cache (``static``: StaticDecoder's)."""
+    with torch.inference_mode():
+        session = lm.open_session(prompts, pad_id=0, room=n)
+        logits = session.feed(session.prompt)[:, -1]
+        step = StaticDecoder(session, room=n - 1, **static) if static else session
+        tokens, seen = [], []
+        for t in range(n):
+            tokens.append(logits.argmax(-1))
+            seen.append(logits)
+            if t + 1 < n:
+                logits = step.feed(tokens[-1][:, None])[:, -1]
+        return torch.stack(tokens, 1), torch.stack(seen, 1)
+
+
+PROMPTS = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3]]
+
+
+@torch.no_grad()
+def test_decoding_runs_the_absorbed_form_and_greedy_tokens_equal_full_forwards():
+    lm = model(partial(MultiHeadLatentAttention, kv_rank=KV_RANK, q_rank=Q_RANK, nope_head_dim=NOPE, v_head_dim=V))
+    calls = spy_forms(lm)
+    tokens, logits = greedy(lm, PROMPTS, 8)
+    assert calls[:2] == [("expanded", 7)] * 2  # the prompt: a whole sequence at once
+    assert set(calls[2:]) == {("absorbed", 1)}  # each new token against the cache
+    calls.clear()
+    for i, prompt in enumerate(PROMPTS):
+        seq = prompt + tokens[i, :-1].tolist()
+        full = lm(torch.tensor([seq]))[0, len(prompt) - 1 :]  # no cache: the expanded form only
+        assert set(calls) == {("expanded", len(seq))}
+        assert torch.equal(full.argmax(-1), tokens[i])
+        torch.testing.assert_close(logits[i], full, atol=1e-5, rtol=1e-4)
+        calls.clear()
+
+
+def test_static_cache_steps_give_the_eager_tokens_and_logits():
+    lm = model(partial(MultiHeadLatentAttention, kv_rank=KV_RANK, window=4))
+    want, want_logits = greedy(lm, PROMPTS, 8)  # the window's ring wraps
+    got, got_logits = greedy(lm, PROMPTS, 8, compiled=False)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_logits, want_logits)
+
+
+@pytest.mark.slow
+def test_compiled_static_steps_trace_once():
+    """Traced by dynamo (backend ``eager``, ~10 s here): the form is chosen from shapes, which a static cache keeps."""
+    from torch._dynamo.utils import counters
+
+    lm = model(partial(MultiHeadLatentAttention, kv_rank=KV_RANK))
+    want, want_logits = greedy(lm, PROMPTS, 6)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got, got_logits = greedy(lm, PROMPTS, 6, backend="eager")
+    assert counters["stats"]["unique_graphs"] == 1
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_logits, want_logits)
+
+
+def test_the_cost_report_counts_the_cache_it_holds():
+    lm = model(partial(MultiHeadLatentAttention, kv_rank=KV_RANK))
+    with torch.no_grad():
+        cache = prepare_cache(lm.new_cache(), max_len=20)
+        lm(torch.randint(0, 50, (1, 20)), cache=cache)
+    assert sum(row["kv_cache_bytes"] for row in lm.layer_costs(seq_len=20)) == cache_nbytes(cache)
+
+
+def test_a_bad_absorb_is_refused_with_the_key():
+    with pytest.raises(ConfigError, match=r"model.attention.absorb='yes': auto .*, true or false"):
+        latent_attention(absorb="yes")
+
+
+# -- soft-capped scores ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_a_large_cap_changes_nothing_and_a_small_one_changes_the_output():
+    x, ctx = torch.randn(2, 9, DIM), context(9)
+    plain = latent_attention(kernel="eager")
+    outputs = {}
+    for cap in (1e6, 0.05):
+        capped = latent_attention(softcap=cap)  # auto: a kernel that caps
+        capped.load_state_dict(plain.state_dict())
+        outputs[cap] = capped(x, ctx)
+    torch.testing.assert_close(outputs[1e6], plain(x, ctx))
+    assert (outputs[0.05] - plain(x, ctx)).abs().max() > 1e-2
+
+
+def test_kernels_that_cannot_cap_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"model.attention.kernel='sdpa': sdpa cannot soft-cap .*softcap=2.0.*eager or flex") as error:
+        latent_attention(kernel="sdpa", softcap=2.0)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"model.attention.softcap=0.0: a positive cap"):
+        latent_attention(softcap=0.0)
+
+
+@pytest.mark.parametrize("absorb", ["auto", "true"])
+def test_capped_scores_see_no_future_token(absorb):
+    """With a cap small enough to change every score, in either form over a whole sequence."""
+    check_causal(build_tiny(["model/attention=mla", "model.attention.softcap=0.5", f"model.attention.absorb={absorb}"]).eval())

@@ -89,6 +89,7 @@ def test_composed_models_export_with_parity(overrides, tmp_path):
         (["preset=gemma2", "+model.layers.kinds.local.pos.theta=100.0"], "Gemma2ForCausalLM: model.layers.kinds.local.pos"),  # one RoPE
         (["preset=deepseek_v3", "model.layers.pattern=[moe,dense]"], "DeepseekV3ForCausalLM: model.layers.pattern"),  # dense layers first
         (["preset=deepseek_v3", "model.attention.scale=0.3"], "DeepseekV3ForCausalLM: model.attention.scale"),  # YaRN only
+        (["preset=deepseek_v3", "model.attention.softcap=30.0"], "DeepseekV3ForCausalLM: model.attention.softcap"),
         (["preset=gemma2", "model.attention.scale=0.3"], "Gemma2ForCausalLM: model.attention.scale"),  # not 1 / sqrt(a whole number)
     ],
 )

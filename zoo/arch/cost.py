@@ -98,8 +98,9 @@ def attention_keys(attn: nn.Module, n_keys: int) -> int:
 
 def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
     """``q k^T`` and ``weights @ v`` over the keys each query scores: the layer's own ``score_flops(n_queries,
-    n_keys)`` where it says so (random features, retention, a selective SSM: no pairs), else per query-key
-    pair its own ``flops_per_pair()`` where it says so (latent, differential attention), else ``4 * n_heads * head_dim``."""
+    n_keys)`` where it says so (random features, retention, a selective SSM: no pairs; latent attention: the
+    form it runs at those sizes), else per query-key pair its own ``flops_per_pair()`` where it says so
+    (differential attention), else ``4 * n_heads * head_dim``."""
     own = getattr(attn, "score_flops", None)
     if callable(own):
         return float(own(n_queries, n_keys))
@@ -126,6 +127,18 @@ def layer_flops(layer: nn.Module, *, n: int, memory_len: int | None = None) -> F
     return count
 
 
+def layer_decode_flops(layer: nn.Module, *, n: int, memory_len: int | None = None) -> float:
+    """Forward FLOPs of one block for one decoding step: token ``n`` against the ``n`` keys its cache
+    then holds. Every weight once and the scores of one query (:func:`score_flops` at ``(1, n)``:
+    latent attention answers for the form it decodes with); cross-attention's keys and values are
+    cached, so only its query and output projections and its scores over ``memory_len``."""
+    attn, cross = layer.attn, getattr(layer, "cross_attn", None)
+    flops = 2.0 * linear_weights(attn) + score_flops(attn, 1, n) + 2.0 * ffn_weights(layer.ffn)
+    if cross is not None:
+        flops += 2.0 * (cross.q_proj.weight.numel() + cross.o_proj.weight.numel()) + score_flops(cross, 1, memory_len)
+    return flops
+
+
 def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> FlopCount:
     """Forward FLOPs of a :class:`~zoo.arch.Stack` over ``n`` tokens (cross-attending to ``memory_len``)."""
     count = FlopCount(tokens=n)
@@ -149,8 +162,9 @@ def kv_cache_bytes(attn: nn.Module, n: int) -> int:
 
 def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cached: bool = True, name: str = "") -> list[dict]:
     """One row per block of ``stack`` at ``n`` tokens: its kind (:mod:`zoo.arch.pattern`), window, FFN
-    and position classes, parameters, forward FLOPs per token, and the bytes its KV cache holds for one
-    sequence when decoding (self-attention if ``cached``, plus cross-attention over ``memory_len``)."""
+    and position classes, parameters, forward FLOPs per token, and, when decoding (``cached``), the
+    FLOPs of the step that writes token ``n`` (:func:`layer_decode_flops`; else ``None``) and the bytes
+    its KV cache holds for one sequence (self-attention if ``cached``, plus cross-attention over ``memory_len``)."""
     kinds = stack.layer_kinds()
     rows = []
     for i, layer in enumerate(stack.layers):
@@ -163,6 +177,7 @@ def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cach
             "pos": type(pos).__name__,
             "params": n_params(layer),
             "flops_per_token": layer_flops(layer, n=n, memory_len=memory_len).total / n,
+            "decode_flops": layer_decode_flops(layer, n=n, memory_len=memory_len) if cached else None,
             "kv_cache_bytes": (kv_cache_bytes(layer.attn, n) if cached else 0)
             + (kv_cache_bytes(layer.cross_attn, memory_len) if getattr(layer, "cross_attn", None) is not None else 0),
         })  # fmt: skip

@@ -76,7 +76,8 @@ class Architecture(Protocol):
         ...
 
     def layer_costs(self, *, seq_len: int) -> list[dict]:
-        """One row per block: kind, window, parameters, FLOPs per token, KV-cache bytes (:func:`zoo.arch.cost.layer_costs`)."""
+        """One row per block: kind, window, parameters, FLOPs per token, FLOPs of a decoding step, KV-cache bytes
+        (:func:`zoo.arch.cost.layer_costs`)."""
         ...
 
 

@@ -96,8 +96,6 @@ class Attention(nn.Module):
             raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
         if window is not None and window <= 0:
             raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
-        if softcap is not None and not softcap > 0:
-            raise ConfigError("model.attention.softcap", softcap, "a positive cap on the scores (Gemma 2: 50.0), or null for none")
         check_kernel(kernel, dropout=dropout, softcap=softcap)
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim

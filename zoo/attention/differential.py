@@ -62,6 +62,8 @@ class DifferentialAttention(nn.Module):
         dropout: dropout on each map's attention weights (independently: the paper leaves it open).
         scale: score scale; ``None``: ``head_dim ** -0.5``.
         kernel: as in :class:`~zoo.attention.Attention`.
+        softcap: soft-cap of each map's scaled scores before its softmax, as in :class:`~zoo.attention.Attention`
+            (Gemma 2, arXiv:2408.00118); ``None``: none.
         eps: of the per-head RMSNorm.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``; its cache holds ``(b, k/2, m, 2 d)`` keys (both maps) and values.
@@ -81,6 +83,7 @@ class DifferentialAttention(nn.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         kernel: str = "auto",
+        softcap: float | None = None,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
@@ -92,9 +95,9 @@ class DifferentialAttention(nn.Module):
             raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"an even number dividing model.n_heads={n_heads}: one of {allowed}")
         if window is not None and window <= 0:
             raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
-        check_kernel(kernel, dropout=dropout)
+        check_kernel(kernel, dropout=dropout, softcap=softcap)
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.window, self.dropout, self.kernel = window, dropout, kernel
+        self.window, self.dropout, self.kernel, self.softcap = window, dropout, kernel, softcap
         self.scale = head_dim**-0.5 if scale is None else scale
         self.fixed_lambda_init = lambda_init
         self.lambda_init = depth_lambda_init(0) if lambda_init is None else lambda_init
@@ -142,9 +145,11 @@ class DifferentialAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=x.device, backward=needs_backward(q1, k1, v), dropout=dropout,
-            n=q1.shape[2], m=k1.shape[2], head_dim=min(q1.shape[-1], v.shape[-1]),
+            n=q1.shape[2], m=k1.shape[2], softcap=self.softcap, head_dim=min(q1.shape[-1], v.shape[-1]),
         )
         kw = dict(mask=mask, q_pos=q_pos, k_pos=k_pos, scale=self.scale, dropout=dropout)
+        if self.softcap is not None:  # only the kernels that can soft-cap take the argument: the others are refused above
+            kw["softcap"] = self.softcap
         first = kernel(q1, k1, v, bias=map_heads(ctx.pos.bias, 0), **kw)
         second = kernel(q2, k2, v, bias=map_heads(ctx.pos.bias, 1), **kw)
         out = first - self.weight().to(second.dtype) * second

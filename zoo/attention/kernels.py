@@ -203,7 +203,10 @@ def pick_kernel(
 
 
 def check_kernel(name: str, *, dropout: float, softcap: float | None = None) -> None:
-    """Build-time validation of ``model.attention.kernel`` against what each kernel declares."""
+    """Build-time validation of ``model.attention.kernel`` against what each kernel declares, and of the
+    ``softcap`` it must express."""
+    if softcap is not None and not softcap > 0:
+        raise ConfigError("model.attention.softcap", softcap, "a positive cap on the scores (Gemma 2: 50.0), or null for none")
     if name not in KERNEL_CHOICES:
         raise ConfigError("model.attention.kernel", name, f"one of {list(KERNEL_CHOICES)}")
     refusal = None if name == "auto" else KERNEL_SPECS[name].refusal(device=None, backward=False, dropout=dropout, softcap=softcap)

@@ -171,13 +171,14 @@ class LinearAttention(nn.Module):
         return FeatureState(owner=self.option)
 
     def score_flops(self, n_queries: int, n_keys: int) -> float:
-        """Forward FLOPs of the token mixing (the projections aside): features of every query and key,
-        the sums' updates and read-outs, and the ``c x c`` scores inside each chunk."""
+        """Forward FLOPs of the token mixing (the projections aside): features of every new query and key,
+        the sums' updates and read-outs, and the ``c x c`` scores inside each chunk (the cached sums stand
+        for the older keys)."""
         r, d, c = self.n_features, self.head_dim, min(self.chunk, n_queries)
         features = self.feature_map.flops()
         per_query = self.n_heads * (features + 2 * r * d + 2 * c * (r + d))
         per_key = self.n_kv_heads * (features + 2 * r * d)
-        return float(n_queries * per_query + n_keys * per_key)
+        return float(n_queries * (per_query + per_key))
 
     def cache_bytes(self, n: int) -> int:
         """Bytes of one sequence's decoding cache at any length: the float32 sums."""

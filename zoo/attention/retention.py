@@ -82,8 +82,9 @@ class Retention(nn.Module):
         return StateCache(owner=self.option)
 
     def score_flops(self, n_queries: int, n_keys: int) -> float:
-        """Forward FLOPs of the recurrence in chunks (:func:`~zoo.attention.recurrence.flops_per_token`)."""
-        chunk = min(self.chunk, n_keys)
+        """Forward FLOPs of the recurrence in chunks (:func:`~zoo.attention.recurrence.flops_per_token`)
+        over the new tokens (the cached state stands for the others)."""
+        chunk = min(self.chunk, n_queries)
         return n_queries * flops_per_token(n_heads=self.n_heads, key_dim=self.head_dim, value_dim=self.head_dim, chunk=chunk)
 
     def cache_bytes(self, n: int) -> int:

@@ -132,8 +132,8 @@ class SelectiveSSM(nn.Module):
 
     def score_flops(self, n_queries: int, n_keys: int) -> float:
         """Forward FLOPs of the recurrence in chunks (:func:`~zoo.attention.recurrence.flops_per_token`)
-        and of the convolution."""
-        chunk = min(self.chunk, n_keys)
+        and of the convolution, over the new tokens (the cached state stands for the others)."""
+        chunk = min(self.chunk, n_queries)
         scan = flops_per_token(n_heads=self.n_heads, key_dim=self.state_dim, value_dim=self.head_width, chunk=chunk)
         return n_queries * (scan + 2.0 * self.conv_weight.numel())
 
