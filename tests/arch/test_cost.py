@@ -115,3 +115,20 @@ def test_moe_matches_a_hand_count():
     expert = 3 * dim * hidden
     assert counts["params"] - counts["active_params"] == layers * (experts - top_k) * expert
     assert training_flops_per_token(model, seq_len=n) == 3 * (flops.attn_proj + flops.attn_scores + flops.ffn + 2 * n * dim * vocab) / n
+
+
+@pytest.mark.parametrize(("attention", "takes"), [("mha", True), ("retention", True), ("performer", True), ("based", False), ("mamba2", False)])
+def test_the_pos_column_names_the_scheme_only_where_the_mixer_takes_positions(attention, takes):
+    model = build_tiny([f"model/attention={attention}"]).eval()
+    assert {r["pos"] for r in model.layer_costs(seq_len=12)} == {"RoPE" if takes else "none (mixer)"}
+    # what the column says is what the layer does: stretched positions (other distances for RoPE) move
+    # the logits only of a model whose mixers take them
+    tokens = torch.randint(0, model.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        moved = not torch.allclose(model(tokens), model(tokens, positions=3 * torch.arange(12)[None]), atol=1e-6)
+    assert moved == takes
+
+
+def test_a_hybrid_stack_names_the_scheme_per_layer():
+    rows = build_tiny(["model/layers=based_hybrid", "model.n_layers=4"]).layer_costs(seq_len=12)
+    assert [r["pos"] for r in rows] == ["none (mixer)", "RoPE", "none (mixer)", "RoPE"]

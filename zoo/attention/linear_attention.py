@@ -171,8 +171,9 @@ class LinearAttention(nn.Module):
     compatible_archs = ("causal", "encoder", "encdec")
     #: what its decoding cache holds (``zoo-info``'s "KV cache" column): running sums, not keys
     cache_summary = "constant state"
-    #: whether queries and keys take the position scheme's rotation (RoPE) before the feature map
-    rotates = True
+    #: whether queries and keys take the stack's position scheme (its rotation: RoPE) before the feature map
+    #: (``zoo-info --cost``'s pos column asks it)
+    takes_positions = True
 
     def __init__(
         self,
@@ -237,7 +238,7 @@ class LinearAttention(nn.Module):
         q = rearrange(self.q_proj(x), "b n (h f) -> b n h f", f=self.feature_dim)
         k = rearrange(self.k_proj(x), "b n (k f) -> b n k f", f=self.feature_dim)
         v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim).float()
-        if self.rotates:
+        if self.takes_positions:
             q, k = ctx.pos.rotate(q, q_pos, ctx.rotation), ctx.pos.rotate(k, q_pos, ctx.rotation)
         # the scale split between queries and keys, so that phi(q) . phi(k) stands for sim(q . k * scale)
         root = self.scale**0.5
