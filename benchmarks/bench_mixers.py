@@ -19,7 +19,7 @@ import torch
 
 import zoo
 
-VARIANTS = ["mha", "retention", "mamba2", "performer", "strided", "fixed", "bigbird"]
+VARIANTS = ["mha", "retention", "mamba2", "performer", "based", "strided", "fixed", "bigbird"]
 
 
 def build(variant: str, seq: int) -> torch.nn.Module:

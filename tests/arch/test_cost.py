@@ -141,3 +141,20 @@ def test_a_decoding_step_matches_torch_flop_counter(overrides):
             model(tokens[:, -1:], cache=cache)
     ours = sum(row["decode_flops"] for row in model.layer_costs(seq_len=n)) + 2 * model.lm_head.weight.numel()
     assert ours == pytest.approx(mode.get_total_flops(), rel=0.02)
+
+
+@pytest.mark.parametrize(("attention", "takes"), [("mha", True), ("retention", True), ("performer", True), ("based", False), ("mamba2", False)])
+def test_the_pos_column_names_the_scheme_only_where_the_mixer_takes_positions(attention, takes):
+    model = build_tiny([f"model/attention={attention}"]).eval()
+    assert {r["pos"] for r in model.layer_costs(seq_len=12)} == {"RoPE" if takes else "none (mixer)"}
+    # what the column says is what the layer does: stretched positions (other distances for RoPE) move
+    # the logits only of a model whose mixers take them
+    tokens = torch.randint(0, model.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        moved = not torch.allclose(model(tokens), model(tokens, positions=3 * torch.arange(12)[None]), atol=1e-6)
+    assert moved == takes
+
+
+def test_a_hybrid_stack_names_the_scheme_per_layer():
+    rows = build_tiny(["model/layers=based_hybrid", "model.n_layers=4"]).layer_costs(seq_len=12)
+    assert [r["pos"] for r in rows] == ["none (mixer)", "RoPE", "none (mixer)", "RoPE"]

@@ -5,8 +5,7 @@ import torch
 
 from zoo.arch.cost import kv_cache_bytes
 from zoo.arch.pattern import LayerPattern
-from zoo.attention.cache import prepare_cache
-from zoo.attention.state_cache import StateCache
+from zoo.attention.cache import KVCache, prepare_cache
 from zoo.config import group_options
 from zoo.errors import ConfigError
 from zoo.testing import build_tiny
@@ -18,6 +17,8 @@ PROMPT, TOTAL = 20, 40
 
 def small_windows(option: str) -> list[str]:
     """Shrink the pattern's local windows to 8 tokens, so a short test runs past them."""
+    if option == "based_hybrid":
+        return ["model.layers.kinds.window.attention.window=8"]
     return ["model.layers.kinds.local.attention.window=8"] if option.startswith("local_global") else []
 
 
@@ -32,9 +33,9 @@ def test_cached_decoding_equals_full_forward(option):
         steps += [model(tokens[:, t : t + 1], cache=cache) for t in range(PROMPT, TOTAL)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
     # each layer's cache is sized by its own attention: a ring of `window` keys, or every key, or (a
-    # recurrent mixer) a state of the size its cost reports, whatever the length
+    # recurrent mixer, linear attention's sums) a state of the size its cost reports, whatever the length
     for layer, layer_cache in zip(model.stack.layers, cache):
-        if isinstance(layer_cache.self_attn, StateCache):
+        if not isinstance(layer_cache.self_attn, KVCache):
             assert layer_cache.self_attn.nbytes() == tokens.shape[0] * kv_cache_bytes(layer.attn, TOTAL)
             continue
         window, capacity = layer.attn.window, layer_cache.self_attn.capacity

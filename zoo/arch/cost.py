@@ -160,11 +160,18 @@ def kv_cache_bytes(attn: nn.Module, n: int) -> int:
     return 2 * cached_keys(attn, n) * attn.n_kv_heads * attn.head_dim * weight.element_size()
 
 
+def takes_positions(attn: nn.Module) -> bool:
+    """Whether the stack's position scheme reaches ``attn`` (rotates or biases it): its own ``takes_positions``
+    where it says so (a mixer that carries the order itself: ``mamba2``, ``based``), else yes."""
+    return getattr(attn, "takes_positions", True)
+
+
 def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cached: bool = True, name: str = "") -> list[dict]:
     """One row per block of ``stack`` at ``n`` tokens: its kind (:mod:`zoo.arch.pattern`), window, FFN
-    and position classes, parameters, forward FLOPs per token, and, when decoding (``cached``), the
-    FLOPs of the step that writes token ``n`` (:func:`layer_decode_flops`; else ``None``) and the bytes
-    its KV cache holds for one sequence (self-attention if ``cached``, plus cross-attention over ``memory_len``)."""
+    and position classes (``none (mixer)`` where the mixer takes no positions), parameters, forward FLOPs
+    per token, and, when decoding (``cached``), the FLOPs of the step that writes token ``n``
+    (:func:`layer_decode_flops`; else ``None``) and the bytes its KV cache holds for one sequence
+    (self-attention if ``cached``, plus cross-attention over ``memory_len``)."""
     kinds = stack.layer_kinds()
     rows = []
     for i, layer in enumerate(stack.layers):
@@ -174,7 +181,7 @@ def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cach
             "kind": kinds[i],
             "window": getattr(layer.attn, "window", None),
             "ffn": type(layer.ffn).__name__,
-            "pos": type(pos).__name__,
+            "pos": type(pos).__name__ if takes_positions(layer.attn) else "none (mixer)",
             "params": n_params(layer),
             "flops_per_token": layer_flops(layer, n=n, memory_len=memory_len).total / n,
             "decode_flops": layer_decode_flops(layer, n=n, memory_len=memory_len) if cached else None,

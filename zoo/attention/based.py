@@ -84,7 +84,7 @@ class BasedAttention(LinearAttention):
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
 
-    rotates = False
+    takes_positions = False
 
     def __init__(
         self,

@@ -11,53 +11,101 @@ softmax scores, across chunks the running sums ``S, z`` carry the past. Decoding
 sums (:class:`FeatureState`, constant size), so a cached step costs the same at any length.
 :func:`quadratic_reference` is the obviously-correct form the chunked one is held to.
 
+Packed documents (``data.boundaries=mask``) are honoured as the recurrent mixers honour them
+(:func:`~zoo.attention.recurrence.document_resets`): a document is a run of equal segment ids and
+starts from empty sums. Inside a chunk the scores are masked by document as well; the sums carried
+into a chunk are read only by the queries of the document they hold, and the sums carried out of it
+hold only its last document's keys. Bidirectionally, each document's keys are summed apart
+(``O(n r d s)`` for ``s`` documents in a row).
+
 What it cannot do, refused with one line: a score bias (ALiBi, T5: no scores to add it to), a
-window, a prefix (``model=prefix``) or packed documents.
+window or a prefix (``model=prefix``).
 
 Letters: ``b`` batch, ``k`` KV heads, ``g`` query heads per KV head, ``n`` queries, ``m`` keys, ``d``
-head dim, ``f`` query/key width fed to the feature map, ``r`` features, ``i``/``j`` queries/keys of one chunk.
+head dim, ``f`` query/key width fed to the feature map, ``r`` features, ``i``/``j`` queries/keys of one chunk,
+``s`` documents of a packed row.
 """
 
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from zoo.attention.mask import Mask
+from zoo.attention.recurrence import document_resets
 from zoo.errors import ConfigError
 
 #: a denominator below this is a row that sees no key (pure padding): its output is zero
 TINY = 1e-30
 
 
+def document_runs(segments: torch.Tensor) -> torch.Tensor:
+    """``(b, n)`` the document of each token of ``segments (b, n)``, counted from the row's first (0), a
+    document being a run of equal ids; the first continues whatever sums came before the row."""
+    return document_resets(segments).long().cumsum(dim=1)
+
+
 def causal_chunks(
-    fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, state: torch.Tensor, norm: torch.Tensor, *, chunk: int
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    state: torch.Tensor,
+    norm: torch.Tensor,
+    *,
+    chunk: int,
+    runs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal linear attention of ``fq (b, k, g, n, r)`` over ``fk (b, k, n, r)``, ``v (b, k, n, d)`` after
     the running sums ``state (b, k, r, d)``, ``norm (b, k, r)``: ``(numerator (b, k, g, n, d), state, norm)``,
-    the sums now including these keys; the numerator is already divided by its denominator."""
+    the sums now including these keys; the numerator is already divided by its denominator.
+
+    With ``runs (b, n)`` (:func:`document_runs`) a query sees only the keys of its own document: the sums
+    given belong to document 0, and the sums returned hold only the last document's keys."""
     outs = []
     for start in range(0, fk.shape[2], chunk):
         cq, ck, cv = fq[:, :, :, start : start + chunk], fk[:, :, start : start + chunk], v[:, :, start : start + chunk]
         scores = torch.einsum("bkgir,bkjr->bkgij", cq, ck).tril()  # j <= i inside the chunk
-        num = torch.einsum("bkgij,bkjd->bkgid", scores, cv) + torch.einsum("bkgir,bkrd->bkgid", cq, state)
-        den = scores.sum(-1) + torch.einsum("bkgir,bkr->bkgi", cq, norm)
+        reader, writer, kept = cq, ck, None  # queries reading the sums carried in, keys added to those carried out
+        if runs is not None:
+            doc, carried = runs[:, start : start + chunk], runs[:, max(start - 1, 0), None]  # carried: the sums' document
+            scores = scores * (doc[:, :, None] == doc[:, None, :])[:, None, None]
+            reader = cq * (doc == carried)[:, None, None, :, None]
+            writer = ck * (doc == doc[:, -1:])[:, None, :, None]
+            kept = (doc[:, -1:] == carried)[:, :, None]  # (b, 1, 1): no document began in this chunk
+        num = torch.einsum("bkgij,bkjd->bkgid", scores, cv) + torch.einsum("bkgir,bkrd->bkgid", reader, state)
+        den = scores.sum(-1) + torch.einsum("bkgir,bkr->bkgi", reader, norm)
         outs.append(num / den.clamp_min(TINY)[..., None])
-        state = state + torch.einsum("bkjr,bkjd->bkrd", ck, cv)
-        norm = norm + ck.sum(2)
+        if kept is not None:
+            state, norm = state * kept[..., None], norm * kept
+        state = state + torch.einsum("bkjr,bkjd->bkrd", writer, cv)
+        norm = norm + writer.sum(2)
     return torch.cat(outs, dim=3), state, norm
 
 
-def bidirectional(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Every query over every key: the sums once over all keys, ``(b, k, g, n, d)``."""
-    state, norm = torch.einsum("bkmr,bkmd->bkrd", fk, v), fk.sum(2)
-    return torch.einsum("bkgnr,bkrd->bkgnd", fq, state) / torch.einsum("bkgnr,bkr->bkgn", fq, norm).clamp_min(TINY)[..., None]
+def bidirectional(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, runs: torch.Tensor | None = None) -> torch.Tensor:
+    """Every query over every key: the sums once over all keys, ``(b, k, g, n, d)``; with ``runs (b, n)``
+    (:func:`document_runs`, queries and keys the same tokens) the sums of each document apart, read by its queries."""
+    if runs is None:
+        q_docs, k_docs = fq.new_ones(1, fq.shape[3], 1), fk.new_ones(1, fk.shape[2], 1)
+    else:
+        q_docs = k_docs = F.one_hot(runs).to(fk.dtype)  # (b, n, s)
+    state, norm = torch.einsum("bms,bkmr,bkmd->bksrd", k_docs, fk, v), torch.einsum("bms,bkmr->bksr", k_docs, fk)
+    num = torch.einsum("bns,bkgnr,bksrd->bkgnd", q_docs, fq, state)
+    return num / torch.einsum("bns,bkgnr,bksr->bkgn", q_docs, fq, norm).clamp_min(TINY)[..., None]
 
 
-def quadratic_reference(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
-    """The same attention with every ``phi(q_i) . phi(k_j)`` materialised ``(b, k, g, n, m)``: the reference."""
-    scores = torch.einsum("bkgnr,bkmr->bkgnm", fq, fk)
-    if causal:
-        scores = scores.tril(diagonal=fk.shape[2] - fq.shape[3])
+def quadratic_reference(
+    fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, segments: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The same attention with every ``phi(q_i) . phi(k_j)`` materialised ``(b, k, g, n, m)``: the reference.
+    The queries are the last ``n`` of the ``m`` keys' tokens; with ``segments (b, m)`` (the keys' document
+    ids) a query sees only keys of its own document (:meth:`Mask.allows`)."""
+    n, m = fq.shape[3], fk.shape[2]
+    mask = Mask(causal=causal)
+    if segments is not None:
+        mask = Mask(causal=causal, q_segment=segments[:, m - n :], k_segment=segments)
+    visible = mask.allows(torch.arange(m - n, m)[None], torch.arange(m)[None])  # (1 | b, n, m)
+    scores = torch.einsum("bkgnr,bkmr->bkgnm", fq, fk) * visible[:, None, None]
     return torch.einsum("bkgnm,bkmd->bkgnd", scores, v) / scores.sum(-1).clamp_min(TINY)[..., None]
 
 
@@ -123,8 +171,9 @@ class LinearAttention(nn.Module):
     compatible_archs = ("causal", "encoder", "encdec")
     #: what its decoding cache holds (``zoo-info``'s "KV cache" column): running sums, not keys
     cache_summary = "constant state"
-    #: whether queries and keys take the position scheme's rotation (RoPE) before the feature map
-    rotates = True
+    #: whether queries and keys take the stack's position scheme (its rotation: RoPE) before the feature map
+    #: (``zoo-info --cost``'s pos column asks it)
+    takes_positions = True
 
     def __init__(
         self,
@@ -190,7 +239,7 @@ class LinearAttention(nn.Module):
         q = rearrange(self.q_proj(x), "b n (h f) -> b n h f", f=self.feature_dim)
         k = rearrange(self.k_proj(x), "b n (k f) -> b n k f", f=self.feature_dim)
         v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim).float()
-        if self.rotates:
+        if self.takes_positions:
             q, k = ctx.pos.rotate(q, q_pos, ctx.rotation), ctx.pos.rotate(k, q_pos, ctx.rotation)
         # the scale split between queries and keys, so that phi(q) . phi(k) stands for sim(q . k * scale)
         root = self.scale**0.5
@@ -198,15 +247,16 @@ class LinearAttention(nn.Module):
         fq, fk = self.feature_map(q, rearrange(k * root, "b n k f -> b k n f"))
         if ctx.mask.key_valid is not None:  # a padding key adds nothing to the sums
             fk = fk * ctx.mask.key_valid[:, None, -k.shape[1] :, None]
+        runs = None if ctx.mask.q_segment is None else document_runs(ctx.mask.q_segment.expand(x.shape[0], -1))
         if not ctx.mask.causal:
-            out = bidirectional(fq, fk, v)
+            out = bidirectional(fq, fk, v, runs=runs)
         else:
             b, r = x.shape[0], self.n_features
             if cache is None or cache.state is None:
                 state, norm = v.new_zeros(b, self.n_kv_heads, r, self.head_dim), v.new_zeros(b, self.n_kv_heads, r)
             else:
                 state, norm = cache.state, cache.norm
-            out, state, norm = causal_chunks(fq, fk, v, state, norm, chunk=self.chunk)
+            out, state, norm = causal_chunks(fq, fk, v, state, norm, chunk=self.chunk, runs=runs)
             if cache is not None:
                 cache.state, cache.norm, cache.seen = state, norm, cache.seen + x.shape[1]
         return self.o_proj(rearrange(out.to(x.dtype), "b k g n d -> b n (k g d)"))
@@ -218,7 +268,6 @@ def refuse(mask: Mask, *, has_bias: bool, option: str) -> None:
         (has_bias, "model/pos", "a score bias", f"{option} has no scores to add it to: use rope, learned, sinusoidal or none"),
         (mask.window is not None, "model.attention.window", mask.window, f"{option} sees every key: null"),
         (mask.prefix_len is not None, "model", "prefix", f"{option} has no bidirectional prefix: use causal, encoder or encdec"),
-        (mask.q_segment is not None, "data.boundaries", "mask", f"{option} cannot mask packed documents"),
     ]
     for wrong, key, value, allowed in reasons:
         if wrong:

@@ -75,6 +75,9 @@ class SelectiveSSM(nn.Module):
     compatible_archs = ("causal",)
     #: what its decoding cache holds (``zoo-info``'s "KV cache" column)
     cache_summary = "constant state"
+    #: the stack's position scheme reaches nothing here (``zoo-info --cost``'s pos column): the
+    #: convolution and the recurrence carry the order
+    takes_positions = False
     option = "mamba2"
 
     def __init__(
