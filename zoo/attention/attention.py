@@ -19,6 +19,16 @@ from zoo.errors import ConfigError
 from zoo.pos.base import Positions, Rotation
 
 
+def kv_heads(n_heads: int, n_kv_heads: int | None) -> int:
+    """The KV heads of a layer with ``n_heads`` query heads: ``n_kv_heads`` (``None``: as many), which must
+    divide ``n_heads`` (each KV head serves a group of query heads)."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    if n_kv_heads <= 0 or n_heads % n_kv_heads:
+        allowed = [d for d in range(1, n_heads + 1) if n_heads % d == 0]
+        raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
+    return n_kv_heads
+
+
 @dataclass
 class Context:
     """What every attention layer of one forward pass shares: built once by the architecture.
@@ -90,10 +100,7 @@ class Attention(nn.Module):
         pattern: Pattern | None = None,
     ) -> None:
         super().__init__()
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if n_kv_heads <= 0 or n_heads % n_kv_heads:
-            allowed = [d for d in range(1, n_heads + 1) if n_heads % d == 0]
-            raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
+        n_kv_heads = kv_heads(n_heads, n_kv_heads)
         if window is not None and window <= 0:
             raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
         check_kernel(kernel, dropout=dropout, softcap=softcap)

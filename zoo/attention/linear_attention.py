@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from zoo.attention.attention import kv_heads
 from zoo.attention.mask import Mask
 from zoo.attention.recurrence import document_resets
 from zoo.errors import ConfigError
@@ -191,10 +192,7 @@ class LinearAttention(nn.Module):
         scale: float | None = None,
     ) -> None:
         super().__init__()
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if n_kv_heads <= 0 or n_heads % n_kv_heads:
-            allowed = [d for d in range(1, n_heads + 1) if n_heads % d == 0]
-            raise ConfigError("model.attention.n_kv_heads", n_kv_heads, f"must divide model.n_heads={n_heads}: one of {allowed}")
+        n_kv_heads = kv_heads(n_heads, n_kv_heads)
         if chunk <= 0:
             raise ConfigError("model.attention.chunk", chunk, "a positive number of tokens")
         feature_dim = head_dim if feature_dim is None else feature_dim
