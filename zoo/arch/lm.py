@@ -178,6 +178,11 @@ class TransformerLM(nn.Module):
     def input_length(self, seq_len: int) -> int:
         return seq_len
 
+    def whole_text_inputs(self, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keyword arguments of a forward in which each row's ``valid`` tokens read one another as
+        bidirectionally as this model can (a classifier reading whole texts); none for a decoder or encoder."""
+        return {}
+
     def open_session(
         self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0
     ) -> LMSession:
@@ -228,6 +233,10 @@ class PrefixLM(TransformerLM):
         example.inputs["prefix_len"] = prefix_len.to(device_of(self))
         example.causal_from = int(prefix_len.max())
         return example
+
+    def whole_text_inputs(self, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The whole text as the prefix."""
+        return {"prefix_len": valid.sum(1)}
 
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:

@@ -102,9 +102,7 @@ class ClassificationObjective(Objective):
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
         tokens, valid, labels = batch["tokens"], batch["valid"], batch["labels"]
-        prefix_len = valid.sum(1) if model.arch == "prefix" else None  # the whole text is the prefix
-        kwargs = {"prefix_len": prefix_len} if prefix_len is not None else {}
-        hidden = model(tokens, positions=positions_of(valid), valid=valid, hidden=True, **kwargs)
+        hidden = model(tokens, positions=positions_of(valid), valid=valid, hidden=True, **model.whole_text_inputs(valid))
         logits = model.classifier(hidden, valid).float()
         loss = F.cross_entropy(logits, labels)
         predicted = logits.argmax(-1)

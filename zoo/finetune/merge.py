@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         model, cfg, tokenizer, adapter = load_run(args.run)
-        if (args.hf or args.peft) and hasattr(model, "classifier"):
+        if (args.hf or args.peft) and OmegaConf.select(cfg, "objective.n_classes"):  # trained with a classification head
             raise ConfigError("--hf/--peft", args.run, "a language model: a classification head has no transformers counterpart here")
         if args.peft:
             from zoo.finetune.peft_format import save_adapter

@@ -15,8 +15,8 @@ from torch import nn
 
 @torch.no_grad()
 def zoo_logits(model: nn.Module, tokens: torch.Tensor, *, src: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits ``(b, n, vocab)`` of a full forward."""
-    return model(src, tokens) if model.arch == "encdec" else model(tokens)
+    """Logits ``(b, n, vocab)`` of a full forward (``src``: an encoder-decoder's source)."""
+    return model(tokens) if src is None else model(src, tokens)
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def hf_logits(hf_model: nn.Module, tokens: torch.Tensor, *, src: torch.Tensor | 
 def incremental_logits(model: nn.Module, tokens: torch.Tensor, *, prefill: int, src: torch.Tensor | None = None) -> torch.Tensor:
     """Logits ``(b, n, vocab)`` from a cache: the first ``prefill`` tokens at once, then one at a time."""
     cache = model.new_cache()
-    if model.arch == "encdec":
+    if src is not None:  # an encoder-decoder: the source is encoded once
         memory = model.encode(src)
 
         def step(t):
@@ -50,7 +50,7 @@ def incremental_logits(model: nn.Module, tokens: torch.Tensor, *, prefill: int, 
 def greedy(model: nn.Module, tokens: torch.Tensor, *, steps: int, src: torch.Tensor | None = None) -> torch.Tensor:
     """``steps`` greedy tokens ``(b, steps)`` after ``tokens``, decoded with the KV cache."""
     cache = model.new_cache()
-    if model.arch == "encdec":
+    if src is not None:  # an encoder-decoder: the source is encoded once
         memory = model.encode(src)
 
         def step(t):
@@ -95,7 +95,7 @@ def report(model: nn.Module, hf_model: nn.Module, *, length: int = 16, batch: in
     """Max absolute logit differences (full and cached) and greedy agreement on random tokens."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, model.vocab_size, (batch, length), generator=g)
-    src = torch.randint(0, model.vocab_size, (batch, length), generator=g) if model.arch == "encdec" else None
+    src = model.example(batch=batch, length=length, generator=g).inputs.get("src")  # an encoder-decoder's source
     expected = hf_logits(hf_model, tokens, src=src)
     full = (zoo_logits(model, tokens, src=src) - expected).abs().max().item()
     cached = (incremental_logits(model, tokens, prefill=length // 2, src=src) - expected).abs().max().item()
