@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.bench.report import differences_table
+from zoo.bench.report import difference_eval_se, differences_table, noise_notes
 from zoo.bench.stats import paired, t_p_value, unpaired
 from zoo.config import instantiate_model
 
@@ -62,6 +62,24 @@ def test_differences_table_pairs_only_same_data():
     assert b[2] == "-0.0400" and b[3] == "0.025" and b[6] == "**beyond noise**"
     other = cells(differences_table(rows({"corpus": "y", "batch_size": 16})), "b")  # different data: Welch only
     assert other[3].startswith("n/a") and other[6] == "within noise"
+
+
+def test_evaluation_noise_of_a_difference_cancels_the_splits_own_variation():
+    # the batches differ by 1-3 nats (easy and hard files); the variant is 0.1 better on each, +-0.01
+    ref_batches = [2.0, 3.0, 4.0, 5.0]
+    b_batches = [1.91, 2.89, 3.91, 4.89]
+    rs = []
+    for variant, batches in (("ref", ref_batches), ("b", b_batches)):
+        for seed, shift in enumerate((0.0, 0.05)):
+            losses = [x + shift for x in batches]
+            rs.append({"variant": variant, "seed": seed, "status": "ok", "val_loss": sum(losses) / 4, "data": {"corpus": "x"},
+                       "val_batch_losses": losses, "val_loss_se": (sum((x - 3.5 - shift) ** 2 for x in ref_batches) / 3 / 4) ** 0.5})  # fmt: skip
+    b_rows = [r for r in rs if r["variant"] == "b"]
+    se = difference_eval_se(b_rows, [r for r in rs if r["variant"] == "ref"])
+    assert se == pytest.approx(0.01 / math.sqrt(3), rel=1e-6)  # s.d. of (-0.09, -0.11, -0.09, -0.11), over sqrt(4)
+    note = next(n for n in noise_notes(rs) if n.startswith("b:"))
+    assert "evaluation noise (s.e. over validation batches) 0.65" in note and "its difference to ref (same batches) 0.0058" in note
+    assert difference_eval_se([{**b_rows[0], "data": {"corpus": "y"}}], [r for r in rs if r["variant"] == "ref"]) is None
 
 
 def compose(ffn: str):

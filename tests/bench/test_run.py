@@ -73,3 +73,18 @@ def test_a_study_mqar_case_trains_on_the_task_alone(study):
         assert (task.n_pairs, task.vocab_size) == (n_pairs, s.mqar.vocab_size)
         assert case.trainer.seq_len == seq_len and case.model.dim == cfg.model.dim
         assert case.model.ffn.hidden_dim == cfg.model.ffn.hidden_dim  # the matched size carries over
+
+
+def test_a_stacked_learning_rate_screen_picks_what_separate_screens_pick(tmp_path):
+    from zoo.bench.run import tune_lr
+    from zoo.bench.settings import BenchSettings
+
+    overrides = [*SMALL, "trainer.max_steps=4", "bench.lr.grid=[3e-4,3e-3,3e-1]", "bench.lr.screen_steps=3"]
+    cfg = zoo.compose(overrides, config_name="bench")
+    stacked, how = tune_lr(cfg, BenchSettings.from_config(cfg.bench), steps=4, out_dir=tmp_path / "a")
+    alone_cfg = zoo.compose([*overrides, "bench.stack_seeds=false"], config_name="bench")
+    alone, how_alone = tune_lr(alone_cfg, BenchSettings.from_config(alone_cfg.bench), steps=4, out_dir=tmp_path / "b")
+    assert how == "stacked" and how_alone.startswith("alone")
+    assert stacked.grid == alone.grid == (3e-4, 3e-3, 3e-1)
+    assert stacked.losses == pytest.approx(alone.losses, rel=1e-4)
+    assert stacked.chosen == alone.chosen and len(set(stacked.losses)) == 3

@@ -27,6 +27,20 @@ def test_stacked_seeds_match_separate_runs(tmp_path, ffn):
     assert rows[0]["curve"][-1][1] != pytest.approx(rows[1]["curve"][-1][1], rel=1e-6)  # two seeds, two runs
 
 
+def test_stacked_learning_rates_match_separate_runs(tmp_path):
+    # one seed at two rates, stacked (a learning-rate screen), against each rate trained alone
+    cfg = zoo.compose(SMALL)
+    rates = [1e-3, 8e-3]
+    rows, _ = train_together(cfg, seeds=[0, 0], lrs=rates)
+    for row, lr in zip(rows, rates, strict=True):
+        alone = train_seed(zoo.compose([*SMALL, f"optim.lr={lr}"]), seed=0, out_dir=tmp_path / f"lr{lr}")
+        assert [y for _, y in row["curve"]] == pytest.approx([y for _, y in alone["curve"]], rel=1e-4)
+        assert row["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-4)
+    assert rows[0]["val_loss"] != pytest.approx(rows[1]["val_loss"], rel=1e-4)  # the rates made a difference
+    with pytest.raises(ValueError, match="one learning rate per stacked member"):
+        train_together(cfg, seeds=[0, 1], lrs=[1e-3])
+
+
 def test_what_does_not_stack_says_why():
     assert "objective" in applies(zoo.compose([*SMALL, "objective=prefix_lm"]))
     assert applies(zoo.compose([*SMALL, "trainer.grad_accum=2"])) is not None

@@ -232,15 +232,42 @@ def run_flags(rows: list[dict]) -> str:
     return "; ".join(flags) or "ok"
 
 
+def difference_eval_se(rows: list[dict], reference: list[dict]) -> float | None:
+    """The evaluation noise of the variant's difference to the reference: the standard error over validation
+    batches of the per-batch loss differences, the largest over the seeds both evaluated on the same batches.
+
+    Both are evaluated on the same batches, so the split's own variation (hard and easy files) cancels in
+    the difference; what is left is the part of the paired interval the validation split still sets.
+    """
+    theirs = {r.get("seed"): r for r in reference if r.get("status", "ok") == "ok"}
+    worst = None
+    for r in rows:
+        ref = theirs.get(r.get("seed"))
+        a, b = r.get("val_batch_losses"), (ref or {}).get("val_batch_losses")
+        if r.get("status", "ok") != "ok" or not a or not b or len(a) != len(b) or len(a) < 2 or r.get("data") != ref.get("data"):
+            continue
+        diffs = [x - y for x, y in zip(a, b, strict=True)]
+        se = summarize(diffs).std / len(diffs) ** 0.5
+        worst = se if worst is None else max(worst, se)
+    return worst
+
+
 def noise_notes(rows: list[dict]) -> list[str]:
-    """Evaluation noise (standard error over validation batches) against seed noise, per variant."""
+    """Evaluation noise (standard error over validation batches), of each variant's loss and of its difference
+    to the reference variant, against seed noise, per variant."""
     out = []
-    for variant, rs in by_variant(rows).items():
+    groups = by_variant(rows)
+    ref_name, ref_rows = next(iter(groups.items()), (None, []))
+    for variant, rs in groups.items():
         ses = [r["val_loss_se"] for r in rs if is_number(r.get("val_loss_se"))]
         values = list(seed_values(rs, "val_loss").values())
         if ses and len(values) > 1:
             seed_sd = summarize(values).std
-            out.append(f"{variant}: evaluation noise (s.e. over validation batches) {max(ses):.2g} nats; seed noise (s.d. over seeds) {seed_sd:.2g}")
+            line = f"{variant}: evaluation noise (s.e. over validation batches) {max(ses):.2g} nats; seed noise (s.d. over seeds) {seed_sd:.2g}"
+            diff_se = difference_eval_se(rs, ref_rows) if variant != ref_name else None
+            if diff_se is not None:
+                line += f"; evaluation noise of its difference to {ref_name} (same batches) {diff_se:.2g}"
+            out.append(line)
     return out
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zoo.bench import quality
 from zoo.bench.budget import match_knob, measure
+from zoo.bench.lr import LRChoice, choose
 from zoo.arch.cost import cost_report
 from zoo.bench.settings import BenchSettings
 from zoo.bench.speed import measure as measure_speed
@@ -136,11 +137,11 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     if not s.quality:
         return [{**base, "seed": None, "status": "ok"}]
     if s.lr.grid:
-        choice = tune_lr(cfg, s, steps=steps, out_dir=out_dir / "lr")
+        choice, screened = tune_lr(cfg, s, steps=steps, out_dir=out_dir / "lr")
         with open_dict(cfg):
             cfg.optim.lr = choice.chosen
         base["lr"] = {"chosen": choice.chosen, "grid": list(choice.grid), "losses": list(choice.losses), "on_edge": choice.on_edge,
-                      "screen_steps": s.lr.screen_steps or steps, "screen_seed": s.lr.screen_seed}  # fmt: skip
+                      "screen_steps": s.lr.screen_steps or steps, "screen_seed": s.lr.screen_seed, "screened": screened}  # fmt: skip
     rows = []
     trained = train_seeds(cfg, s, steps=steps, out_dir=out_dir)
     for seed in s.seeds:
@@ -158,18 +159,30 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     return rows
 
 
-def tune_lr(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path):
-    """The best of ``bench.lr.grid`` for this variant: one screening run per rate (:mod:`zoo.bench.lr`)."""
-    from zoo.bench.lr import choose
+def tune_lr(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path) -> tuple[LRChoice, str]:
+    """The best of ``bench.lr.grid`` for this variant (:mod:`zoo.bench.lr`) and how it was screened: the
+    grid's rates trained together, stacked (:mod:`zoo.bench.seeds`), where the composition allows it,
+    else one screening run per rate."""
+    from zoo.bench.seeds import applies, train_together
+
+    screen_steps = s.lr.screen_steps or steps
+    grid = sorted(float(x) for x in s.lr.grid)
+    why_not = applies(quality.seed_config(cfg, seed=s.lr.screen_seed, steps=screen_steps)) if s.stack_seeds and len(grid) > 1 else "one rate"
+    screened = {}
+    if why_not is None:
+        rows, _ = train_together(cfg, seeds=[s.lr.screen_seed] * len(grid), steps=screen_steps, lrs=grid)
+        screened = dict(zip(grid, rows, strict=True))
 
     def loss_of(lr: float) -> float | None:
-        trial = copy.deepcopy(cfg)
-        with open_dict(trial):
-            trial.optim.lr = lr
-        row = quality.train_seed(trial, seed=s.lr.screen_seed, out_dir=out_dir / f"lr{lr:g}", steps=s.lr.screen_steps or steps)
+        row = screened.get(lr)
+        if row is None:
+            trial = copy.deepcopy(cfg)
+            with open_dict(trial):
+                trial.optim.lr = lr
+            row = quality.train_seed(trial, seed=s.lr.screen_seed, out_dir=out_dir / f"lr{lr:g}", steps=screen_steps)
         return row["val_loss"] if row["status"] == "ok" else None
 
-    return choose(list(s.lr.grid), loss_of)
+    return choose(grid, loss_of), "stacked" if why_not is None else f"alone ({why_not})"
 
 
 def train_seeds(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path) -> dict[int, tuple[dict, torch.nn.Module | None]]:

@@ -9,6 +9,11 @@ does not mix seeds), the same schedule, and its own gradient-norm clipping. Its 
 separate run's to float tolerance (batched matmuls sum in another order); tests/bench/test_seeds.py
 holds it to that.
 
+A stacked member may also have its own peak learning rate: a learning-rate screen
+(:mod:`zoo.bench.lr`) trains one seed at every rate of its grid together, for the price of about one
+run. AdamW is elementwise, so :func:`adamw_step` applies it to the stacked tensors with a learning rate
+per member; it is torch's AdamW, step for step.
+
 It covers what a study trains: a causal LM with ``objective=causal_lm`` on one process, from scratch
 and without an adapter, without gradient accumulation, compilation, MoE auxiliary losses or
 activation checkpointing;
@@ -89,11 +94,48 @@ def clip_per_seed(grads: list[torch.Tensor], max_norm: float | None) -> torch.Te
     return norms
 
 
-def train_together(cfg: DictConfig, *, seeds: list[int], steps: int | None = None) -> tuple[list[dict], list[nn.Module]]:
+def adamw_step(groups: list[dict], state: dict, *, lr: torch.Tensor, step: int, betas: tuple[float, float], eps: float) -> None:
+    """One AdamW step (decoupled weight decay, bias-corrected moments, as ``torch.optim.AdamW``) on stacked
+    parameters, member ``i`` (dimension 0 of every tensor) at learning rate ``lr[i]``; ``lr``: ``(S,)``.
+
+    ``groups`` are :func:`zoo.train.param_groups`' (``params``, ``weight_decay``); ``state`` holds the two
+    moments of each parameter, created on the first step; ``step`` counts from 1.
+    """
+    b1, b2 = betas
+    c1, c2 = 1 - b1**step, math.sqrt(1 - b2**step)
+    for group in groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads = [p.grad for p in params]
+        for p in params:
+            if p not in state:
+                state[p] = (torch.zeros_like(p), torch.zeros_like(p))
+        m = [state[p][0] for p in params]
+        v = [state[p][1] for p in params]
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, 1 - b2)
+        rates = [lr.view(-1, *([1] * (p.ndim - 1))) for p in params]
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, [1 - r * group["weight_decay"] for r in rates])
+        denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), c2), eps)
+        torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_div(m, denom), [r / c1 for r in rates]))
+
+
+def train_together(
+    cfg: DictConfig, *, seeds: list[int], steps: int | None = None, lrs: list[float] | None = None
+) -> tuple[list[dict], list[nn.Module]]:
     """Train ``seeds`` of ``cfg`` stacked; one result row per seed (as :func:`zoo.bench.quality.train_seed`'s,
-    without a checkpoint) and the trained models."""
+    without a checkpoint) and the trained models.
+
+    ``lrs``: a peak learning rate per member (``None``: ``optim.lr`` for all); a seed may then repeat,
+    to train one seed at several rates.
+    """
     from zoo.train import Settings, build_node, forever, param_groups
 
+    if lrs is not None and len(lrs) != len(seeds):
+        raise ValueError(f"one learning rate per stacked member: {len(seeds)} seeds, {len(lrs)} rates")
     runs = [build_seed(cfg, seed=s, steps=steps) for s in seeds]
     first = runs[0]
     settings = Settings.from_config(first.run.trainer)
@@ -107,7 +149,8 @@ def train_together(cfg: DictConfig, *, seeds: list[int], steps: int | None = Non
     groups = [
         {**g, "params": [params[names[id(p)]] for p in g["params"]]} for g in param_groups(base, weight_decay=getattr(optim, "weight_decay", 0.0))
     ]
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+    peaks = torch.tensor([float(optim.lr)] * len(seeds) if lrs is None else [float(x) for x in lrs])
+    moments: dict = {}
     stacked = list(params.values())
     streams = [forever(r.parts.train_loader) for r in runs]
 
@@ -127,7 +170,6 @@ def train_together(cfg: DictConfig, *, seeds: list[int], steps: int | None = Non
         losses = batched_loss(params, buffers, tokens)
         losses.sum().backward()  # seeds share no parameter: the sum's gradient is each seed's own
         norms = clip_per_seed([p.grad for p in stacked], optim.grad_clip)
-        schedule.apply(optimizer, step=step, max_steps=settings.max_steps, lr=optim.lr)
         values = losses.detach().tolist()
         for i, (value, norm) in enumerate(zip(values, norms.tolist(), strict=True)):
             if status[i] == "ok":
@@ -136,8 +178,11 @@ def train_together(cfg: DictConfig, *, seeds: list[int], steps: int | None = Non
                     status[i] = "diverged"
         if all(s != "ok" for s in status):
             break
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            factor = schedule.factor(step, max_steps=settings.max_steps)
+            adamw_step(groups, moments, lr=peaks * factor, step=step + 1, betas=tuple(optim.betas), eps=optim.eps)
+        for p in stacked:
+            p.grad = None
     train_time = time.perf_counter() - t0
     tokens_per_step = settings.batch_size * settings.seq_len
     rows = []
