@@ -13,9 +13,9 @@ SMALL = [
 ]  # fmt: skip  (a tight clip, so per-seed clipping is exercised)
 
 
-@pytest.mark.parametrize("ffn", ["gelu", "swiglu"])
-def test_stacked_seeds_match_separate_runs(tmp_path, ffn):
-    cfg = zoo.compose([*SMALL, f"model/ffn={ffn}"])
+@pytest.mark.parametrize("option", ["model/ffn=gelu", "model/ffn=swiglu", "model/pos=t5"])  # t5: a learned score bias under vmap
+def test_stacked_seeds_match_separate_runs(tmp_path, option):
+    cfg = zoo.compose([*SMALL, option])
     assert applies(cfg) is None
     rows, models = train_together(cfg, seeds=[0, 1])
     for row in rows:

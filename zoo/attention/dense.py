@@ -72,6 +72,16 @@ def sdpa(
             attn_mask = allowed
         else:
             attn_mask = score_bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
+    if attn_mask is not None and attn_mask.is_floating_point() and q.device.type == "cpu" and (
+        attn_mask.requires_grad or torch._C._functorch.is_batchedtensor(attn_mask)
+    ):
+        # A score bias that may need a gradient (T5's learned buckets). SDPA takes its math path for such a
+        # mask, but under vmap (stacked seeds, zoo/bench/seeds.py) the mask's gradient is hidden from its
+        # choice and it picks the CPU flash kernel, which has none. The math path, asked for by name, is the
+        # same computation (bitwise, outside vmap) and is made of operators vmap batches.
+        return torch.ops.aten._scaled_dot_product_attention_math(
+            q, k, v, attn_mask, dropout, is_causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )[0]
     return F.scaled_dot_product_attention(
         q,
         k,
