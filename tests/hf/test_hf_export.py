@@ -79,6 +79,8 @@ def test_composed_models_export_with_parity(overrides, tmp_path):
     [
         (["preset=llama", "model/residual=sandwich"], "model.residual._target_"),
         (["preset=t5", "model.attention.scale=null"], "model.attention.scale"),  # T5 does not scale its scores
+        (["preset=t5", "model/layers=local_global_1to1"], "T5ForConditionalGeneration: model.layers.pattern"),
+        (["preset=t5", "model/layers@model.decoder_layers=local_global_1to1"], "T5ForConditionalGeneration: model.decoder_layers.pattern"),
         # settings some families have are refused by those that lack them, not dropped
         (["preset=llama", "model.logit_softcap=30.0"], "LlamaForCausalLM: model.logit_softcap"),
         (["preset=llama", "model/attention=softcap"], "LlamaForCausalLM: model.attention.softcap"),
