@@ -62,6 +62,7 @@ class Stack(nn.Module):
         layers_key: str = "model.layers",
     ) -> None:
         super().__init__()
+        self.causal = causal
         sizes = dict(n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
         self.pos = pos(dim, **sizes)
         check_pos(self.pos, causal, "model/pos")
