@@ -151,6 +151,7 @@ def test_encdec_pattern_changes_the_layers_it_says(where):
         "decoder": ([None] * 3, [4] * 5 + [None, 4]),
     }[where]
     assert (windows(model.encoder), windows(model.decoder)) == expected
+    assert all(layer.cross_attn.window is None for layer in model.decoder.layers)  # a kind's window is its self-attention's
     for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), f"a window changed the weights at {name}"
     src, tgt = (torch.randint(0, model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
