@@ -9,10 +9,11 @@ Counted from the built modules' weight shapes (so plugins count too), not traced
 ``2 * 2 * n * m * h * d`` (``q k^T`` and the weighted sum of ``v``) for ``n`` queries over ``m`` keys,
 counted dense as in PaLM's MFU (Chowdhery et al. 2022, arXiv:2204.02311, App. B) and as
 ``torch.utils.flop_counter`` counts SDPA: a causal mask is not halved; a sliding window counts
-``min(window, n)`` keys (``min(2 window - 1, n)`` in a bidirectional stack, where it reaches both ways), a sparse pattern (:mod:`zoo.attention.sparse`) the most keys it lets a query
-see; a recurrent mixer counts its chunked recurrence (linear in ``n``). Norms, activations, softmax,
-biases and position schemes are elementwise and left out (< 1% at the sizes benchmarked). A backward
-pass costs twice the forward.
+``min(window, n)`` keys (``min(2 window - 1, n)`` in a bidirectional stack, where it reaches both
+ways), a sparse pattern (:mod:`zoo.attention.sparse`) the most keys it lets a query see; a recurrent
+mixer counts its chunked recurrence (linear in ``n``). Norms, activations, softmax, biases and position
+schemes are elementwise and left out (< 1% at the sizes benchmarked). A backward pass costs twice the
+forward.
 
 A module that answers ``active_params()`` (a Mixture-of-Experts FFN: the parameters one token passes
 through) is counted by its active parameters; its total parameters still count in ``params``.
