@@ -121,3 +121,94 @@ def test_export_refuses_a_pattern():
     model = build_tiny(["model/layers=local_global_1to1"])
     with pytest.raises(ConfigError, match=r"model.layers.pattern.*model/layers=uniform"):
         save_pretrained(model, "/nonexistent/never-written", config=cfg)
+
+
+# -- encoder-decoder: a pattern for both stacks (model.layers) or the decoder's own (model.decoder_layers)
+
+#: a pattern in both stacks, in the encoder only (the decoder's own is uniform), in the decoder only
+ENCDEC = {
+    "both": ["model/layers=local_global_1to1", "model.layers.pattern=[local,local,global]", "model.layers.kinds.local.attention.window=4"],
+    "encoder": [
+        "model/layers=local_global_1to1", "model.layers.kinds.local.attention.window=4", "model/layers@model.decoder_layers=uniform",
+    ],
+    "decoder": ["model/layers@model.decoder_layers=local_global_5to1", "model.decoder_layers.kinds.local.attention.window=4"],
+}  # fmt: skip
+ENCDEC_SIZES = ["model=encdec", "model.n_layers=3", "model.n_decoder_layers=7", "model.max_seq_len=64"]
+
+
+def windows(stack) -> list[int | None]:
+    return [layer.attn.window for layer in stack.layers]
+
+
+@pytest.mark.parametrize("where", sorted(ENCDEC))
+def test_encdec_pattern_changes_the_layers_it_says(where):
+    """The stack a pattern names gets its windows; the other stack is built and computes as without it."""
+    model = build_tiny([*ENCDEC_SIZES, *ENCDEC[where]], seed=2).eval()
+    plain = build_tiny(ENCDEC_SIZES, seed=2).eval()
+    expected = {
+        "both": ([4, 4, None], [4, 4, None, 4, 4, None, 4]),
+        "encoder": ([4, None, 4], [None] * 7),
+        "decoder": ([None] * 3, [4] * 5 + [None, 4]),
+    }[where]
+    assert (windows(model.encoder), windows(model.decoder)) == expected
+    assert all(layer.cross_attn.window is None for layer in model.decoder.layers)  # a kind's window is its self-attention's
+    for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), f"a window changed the weights at {name}"
+    src, tgt = (torch.randint(0, model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    with torch.no_grad():
+        same_encoder = torch.equal(model.encode(src), plain.encode(src))
+        assert same_encoder == (where == "decoder")
+        memory = plain.encode(src)  # the decoders read the same memory, so only their own layers differ
+        same_decoder = torch.equal(model.decode(tgt, memory), plain.decode(tgt, memory))
+        assert same_decoder == (where == "encoder")
+
+
+@pytest.mark.parametrize("where", sorted(ENCDEC))
+def test_encdec_cached_decoding_equals_full_forward(where):
+    """The decoder decodes token by token, its local layers past their window, as the full forward does;
+    each decoder layer's self-attention cache is sized by its own window."""
+    model = build_tiny([*ENCDEC_SIZES, *ENCDEC[where]]).eval()
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randint(0, model.vocab_size, (2, 18), generator=g), torch.randint(0, model.vocab_size, (2, 20), generator=g)
+    with torch.no_grad():
+        full = model(src, tgt)
+        memory = model.encode(src)
+        cache = model.new_cache()
+        steps = [model.decode(tgt[:, :6], memory, cache=cache)]
+        steps += [model.decode(tgt[:, t : t + 1], memory, cache=cache) for t in range(6, 20)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+    assert [c.self_attn.capacity for c in cache] == [w or c.self_attn.capacity for w, c in zip(windows(model.decoder), cache)]
+    assert [c.self_attn.capacity >= 20 for c in cache] == [w is None for w in windows(model.decoder)]
+
+
+def test_encdec_layer_costs_follow_each_stacks_pattern():
+    decoder = ["model/layers@model.decoder_layers=local_global_5to1", "model.decoder_layers.kinds.local.attention.window=8"]
+    model = build_tiny([*ENCDEC_SIZES, *ENCDEC["both"], *decoder]).eval()
+    rows = model.layer_costs(seq_len=32)
+    assert [r["layer"] for r in rows] == [f"enc{i}" for i in range(3)] + [f"dec{i}" for i in range(7)]
+    assert [r["kind"] for r in rows] == ["local", "local", "global"] + ["local"] * 5 + ["global", "local"]
+    assert [r["window"] for r in rows[:3]] == [4, 4, None] and rows[3]["window"] == 8 and rows[8]["window"] is None
+    # an encoder's local layer scores the 2 * 4 - 1 keys its window reaches both ways, a global one all 32
+    global_minus_local = 4 * 4 * (32 // 4) * (32 - 7)  # 4 n_heads head_dim per pair, 25 pairs fewer per token
+    assert rows[2]["flops_per_token"] - rows[0]["flops_per_token"] == global_minus_local
+    assert rows[8]["flops_per_token"] - rows[3]["flops_per_token"] == 4 * 4 * 8 * (32 - 8)  # the decoder's reach one way
+    # a decoder layer caches its own keys (a ring of 8, or all 32) and the memory's (32) for cross-attention
+    assert rows[3]["kv_cache_bytes"] * (32 + 32) == rows[8]["kv_cache_bytes"] * (8 + 32)
+    flops = model.flops(seq_len=32)
+    assert sum(r["flops_per_token"] * 32 for r in rows) == pytest.approx(flops.total - flops.lm_head)
+
+
+def test_an_encoder_refuses_a_left_to_right_mixer_naming_the_kind():
+    overrides = ["model=encdec", "model/pos=rope", "model/layers=hybrid_mamba2_1to1"]
+    with pytest.raises(ConfigError, match=r"^model.layers.kinds.ssm.attention='mamba2': reads tokens left to right.*decoder_layers"):
+        build_tiny(overrides)
+    with pytest.raises(ConfigError, match=r"^model.layers.kinds.nope.pos='NoPositions'"):
+        build_tiny(["model=encdec", "model/layers=nope_every_fourth"])
+    # the decoder's own pattern may hold it
+    model = build_tiny(["model=encdec", "model/pos=rope", "model/layers@model.decoder_layers=hybrid_mamba2_1to1"])
+    assert [type(layer.attn).__name__ for layer in model.decoder.layers] == ["SelectiveSSM", "Attention"]
+
+
+def test_a_decoder_pattern_error_names_model_decoder_layers():
+    with pytest.raises(ConfigError, match=r"^model.decoder_layers.kinds.local.attention.size=8: a setting"):
+        build_tiny(["model=encdec", "model/layers@model.decoder_layers=local_global_1to1", "+model.decoder_layers.kinds.local.attention.size=8"])

@@ -83,6 +83,12 @@ CASES = {
     ),
     "qwen3-biases-tied": lambda: hf_model("Qwen3Config", "Qwen3ForCausalLM", **LLAMA, head_dim=16, attention_bias=True, tie_word_embeddings=True),
     "olmo2": lambda: hf_model("Olmo2Config", "Olmo2ForCausalLM", **LLAMA, rms_norm_eps=1e-5),
+    # Gemma 2B's shape: one KV head, heads wider than hidden_size / num_attention_heads
+    "gemma-mqa-wide-heads": lambda: hf_model("GemmaConfig", "GemmaForCausalLM", **{**LLAMA, "num_key_value_heads": 1}, head_dim=32),
+    "gemma-biases": lambda: hf_model(
+        "GemmaConfig", "GemmaForCausalLM", **{**LLAMA, "num_key_value_heads": 4}, head_dim=16, attention_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 100.0},
+    ),
     "gemma2-window-4-capped": lambda: hf_model(
         "Gemma2Config", "Gemma2ForCausalLM", **GEMMA, attn_logit_softcapping=2.0, final_logit_softcapping=3.0
     ),

@@ -28,7 +28,7 @@ def load_exported(folder, auto_class: str) -> torch.nn.Module:
     "case",
     [
         "llama-biases-tied-wide-heads", "llama-3.1-rope", "llama-yarn-rope", "llama-linear-rope", "mistral-window-4",
-        "mixtral-window-6", "qwen2", "qwen3-window-5", "qwen3-biases-tied", "olmo2", "gemma2-window-4-capped", "gemma3-local-rope", "deepseek-v3", "deepseek-v3-yarn-biases", "gpt2", "bloom-6-heads",
+        "mixtral-window-6", "qwen2", "qwen3-window-5", "qwen3-biases-tied", "olmo2", "gemma-mqa-wide-heads", "gemma-biases", "gemma2-window-4-capped", "gemma3-local-rope", "deepseek-v3", "deepseek-v3-yarn-biases", "gpt2", "bloom-6-heads",
         "falcon-40b-style", "gpt-neox", "t5-v1.1-untied",
     ],
 )
@@ -54,6 +54,7 @@ def test_round_trip_gives_identical_weights(case, tmp_path):
         ["preset=mistral", "model.attention.window=4"],
         ["preset=llama", "model/attention=qk_norm", "model.attention.n_kv_heads=2"],
         ["preset=llama", "model/residual=reordered", "model/attention=qk_norm_across_heads"],
+        ["preset=gemma", "model.head_dim=32"],
         ["preset=gemma2", "model.layers.kinds.local.attention.window=4", "model.attention.scale=0.25"],
         ["preset=gemma3", "model.layers.kinds.local.attention.window=4", "model.layers.pattern=[local,global]"],
         ["preset=deepseek_v3", "model.head_dim=8"],
@@ -61,7 +62,7 @@ def test_round_trip_gives_identical_weights(case, tmp_path):
         ["preset=bloom", "model.tie_embeddings=false"],
         ["preset=palm", "model/norm=layernorm", "model/ffn=gelu", "model.norm.bias=true"],
     ],
-    ids=["llama", "llama-3.1-rope", "llama-yarn-rope", "llama-dynamic-rope", "mistral", "qwen3", "olmo2", "gemma2", "gemma3", "deepseek-v3", "gpt2", "bloom-untied", "falcon-from-palm"],
+    ids=["llama", "llama-3.1-rope", "llama-yarn-rope", "llama-dynamic-rope", "mistral", "qwen3", "olmo2", "gemma", "gemma2", "gemma3", "deepseek-v3", "gpt2", "bloom-untied", "falcon-from-palm"],
 )
 def test_composed_models_export_with_parity(overrides, tmp_path):
     torch.manual_seed(0)
@@ -78,9 +79,13 @@ def test_composed_models_export_with_parity(overrides, tmp_path):
     [
         (["preset=llama", "model/residual=sandwich"], "model.residual._target_"),
         (["preset=t5", "model.attention.scale=null"], "model.attention.scale"),  # T5 does not scale its scores
+        (["preset=t5", "model/layers=local_global_1to1"], "T5ForConditionalGeneration: model.layers.pattern"),
+        (["preset=t5", "model/layers@model.decoder_layers=local_global_1to1"], "T5ForConditionalGeneration: model.decoder_layers.pattern"),
         # settings some families have are refused by those that lack them, not dropped
         (["preset=llama", "model.logit_softcap=30.0"], "LlamaForCausalLM: model.logit_softcap"),
         (["preset=llama", "model/attention=softcap"], "LlamaForCausalLM: model.attention.softcap"),
+        (["preset=gemma", "model.ffn.approximate=none"], "GemmaForCausalLM: model.ffn.approximate"),  # transformers reads gelu as tanh
+        (["preset=gemma", "model.logit_softcap=30.0"], "GemmaForCausalLM: model.logit_softcap"),
         (["preset=gemma3", "model/attention=softcap"], "Gemma3ForCausalLM: model.attention.softcap"),
         (["preset=llama", "model/attention=bigbird"], "LlamaForCausalLM: model.attention.pattern"),  # exported dense, it would see more
         (["preset=llama", "model/attention=performer"], "LlamaForCausalLM: model.attention._target_"),

@@ -1,4 +1,4 @@
-"""Gemma 2 and Gemma 3 (zoo/hf/gemma.py): what their mapping reads beyond Llama's, each setting shown to matter."""
+"""Gemma, Gemma 2 and Gemma 3 (zoo/hf/gemma.py): what their mapping reads beyond Llama's, each setting shown to matter."""
 
 import pytest
 import torch
@@ -18,6 +18,8 @@ SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention
 @pytest.mark.parametrize(
     "case, override",
     [
+        ("gemma-mqa-wide-heads", "model.scale_embed=false"),
+        ("gemma-mqa-wide-heads", "model.ffn.approximate=none"),
         ("gemma2-window-4-capped", "model.scale_embed=false"),
         ("gemma2-window-4-capped", "model.attention.scale=null"),
         ("gemma2-window-4-capped", "model.attention.softcap=null"),
@@ -32,6 +34,26 @@ def test_each_setting_the_mapping_reads_changes_the_logits(case, override):
     hf = CASES[case]()
     tokens, _ = inputs(hf)
     assert (zoo_logits(from_pretrained(hf, overrides=[override]), tokens) - hf_logits(hf, tokens)).abs().max() > 10 * TOL
+
+
+def test_gemma_norm_weights_are_stored_as_one_plus_weight():
+    hf = CASES["gemma-mqa-wide-heads"]()
+    model = from_pretrained(hf)
+    layer = hf.model.layers[1]
+    assert torch.equal(model.stack.layers[1].norms[1].weight, 1 + layer.post_attention_layernorm.weight)
+    assert torch.equal(model.stack.norm.weight, 1 + hf.model.norm.weight)
+
+
+@pytest.mark.parametrize("spelling", [dict(hidden_act="gelu"), dict(hidden_act="gelu", hidden_activation="gelu_pytorch_tanh"), {}])
+def test_a_released_gemma_config_means_tanh_gelu(spelling):
+    """gemma-2b says hidden_act=gelu, gemma-1.1 adds hidden_activation=gelu_pytorch_tanh: both are the tanh
+    GeLU, as transformers 5 reads them; the 2B model's one KV head and 256-wide heads carry over."""
+    config = dict(model_type="gemma", num_hidden_layers=2, **{**SIZES, "num_key_value_heads": 1}, **spelling)
+    cfg = import_config_of(config)
+    assert transformers.GemmaConfig(**{k: v for k, v in config.items() if k not in ("model_type", "hidden_activation")}).hidden_act == "gelu_pytorch_tanh"
+    assert cfg.model.ffn._target_ == "zoo.ffn.GeGLU" and cfg.model.ffn.approximate == "tanh"
+    assert cfg.hydra.runtime.choices["model/attention"] == "mqa" and cfg.model.head_dim == 16
+    assert cfg.model.scale_embed and cfg.model.tie_embeddings
 
 
 def test_norm_weights_are_stored_as_one_plus_weight():
@@ -90,6 +112,9 @@ def test_a_gemma3_without_a_mix_of_layers_is_uniform():
     [
         (dict(model_type="gemma3_text", attn_logit_softcapping=50.0), "attn_logit_softcapping"),
         (dict(model_type="gemma2", use_bidirectional_attention=True), "use_bidirectional_attention"),
+        (dict(model_type="gemma", use_bidirectional_attention=True), "use_bidirectional_attention"),
+        (dict(model_type="gemma", hidden_act="silu"), "hidden_activation"),  # 4.x read tanh GeLU, 5.x SiLU
+        (dict(model_type="gemma", hidden_act="gelu", hidden_activation="gelu"), "hidden_activation"),
         (dict(model_type="gemma2", layer_types=["sliding_attention", "chunked_attention"]), "layer_types"),
         (dict(model_type="gemma2", hidden_activation="quick_gelu"), "hidden_activation"),
         (dict(model_type="gemma3", text_config={}), "model_type"),  # the multimodal model: text only here

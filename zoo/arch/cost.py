@@ -9,10 +9,11 @@ Counted from the built modules' weight shapes (so plugins count too), not traced
 ``2 * 2 * n * m * h * d`` (``q k^T`` and the weighted sum of ``v``) for ``n`` queries over ``m`` keys,
 counted dense as in PaLM's MFU (Chowdhery et al. 2022, arXiv:2204.02311, App. B) and as
 ``torch.utils.flop_counter`` counts SDPA: a causal mask is not halved; a sliding window counts
-``min(window, n)`` keys, a sparse pattern (:mod:`zoo.attention.sparse`) the most keys it lets a query
-see; a recurrent mixer counts its chunked recurrence (linear in ``n``). Norms, activations, softmax,
-biases and position schemes are elementwise and left out (< 1% at the sizes benchmarked). A backward
-pass costs twice the forward.
+``min(window, n)`` keys (``min(2 window - 1, n)`` in a bidirectional stack, where it reaches both
+ways), a sparse pattern (:mod:`zoo.attention.sparse`) the most keys it lets a query see; a recurrent
+mixer counts its chunked recurrence (linear in ``n``). Norms, activations, softmax, biases and position
+schemes are elementwise and left out (< 1% at the sizes benchmarked). A backward pass costs twice the
+forward.
 
 A module that answers ``active_params()`` (a Mixture-of-Experts FFN: the parameters one token passes
 through) is counted by its active parameters; its total parameters still count in ``params``.
@@ -88,15 +89,17 @@ def cached_keys(attn: nn.Module, n_keys: int) -> int:
     return n_keys if window is None else min(window, n_keys)
 
 
-def attention_keys(attn: nn.Module, n_keys: int) -> int:
-    """Keys one query scores: all ``n_keys``, the layer's ``window`` of them, or at most what its sparse
-    ``pattern`` lets a query see (the cache still holds every key: the pattern picks among them)."""
+def attention_keys(attn: nn.Module, n_keys: int, *, causal: bool = True) -> int:
+    """Keys one query scores: all ``n_keys``, the layer's ``window`` of them (those before the query; in a
+    bidirectional stack, ``causal=False``, those on either side too), or at most what its sparse ``pattern``
+    lets a query see (the cache still holds every key: the pattern picks among them)."""
     pattern = getattr(attn, "pattern", None)
-    keys = cached_keys(attn, n_keys)
+    window = getattr(attn, "window", None)
+    keys = cached_keys(attn, n_keys) if causal or window is None else min(2 * window - 1, n_keys)
     return keys if pattern is None else min(keys, pattern.keys_per_query(n_keys))
 
 
-def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
+def score_flops(attn: nn.Module, n_queries: int, n_keys: int, *, causal: bool = True) -> float:
     """``q k^T`` and ``weights @ v`` over the keys each query scores: the layer's own ``score_flops(n_queries,
     n_keys)`` where it says so (random features, retention, a selective SSM: no pairs; latent attention: the
     form it runs at those sizes), else per query-key pair its own ``flops_per_pair()`` where it says so
@@ -109,15 +112,16 @@ def score_flops(attn: nn.Module, n_queries: int, n_keys: int) -> float:
         pair = float(per_pair())
     else:
         pair = 4.0 * getattr(attn, "n_heads", 0) * getattr(attn, "head_dim", 0)
-    return n_queries * attention_keys(attn, n_keys) * pair
+    return n_queries * attention_keys(attn, n_keys, causal=causal) * pair
 
 
-def layer_flops(layer: nn.Module, *, n: int, memory_len: int | None = None) -> FlopCount:
-    """Forward FLOPs of one block over ``n`` tokens (cross-attending to ``memory_len``): its own window and FFN."""
+def layer_flops(layer: nn.Module, *, n: int, memory_len: int | None = None, causal: bool = True) -> FlopCount:
+    """Forward FLOPs of one block over ``n`` tokens (cross-attending to ``memory_len``) of a causal or
+    bidirectional stack: its own window and FFN."""
     count = FlopCount(tokens=n)
     attn, cross = layer.attn, getattr(layer, "cross_attn", None)
     count.attn_proj += 2.0 * n * linear_weights(attn)
-    count.attn_scores += score_flops(attn, n, n)
+    count.attn_scores += score_flops(attn, n, n, causal=causal)
     if cross is not None:
         # queries and the output projection run on the decoder's tokens, keys and values on the memory's
         q_o = cross.q_proj.weight.numel() + cross.o_proj.weight.numel()
@@ -143,7 +147,7 @@ def stack_flops(stack: nn.Module, *, n: int, memory_len: int | None = None) -> F
     """Forward FLOPs of a :class:`~zoo.arch.Stack` over ``n`` tokens (cross-attending to ``memory_len``)."""
     count = FlopCount(tokens=n)
     for layer in stack.layers:
-        part = layer_flops(layer, n=n, memory_len=memory_len)
+        part = layer_flops(layer, n=n, memory_len=memory_len, causal=stack.causal)
         for name in COMPONENTS:
             setattr(count, name, getattr(count, name) + getattr(part, name))
     return count
@@ -183,7 +187,7 @@ def layer_costs(stack: nn.Module, *, n: int, memory_len: int | None = None, cach
             "ffn": type(layer.ffn).__name__,
             "pos": type(pos).__name__ if takes_positions(layer.attn) else "none (mixer)",
             "params": n_params(layer),
-            "flops_per_token": layer_flops(layer, n=n, memory_len=memory_len).total / n,
+            "flops_per_token": layer_flops(layer, n=n, memory_len=memory_len, causal=stack.causal).total / n,
             "decode_flops": layer_decode_flops(layer, n=n, memory_len=memory_len) if cached else None,
             "kv_cache_bytes": (kv_cache_bytes(layer.attn, n) if cached else 0)
             + (kv_cache_bytes(layer.cross_attn, memory_len) if getattr(layer, "cross_attn", None) is not None else 0),

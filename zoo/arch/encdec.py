@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from zoo.arch import cost
+from zoo.arch.pattern import LayerPattern
 from zoo.arch.protocol import Example, device_of
 from zoo.arch.session import EncDecSession
 from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
@@ -28,6 +29,11 @@ class EncoderDecoder(nn.Module):
         attention, cross_attention, ffn, norm, residual, pos, init: the slot factories.
         tie_embeddings: share the embedding with the LM head.
         logit_scale: multiply the decoder output before the head (T5 v1.0 uses ``dim ** -0.5`` when tied).
+        layers: the per-layer pattern (``model/layers``, :mod:`zoo.arch.pattern`) of the encoder, and of
+            the decoder unless ``decoder_layers`` is given; ``None``: every layer alike. Each stack
+            cycles the pattern over its own layers.
+        decoder_layers: the decoder's own pattern (``model/layers@model.decoder_layers=<option>``);
+            ``None``: ``layers``.
 
     Shapes: ``src (b, n_src)``, ``tgt (b, n_tgt)`` -> logits ``(b, n_tgt, vocab_size)``.
 
@@ -63,6 +69,8 @@ class EncoderDecoder(nn.Module):
         logit_scale: float = 1.0,
         final_norm: bool | None = None,
         dropout: float = 0.0,
+        layers: LayerPattern | None = None,
+        decoder_layers: LayerPattern | None = None,
     ) -> None:
         super().__init__()
         n_decoder_layers = n_layers if n_decoder_layers is None else n_decoder_layers
@@ -82,7 +90,7 @@ class EncoderDecoder(nn.Module):
             final_norm=final_norm,
         )
         self.encoder = Stack(
-            dim, n_layers=n_layers, causal=False, depth=Depth("encoder", n_layers, n_decoder_layers), **shared
+            dim, n_layers=n_layers, causal=False, depth=Depth("encoder", n_layers, n_decoder_layers), layers=layers, **shared
         )
         self.decoder = Stack(
             dim,
@@ -90,6 +98,8 @@ class EncoderDecoder(nn.Module):
             causal=True,
             depth=Depth("decoder", n_layers, n_decoder_layers),
             cross_attention=cross_attention,
+            layers=layers if decoder_layers is None else decoder_layers,
+            layers_key="model.layers" if decoder_layers is None else "model.decoder_layers",
             **shared,
         )
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)

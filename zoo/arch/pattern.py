@@ -9,7 +9,10 @@ a pattern is one config option, swept like any other (``model/layers=local_globa
 
 What follows from the layers themselves needs no extra code: each layer's KV cache takes its own
 attention's window (a ring for a local layer, a growing buffer for a global one), and the cost
-counter reads each layer's window and FFN.
+counter reads each layer's window and FFN. A pattern serves any stack: a decoder, an encoder
+(``model=encoder``), and either stack of an encoder-decoder (``model.layers`` for both,
+``model.decoder_layers`` for the decoder's own); in a bidirectional stack a local layer's window
+reaches both ways, and a kind whose mixer reads left to right is refused.
 """
 
 import functools
@@ -69,12 +72,13 @@ class LayerPattern:
         """The kind of layer ``layer`` (0-based)."""
         return self.pattern[layer % len(self.pattern)]
 
-    def factories(self, kind: str, base: Mapping[str, Factory]) -> dict[str, Factory]:
-        """The slot factories of ``kind``: ``base`` (every slot of :data:`SLOTS`) with its overrides."""
+    def factories(self, kind: str, base: Mapping[str, Factory], *, key: str = "model.layers") -> dict[str, Factory]:
+        """The slot factories of ``kind``: ``base`` (every slot of :data:`SLOTS`) with its overrides;
+        ``key`` is where the pattern sits in the config (``model.decoder_layers``), for errors."""
         out = dict(base)
         for slot, override in self.kinds[kind].items():
             if not callable(override):
-                _check_settings(base[slot], override, key=f"model.layers.kinds.{kind}.{slot}")
+                _check_settings(base[slot], override, key=f"{key}.kinds.{kind}.{slot}")
             out[slot] = override if callable(override) else functools.partial(base[slot], **override)
         return out
 

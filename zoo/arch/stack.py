@@ -34,6 +34,7 @@ class Stack(nn.Module):
         final_norm: a norm after the last block; ``None`` follows the residual wiring.
         layers: the kinds of layers and how each overrides the slots (:mod:`zoo.arch.pattern`);
             ``None``: every layer alike.
+        layers_key: where ``layers`` sits in the config (``model.decoder_layers``), for errors.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -58,22 +59,24 @@ class Stack(nn.Module):
         embed_norm: bool = False,
         final_norm: bool | None = None,
         layers: LayerPattern | None = None,
+        layers_key: str = "model.layers",
     ) -> None:
         super().__init__()
+        self.causal = causal
         sizes = dict(n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
         self.pos = pos(dim, **sizes)
         check_pos(self.pos, causal, "model/pos")
         self.pattern = LayerPattern.uniform() if layers is None else layers
         base = dict(attention=attention, ffn=ffn, norm=norm, residual=residual, pos=pos)
-        slots = {kind: self.pattern.factories(kind, base) for kind in dict.fromkeys(self.pattern.pattern)}
+        slots = {kind: self.pattern.factories(kind, base, key=layers_key) for kind in dict.fromkeys(self.pattern.pattern)}
         # A kind with its own position scheme rotates (or biases) its layers' attention with it; the
         # embedding, which happens once before the first layer, stays the stack's.
         self.kind_pos = nn.ModuleDict({kind: f["pos"](dim, **sizes) for kind, f in slots.items() if "pos" in self.pattern.overrides(kind)})
         for kind, kind_pos in self.kind_pos.items():
-            check_pos(kind_pos, causal, f"model.layers.kinds.{kind}.pos")
+            check_pos(kind_pos, causal, f"{layers_key}.kinds.{kind}.pos")
             if type(kind_pos).embed is not Positions.embed:
                 raise ConfigError(
-                    f"model.layers.kinds.{kind}.pos", type(kind_pos).__name__,
+                    f"{layers_key}.kinds.{kind}.pos", type(kind_pos).__name__,
                     "adds to the embedding, which happens once per stack: per kind of layer pick rope, alibi, t5 or none",
                 )  # fmt: skip
         self.embed_norm = norm(dim) if embed_norm else nn.Identity()
@@ -85,7 +88,8 @@ class Stack(nn.Module):
         if causal:
             refuse_future(self.layers)
         else:
-            refuse_bidirectional(self.layers)
+            keys = [self._slot_key("attention", kind, layers_key) for kind in self.layer_kinds()]
+            refuse_bidirectional(self.layers, keys=keys)
         tell_depth(self.layers)
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
@@ -102,6 +106,10 @@ class Stack(nn.Module):
             dropout=dropout,
             depth=depth,
         )
+
+    def _slot_key(self, slot: str, kind: str, layers_key: str) -> str:
+        """The config key that chose ``slot`` for layers of ``kind``: the kind's override, or the model's slot."""
+        return f"{layers_key}.kinds.{kind}.{slot}" if slot in self.pattern.overrides(kind) else f"model/{slot}"
 
     def layer_kinds(self) -> list[str]:
         """The kind of each layer (``same`` throughout for a uniform stack)."""
@@ -147,13 +155,19 @@ def own_cache(attn: nn.Module):
     return make() if callable(make) else None
 
 
-def refuse_bidirectional(layers: nn.Module) -> None:
-    """Refuse a bidirectional stack a mixer that reads left to right (declares ``requires_causal``)."""
-    for layer in layers:
+def refuse_bidirectional(layers: nn.Module, *, keys: list[str] | None = None) -> None:
+    """Refuse a bidirectional stack a mixer that reads left to right (declares ``requires_causal``),
+    naming the key that chose it (``keys``: one per layer; ``model/attention`` by default)."""
+    for i, layer in enumerate(layers):
         if getattr(layer.attn, "requires_causal", False):
+            key = "model/attention" if keys is None else keys[i]
+            fix = "use model=causal" if key == "model/attention" else (
+                "give this kind another mixer, or the encoder a pattern without it (model=encdec: "
+                "model/layers@model.decoder_layers=<option> patterns the decoder alone)"
+            )
             raise ConfigError(
-                "model/attention", getattr(layer.attn, "option", type(layer.attn).__name__),
-                "reads tokens left to right, so a bidirectional stack (an encoder) cannot use it: use model=causal",
+                key, getattr(layer.attn, "option", type(layer.attn).__name__),
+                f"reads tokens left to right, so a bidirectional stack (an encoder) cannot use it: {fix}",
             )  # fmt: skip
 
 

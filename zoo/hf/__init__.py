@@ -5,7 +5,7 @@ or an in-memory ``transformers`` model, composes the zoo model its config descri
 overrides, so it can be written out as YAML and changed like any composition) and loads its weights
 by name, strictly. ``save_pretrained`` writes a zoo model whose composition matches a family back
 as a checkpoint folder that ``transformers`` loads. Families: Llama (plain or scaled RoPE), Mistral,
-Mixtral, Qwen2, Qwen3, OLMo 2, Gemma 2, Gemma 3 (text), DeepSeek-V3, GPT-2, BLOOM, GPT-NeoX, Falcon, T5 and mT5.
+Mixtral, Qwen2, Qwen3, OLMo 2, Gemma, Gemma 2, Gemma 3 (text), DeepSeek-V3, GPT-2, BLOOM, GPT-NeoX, Falcon, T5 and mT5.
 
 Nothing here needs ``transformers``: configs are read as JSON and weights with safetensors (never
 pickles). ``transformers`` is needed only to pass an in-memory model, or to check parity

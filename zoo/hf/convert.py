@@ -12,7 +12,7 @@ from zoo.hf.checkpoint import HFCheckpoint
 from zoo.hf.deepseek_v3 import DeepseekV3
 from zoo.hf.falcon import Falcon
 from zoo.hf.family import Family, rename
-from zoo.hf.gemma import Gemma2, Gemma3
+from zoo.hf.gemma import Gemma, Gemma2, Gemma3
 from zoo.hf.gpt2 import GPT2
 from zoo.hf.gpt_neox import GPTNeoX
 from zoo.hf.llama import Llama
@@ -24,7 +24,7 @@ from zoo.hf.qwen3 import Qwen3
 from zoo.hf.t5 import T5
 
 #: every mapped family, in the order export tries them
-FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Gemma2(), Gemma3(), Mixtral(), DeepseekV3(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
+FAMILIES: tuple[Family, ...] = (Llama(), Mistral(), Qwen2(), Qwen3(), Olmo2(), Gemma(), Gemma2(), Gemma3(), Mixtral(), DeepseekV3(), GPT2(), Bloom(), GPTNeoX(), Falcon(), T5())
 
 
 def family_for(config: dict) -> Family:

@@ -298,19 +298,25 @@ def expect(m: DictConfig, key: str, actual, allowed: Iterable, family: str) -> N
         raise ConfigError(f"model.{key}", actual, f"{family} needs one of {allowed}")
 
 
-def layer_kinds(m: DictConfig) -> list[str]:
-    """The kind of each of ``m.n_layers`` layers, as ``model.layers`` cycles them (``same`` without a pattern)."""
-    layers = m.get("layers")
+def layer_kinds(m: DictConfig, key: str = "layers") -> list[str]:
+    """The kind of each of ``m.n_layers`` layers, as ``model.layers`` cycles them (``same`` without a
+    pattern); ``key="decoder_layers"``: an encoder-decoder's ``m.n_decoder_layers`` decoder layers."""
+    layers = m.get(key)
     pattern = list(layers.pattern) if layers is not None else ["same"]
-    return [str(pattern[i % len(pattern)]) for i in range(int(m.n_layers))]
+    n = m.n_layers if key == "layers" else (m.get("n_decoder_layers") or m.n_layers)
+    return [str(pattern[i % len(pattern)]) for i in range(int(n))]
 
 
 def expect_uniform_layers(m: DictConfig, family: str) -> None:
-    """Refuse to export a composition whose layers differ (a ``model/layers`` pattern that overrides a slot)."""
-    layers = m.get("layers")
-    differing = sorted({k for k in layer_kinds(m) if layers is not None and layers.kinds.get(k)})
-    if differing:
-        raise ConfigError("model.layers.pattern", list(layers.pattern), f"{family} builds every layer alike: model/layers=uniform")
+    """Refuse to export a composition whose layers differ (a ``model/layers`` pattern that overrides a
+    slot), in any stack: ``model.layers``, and an encoder-decoder's ``model.decoder_layers``."""
+    for key in ("layers", "decoder_layers"):
+        layers = m.get(key)
+        if layers is None:
+            continue
+        if any(layers.kinds.get(k) for k in layer_kinds(m, key)):
+            option = "model/layers=uniform" if key == "layers" else "model.decoder_layers null (model/layers@model.decoder_layers=null)"
+            raise ConfigError(f"model.{key}.pattern", list(layers.pattern), f"{family} builds every layer alike: {option}")
 
 
 #: settings of a composition that only some families carry: a family that does not list one in

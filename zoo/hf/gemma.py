@@ -1,6 +1,11 @@
-"""Gemma 2 (Gemma Team 2024, arXiv:2408.00118) and Gemma 3 text (Gemma Team 2025, arXiv:2503.19786).
+"""Gemma (Gemma Team 2024, arXiv:2403.08295), Gemma 2 (arXiv:2408.00118) and Gemma 3 text (arXiv:2503.19786).
 
-Llama's tensor names with a different block. Composition: token embeddings times ``sqrt(dim)``
+Gemma is Llama's block and names with token embeddings times ``sqrt(dim)`` (``model.scale_embed``),
+a gated FFN by ``hidden_act`` (GeGLU with tanh GeLU; the legacy ``gelu`` of the released configs
+means the tanh form, as transformers reads it), a tied head and ``head_dim`` (256) apart from
+``hidden_size / num_attention_heads``; the 2B model has one KV head (``model/attention=mqa``).
+
+Gemma 2 and 3 keep Llama's tensor names with a different block. Composition: token embeddings times ``sqrt(dim)``
 (``model.scale_embed``); a norm before and after each sub-layer (``model/residual=sandwich``:
 ``input_layernorm``, ``post_attention_layernorm``, ``pre_feedforward_layernorm``,
 ``post_feedforward_layernorm``); a gated FFN by ``hidden_activation`` (GeGLU with tanh GeLU);
@@ -11,7 +16,7 @@ the final logits (``model.logit_softcap``). Gemma 3 normalises each head's queri
 (``model/attention=qk_norm``) and gives its local layers their own RoPE (``rope_parameters`` per
 layer type: ``model.layers.kinds.local.pos``).
 
-Gemma's RMSNorm multiplies by ``1 + weight``. Its weights are converted (``+1`` on import, ``-1`` on
+Every Gemma's RMSNorm multiplies by ``1 + weight``. Its weights are converted (``+1`` on import, ``-1`` on
 export) so zoo's RMSNorm serves: transformers computes ``1 + weight`` in float32 at every call, which
 is the very number stored, so the import is exact.
 """
@@ -47,28 +52,99 @@ def period(kinds: list[str]) -> list[str]:
     return next(kinds[:p] for p in range(1, len(kinds) + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
 
 
-class Gemma2(Llama):
-    """``Gemma2ForCausalLM``: Llama's names, four norms per layer, soft-capped scores and logits."""
+class Gemma(Llama):
+    """``GemmaForCausalLM``: Llama's names and block, ``1 + weight`` norms, scaled embeddings, a tied head."""
+
+    model_types = ("gemma",)
+    hf_class = "GemmaForCausalLM"
+    tie_default = True
+    buffers = ("inv_freq",)
+    features = frozenset({"scale_embed"})
+    #: ``hidden_activation``: transformers 4.x's key for the FFN activation (absent: tanh GeLU)
+    known_keys = (Llama.known_keys - {"mlp_bias", "pretraining_tp"}) | {"hidden_activation"}
+    #: transformers' values of the keys a config may leave out, where they differ from Llama's
+    defaults = dict(num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh", max_position_embeddings=8192)
+
+    def filled(self, c: dict) -> dict:
+        """``c`` with transformers' defaults for the keys it leaves out."""
+        return {**self.defaults, **c}
+
+    def activation(self, c: dict) -> tuple[str, str]:
+        """``(config key, activation)`` of the gated FFN.
+
+        The released Gemma configs say ``hidden_act: gelu`` yet mean the tanh approximation: transformers
+        5 reads ``gelu`` as ``gelu_pytorch_tanh``, and 4.x read ``hidden_activation`` instead (tanh when
+        absent). Both readings agree on every released config; a config on which they differ is refused.
+        """
+        act = c["hidden_act"]
+        act = "gelu_pytorch_tanh" if act == "gelu" else act
+        old = c.get("hidden_activation") or "gelu_pytorch_tanh"
+        if old != act:
+            raise ConfigError(
+                "hf_config.hidden_activation", c.get("hidden_activation"),
+                f"the same activation as hidden_act={c['hidden_act']!r} (transformers 4.x read one, 5.x the other)",
+            )  # fmt: skip
+        return "hidden_act", act
+
+    # -- import -----------------------------------------------------------------------------------
+
+    def overrides(self, c: dict) -> list[str]:
+        return [*super().overrides(self.filled(c)), "model.scale_embed=true"]
+
+    def sizes(self, c: dict) -> tuple[int, int, int]:
+        c = self.filled(c)
+        return c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+
+    def biases(self, c: dict) -> tuple[bool, bool, bool]:
+        bias = bool(c.get("attention_bias", False))
+        return bias, bias, False
+
+    def ffn_settings(self, c: dict, *, bias: bool) -> list[str]:
+        key, act = self.activation(self.filled(c))
+        return ffn_overrides(key, act, gated=True, hidden_dim=c["intermediate_size"], bias=bias)
+
+    def rules(self, c: dict) -> list[Rule]:
+        return [unit_offset(r) if r.hf[0].endswith("norm.weight") else r for r in super().rules(self.filled(c))]
+
+    # -- export -----------------------------------------------------------------------------------
+
+    def export_config(self, m: DictConfig) -> dict:
+        expect(m, "scale_embed", bool(m.get("scale_embed", False)), [True], self.hf_class)
+        return super().export_config(m)
+
+    def export_ffn(self, m: DictConfig) -> dict:
+        act = glu_act(m.ffn, self.hf_class)
+        if act == "gelu":  # transformers reads it as the tanh approximation
+            raise ConfigError("model.ffn.approximate", m.ffn.get("approximate", "none"), f"{self.hf_class}'s GeGLU is tanh: model.ffn.approximate=tanh")
+        return {"hidden_act": act, "intermediate_size": super().export_ffn(m)["intermediate_size"]}
+
+    def export_biases(self, m: DictConfig) -> dict:
+        bias = bool(m.attention.get("bias", False))
+        expect(m, "attention.qkv_bias", m.attention.get("qkv_bias"), [None, bias], self.hf_class)
+        expect(m, "ffn.bias", bool(m.ffn.get("bias", False)), [False], self.hf_class)
+        return {"attention_bias": bias}
+
+
+class Gemma2(Gemma):
+    """``Gemma2ForCausalLM``: Gemma's names, four norms per layer, soft-capped scores and logits."""
 
     model_types = ("gemma2",)
     hf_class = "Gemma2ForCausalLM"
-    tie_default = True
-    buffers = ("inv_freq",)
     residual = ("sandwich", "zoo.residual.SandwichNorm")
     block_norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
     features = frozenset({"scale_embed", "logit_softcap", "attention.softcap"})
-    known_keys = (Llama.known_keys - {"mlp_bias", "pretraining_tp"}) | {
-        "hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types", "final_logit_softcapping",
+    known_keys = Gemma.known_keys | {
+        "query_pre_attn_scalar", "sliding_window", "layer_types", "final_logit_softcapping",
         "attn_logit_softcapping", "cache_implementation",
     }  # fmt: skip
-    #: transformers' values of the keys a config may leave out, where they differ from Llama's
+    #: transformers' values of the keys a config may leave out, where they differ from Llama's (not Gemma's)
     defaults = dict(
         num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
         query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
     )  # fmt: skip
-    def filled(self, c: dict) -> dict:
-        """``c`` with transformers' defaults for the keys it leaves out."""
-        return {**self.defaults, **c}
+
+    def activation(self, c: dict) -> tuple[str, str]:
+        return "hidden_activation", c["hidden_activation"]
 
     def period(self, c: dict) -> int:
         """Every this many layers, one is global, when ``layer_types`` is absent."""
@@ -99,7 +175,6 @@ class Gemma2(Llama):
         final_cap = c["final_logit_softcapping"]
         return [
             *super().overrides(c),
-            "model.scale_embed=true",
             # transformers scales by scalar ** -0.5, with the same float arithmetic
             f"model.attention.scale={fmt(None if scalar == head_dim else scalar**-0.5)}",
             f"model.attention.softcap={fmt(self.score_cap(c))}",
@@ -150,27 +225,12 @@ class Gemma2(Llama):
             out += local_rope
         return out
 
-    def biases(self, c: dict) -> tuple[bool, bool, bool]:
-        bias = bool(c.get("attention_bias", False))
-        return bias, bias, False
-
-    def ffn_settings(self, c: dict, *, bias: bool) -> list[str]:
-        return ffn_overrides("hidden_activation", c["hidden_activation"], gated=True, hidden_dim=c["intermediate_size"], bias=bias)
-
-    def sizes(self, c: dict) -> tuple[int, int, int]:
-        c = self.filled(c)
-        return c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-
-    def rules(self, c: dict) -> list[Rule]:
-        return [unit_offset(r) if r.hf[0].endswith("norm.weight") else r for r in super().rules(self.filled(c))]
-
     # -- export -----------------------------------------------------------------------------------
 
     #: the slots a kind of layer may override, and how
     kind_slots: frozenset[str] = frozenset({"attention"})
 
     def export_config(self, m: DictConfig) -> dict:
-        expect(m, "scale_embed", bool(m.get("scale_embed", False)), [True], self.hf_class)
         cap = m.get("logit_softcap")
         return {**super().export_config(m), "final_logit_softcapping": None if cap is None else float(cap), **self.export_score_cap(m)}
 
@@ -187,13 +247,7 @@ class Gemma2(Llama):
         return {"query_pre_attn_scalar": scalar}
 
     def export_ffn(self, m: DictConfig) -> dict:
-        return {"hidden_activation": glu_act(m.ffn, self.hf_class), "intermediate_size": super().export_ffn(m)["intermediate_size"]}
-
-    def export_biases(self, m: DictConfig) -> dict:
-        bias = bool(m.attention.get("bias", False))
-        expect(m, "attention.qkv_bias", m.attention.get("qkv_bias"), [None, bias], self.hf_class)
-        expect(m, "ffn.bias", bool(m.ffn.get("bias", False)), [False], self.hf_class)
-        return {"attention_bias": bias}
+        return {"hidden_activation": glu_act(m.ffn, self.hf_class), "intermediate_size": Llama.export_ffn(self, m)["intermediate_size"]}
 
     def export_window(self, m: DictConfig) -> dict:
         return {}  # per layer: export_layers
