@@ -1,0 +1,163 @@
+"""GLM's autoregressive blank infilling for the prefix decoder (``objective=blank_infilling``).
+
+Du et al. 2022, arXiv:2103.10360, sections 2.1-2.2. Spans of each row are blanked out of the text; the
+corrupted text (Part A) is the prefix decoder's bidirectional prefix, and the spans follow it (Part B),
+in random order, each written left to right after a start sentinel. Part B reads all of Part A and the
+spans written before it, which is the prefix decoder's own mask with Part A as the prefix.
+"""
+
+import torch
+from torch.nn import functional as F
+
+from zoo.data.packing import Batch
+from zoo.errors import ConfigError
+from zoo.objectives.base import Metrics, Objective, add_aux_loss, masked_cross_entropy
+
+
+def span_lengths(n_masked: int, *, mean_span_length: float, generator: torch.Generator) -> torch.Tensor:
+    """Span lengths ``(s,)`` summing to ``n_masked``: Poisson(``mean_span_length``) draws, zeros redrawn,
+    until ``n_masked`` tokens are covered (the last span cut to fit), then shuffled, so the cut one
+    falls anywhere."""
+    drawn: list[int] = []
+    total = 0
+    while total < n_masked:
+        draws = torch.poisson(torch.full((max(n_masked // 2, 4),), float(mean_span_length)), generator=generator).long()
+        for length in draws[draws > 0].tolist():
+            drawn.append(min(length, n_masked - total))
+            total += drawn[-1]
+            if total == n_masked:
+                break
+    lengths = torch.tensor(drawn, dtype=torch.long)
+    return lengths[torch.randperm(len(lengths), generator=generator)]
+
+
+def place_spans(length: int, lengths: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Start index ``(s,)`` of each span of ``lengths (s,)`` in a row of ``length`` tokens, in order,
+    with at least one kept token between two spans (so each ``[MASK]`` stands for one whole span).
+
+    The kept tokens not needed as separators are spread over the ``s + 1`` gaps (before, between and
+    after the spans) by ``s`` sorted uniform cut points.
+    """
+    n_spans = len(lengths)
+    free = length - int(lengths.sum()) - (n_spans - 1)
+    if free < 0:
+        raise ValueError(f"{n_spans} spans of {int(lengths.sum())} tokens with a token between each do not fit in {length} tokens")
+    cuts = torch.randint(0, free + 1, (n_spans,), generator=generator).sort().values
+    # span i starts after the free tokens before it, the spans before it and one separator per span before it
+    before = torch.cumsum(lengths, 0) - lengths
+    return cuts + before + torch.arange(n_spans)
+
+
+class BlankInfillingObjective(Objective):
+    """GLM's autoregressive blank infilling (arXiv:2103.10360): fill each blanked span, left to right.
+
+    In each row of ``tokens[:, :-1]`` (``L`` tokens; the batch's last column, ``loss_mask`` and
+    ``segment_ids`` do not apply, the whole row is the text), spans of Poisson(``mean_span_length``)
+    lengths are drawn until ``round(mask_ratio * L)`` tokens are covered (at least one), and placed
+    apart. The model's input is then, per row:
+
+    - Part A: the text with each span replaced by one ``<mask>``; the bidirectional prefix
+      (``prefix_len`` = its length); 2D positions ``(index in Part A, 0)``; no loss.
+    - Part B: the spans in a random order, each as ``[S] x_1 .. x_l`` with targets ``x_1 .. x_l [E]``;
+      2D positions ``(index of the span's <mask> in Part A, 1 .. l + 1)``; loss on every token.
+    - right padding (``<pad>``, position ``(0, 0)``, no loss) to the batch's longest row: it comes after
+      every real token, so the causal part of the mask keeps it unread.
+
+    A row grows from ``L`` to ``L + 2 * spans`` tokens (about ``1.1 L`` at the paper's 15 % and mean
+    length 3), and the row lengths differ, so a batch's length varies from step to step.
+    ``[S]`` and ``[E]`` are the tokenizer's first two sentinels (``<extra_id_0>``, ``<extra_id_1>``;
+    T5's span corruption takes its sentinels from the same place), never in the text.
+    The model must take 2D positions (``model/pos=learned_2d`` or ``rope_2d``).
+
+    Args:
+        mask_ratio: share of each row's tokens blanked out, in ``(0, 0.5]`` (GLM's base setting: 0.15);
+            at most half, so that spans with a token between them always fit.
+        mean_span_length: the Poisson rate of the span lengths (GLM: 3), ``> 0``.
+        tokenizer: the run's tokenizer (``<mask>``, ``<pad>`` and sentinel ids); required.
+        seed: as :class:`~zoo.objectives.base.Objective`.
+    """
+
+    name = "blank_infilling"
+    compatible_archs = ("prefix",)
+
+    def __init__(self, *, mask_ratio: float = 0.15, mean_span_length: float = 3.0, tokenizer=None, seed: int = 0) -> None:
+        super().__init__(tokenizer=tokenizer, seed=seed)
+        if not 0 < mask_ratio <= 0.5:
+            raise ConfigError("objective.mask_ratio", mask_ratio, "in (0, 0.5] (GLM: 0.15): spans need kept tokens between them")
+        if not mean_span_length > 0:
+            raise ConfigError("objective.mean_span_length", mean_span_length, "> 0, the Poisson rate of the span lengths (GLM: 3)")
+        self.mask_ratio, self.mean_span_length = float(mask_ratio), float(mean_span_length)
+
+    @classmethod
+    def check(cls, model) -> None:
+        """Refuse a model other than a prefix decoder, or one whose position scheme takes no 2D positions."""
+        super().check(model)
+        model.check_2d_positions()
+
+    def sentinels(self) -> tuple[int, int, int, int]:
+        """``(<mask>, [S], [E], <pad>)`` ids."""
+        tok = self._needs_tokenizer()
+        if len(tok.sentinel_ids) < 2:
+            raise ConfigError("tokenizer.n_sentinels", len(tok.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
+        return tok.mask_id, tok.sentinel_ids[0], tok.sentinel_ids[1], tok.pad_id
+
+    def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``tokens (b, N)``, ``positions (b, N, 2)``, ``prefix_len (b,)``, ``targets (b, N)``, ``loss_mask (b, N)``,
+        and ``starts``, ``lengths``: each row's span starts and lengths in the text ``(s_i,)`` (lists of tensors)."""
+        mask_id, start_id, end_id, pad_id = self.sentinels()
+        text = batch["tokens"][:, :-1].cpu()
+        b, length = text.shape
+        n_masked = max(1, round(self.mask_ratio * length))
+        g = self.next_generator() if generator is None else generator
+        rows, all_starts, all_lengths = [], [], []
+        for row in text:
+            lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
+            starts = place_spans(length, lengths, generator=g)
+            rows.append(self._row(row, starts, lengths, generator=g, ids=(mask_id, start_id, end_id, pad_id)))
+            all_starts.append(starts)
+            all_lengths.append(lengths)
+        width = max(len(r[0]) for r in rows)
+        pad = lambda t, value: F.pad(t, (0, 0, 0, width - len(t)) if t.dim() == 2 else (0, width - len(t)), value=value)  # noqa: E731
+        device = batch["tokens"].device
+        return {
+            "tokens": torch.stack([pad(r[0], pad_id) for r in rows]).to(device),
+            "positions": torch.stack([pad(r[1], 0) for r in rows]).to(device),
+            "targets": torch.stack([pad(r[2], pad_id) for r in rows]).to(device),
+            "loss_mask": torch.stack([pad(r[3], False) for r in rows]).to(device),
+            "prefix_len": torch.tensor([r[4] for r in rows]).to(device),
+            "starts": all_starts,
+            "lengths": all_lengths,
+        }
+
+    @staticmethod
+    def _row(row: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, *, generator: torch.Generator, ids: tuple[int, int, int, int]):
+        """One row's ``(tokens, positions, targets, loss_mask, part A length)``, unpadded."""
+        mask_id, start_id, end_id, pad_id = ids
+        span_of = torch.zeros(len(row), dtype=torch.long)  # 1 + span index inside a span, 0 outside
+        for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+            span_of[s : s + n] = i + 1
+        first = torch.zeros(len(row), dtype=torch.bool)
+        first[starts] = True
+        keep = (span_of == 0) | first
+        part_a = torch.where(first, mask_id, row)[keep]
+        mask_at = (keep.cumsum(0) - 1)[starts]  # each span's <mask> index in Part A
+        a_len = len(part_a)
+        tokens, positions, targets = [part_a], [torch.stack([torch.arange(a_len), torch.zeros(a_len, dtype=torch.long)], -1)], [torch.full((a_len,), pad_id)]
+        for i in torch.randperm(len(starts), generator=generator).tolist():
+            span = row[starts[i] : starts[i] + lengths[i]]
+            tokens.append(torch.cat([span.new_tensor([start_id]), span]))
+            targets.append(torch.cat([span, span.new_tensor([end_id])]))
+            positions.append(torch.stack([mask_at[i].expand(len(span) + 1), torch.arange(1, len(span) + 2)], -1))
+        tokens, targets = torch.cat(tokens), torch.cat(targets)
+        loss_mask = torch.arange(len(tokens)) >= a_len
+        return tokens, torch.cat(positions), targets, loss_mask, a_len
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        self.check(model)
+        x = self.make_inputs(batch)
+        logits = model(x["tokens"], positions=x["positions"], prefix_len=x["prefix_len"])
+        loss, metrics = masked_cross_entropy(logits, x["targets"], x["loss_mask"])
+        return add_aux_loss(model, loss, metrics), metrics
+
+    def __repr__(self) -> str:
+        return f"BlankInfillingObjective(mask_ratio={self.mask_ratio}, mean_span_length={self.mean_span_length}, seed={self.seed})"
