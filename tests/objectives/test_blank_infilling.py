@@ -184,7 +184,9 @@ def test_bad_settings_are_refused(kwargs, key):
 def test_what_it_cannot_train_is_refused_in_one_line():
     batch = {"tokens": torch.randint(0, 256, (1, 20))}
     with pytest.raises(ConfigError, match=r"^tokenizer.n_sentinels=1: >= 2"):
-        BlankInfillingObjective(tokenizer=ByteTokenizer(n_sentinels=1)).make_inputs(batch)
+        BlankInfillingObjective(tokenizer=ByteTokenizer(n_sentinels=1))
+    with pytest.raises(ConfigError, match=r"^tokenizer=None: objective=blank_infilling needs a tokenizer"):
+        BlankInfillingObjective().make_inputs(batch)
     with pytest.raises(ConfigError, match=r"^objective='blank_infilling': needs model=prefix, not model=causal"):
         BlankInfillingObjective(tokenizer=TOK)(build_tiny(["model=causal", f"model.vocab_size={TOK.vocab_size}"]), batch)
     for pos in ("rope", "learned", "alibi", "t5", "sinusoidal"):
@@ -199,3 +201,47 @@ def test_the_config_builds_it():
 
     objective = instantiate(OmegaConf.load(CONF / "blank_infilling.yaml"))(tokenizer=TOK)
     assert objective.name == "blank_infilling" and (objective.mask_ratio, objective.mean_span_length) == (0.15, 3.0)
+
+
+SMOKE = [
+    "experiment=smoke",
+    "model=prefix",
+    "objective=blank_infilling",
+    "data.corpus.sources=[pydoc]",
+    "data.corpus.max_bytes=150000",
+    "logger=none",
+    "trainer.eval_every=0",
+    "trainer.final_eval_batches=2",
+    "trainer.quiet=true",
+    "trainer.sample.max_new_tokens=4",
+]
+
+
+@pytest.mark.parametrize("pos", ["learned_2d", "rope_2d"])
+def test_zoo_train_runs_it_end_to_end_and_the_loss_falls(tmp_path, pos):
+    """``zoo-train experiment=smoke model=prefix model/pos=<2D> objective=blank_infilling``: 20 steps."""
+    from zoo.train import run
+
+    result = run([*SMOKE, f"model/pos={pos}", "trainer.max_steps=20", "optim.lr=1e-2"], out_dir=tmp_path)
+    assert result.status == "ok" and len(result.history) == 20
+    first, last = sum(result.history[:3]) / 3, sum(result.history[-3:]) / 3
+    assert last < first - 0.5, result.history
+    assert result.metrics["val_loss"] < first and "val_bpb" not in result.metrics
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model/pos=rope"], "model/pos"),
+        (["model/pos=learned_2d", "objective.mask_ratio=0.9"], "objective.mask_ratio"),
+        (["model/pos=learned_2d", "objective.mean_span_length=0"], "objective.mean_span_length"),
+        (["model/pos=learned_2d", "model=causal"], "objective"),
+        (["model/pos=learned_2d", "tokenizer.n_sentinels=1"], "tokenizer.n_sentinels"),
+    ],
+)
+def test_zoo_train_refuses_a_bad_config_in_one_line_before_training(tmp_path, overrides, key):
+    from zoo.train import run
+
+    with pytest.raises(ConfigError) as error:
+        run([*SMOKE, *overrides], out_dir=tmp_path)
+    assert str(error.value).startswith(f"{key}=") and "\n" not in str(error.value), str(error.value)

@@ -87,6 +87,8 @@ class BlankInfillingObjective(Objective):
         if not mean_span_length > 0:
             raise ConfigError("objective.mean_span_length", mean_span_length, "> 0, the Poisson rate of the span lengths (GLM: 3)")
         self.mask_ratio, self.mean_span_length = float(mask_ratio), float(mean_span_length)
+        if tokenizer is not None:
+            self.sentinels()  # a tokenizer short of sentinels fails when the run is built, not at its first step
 
     @classmethod
     def check(cls, model) -> None:
