@@ -245,3 +245,20 @@ def test_zoo_train_refuses_a_bad_config_in_one_line_before_training(tmp_path, ov
     with pytest.raises(ConfigError) as error:
         run([*SMOKE, *overrides], out_dir=tmp_path)
     assert str(error.value).startswith(f"{key}=") and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("pos", ["learned_2d", "rope_2d"])
+def test_infilling_a_span_with_a_kv_cache_equals_the_full_forward(pos):
+    """GLM's generation: read Part A and ``[S]``, then one span token at a time at its 2D position,
+    through the cache; the logits are the full forward's."""
+    model = two_d_model(pos).eval()
+    x = BlankInfillingObjective(mask_ratio=0.3, tokenizer=TOK, seed=4).make_inputs({"tokens": torch.randint(0, 256, (1, 30))})
+    a_len, end = int(x["prefix_len"][0]), int(x["loss_mask"][0].nonzero().max()) + 1
+    tokens, positions, prefix = x["tokens"][:, :end], x["positions"][:, :end], x["prefix_len"]
+    with torch.no_grad():
+        full = model(tokens, positions=positions, prefix_len=prefix)
+        cache = model.new_cache()
+        steps = [model(tokens[:, : a_len + 1], positions=positions[:, : a_len + 1], prefix_len=prefix, cache=cache)]
+        for t in range(a_len + 1, end):
+            steps.append(model(tokens[:, t : t + 1], positions=positions[:, t : t + 1], prefix_len=prefix, cache=cache))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
