@@ -6,6 +6,8 @@ in random order, each written left to right after a start sentinel. Part B reads
 spans written before it, which is the prefix decoder's own mask with Part A as the prefix.
 """
 
+from typing import NamedTuple
+
 import torch
 from torch.nn import functional as F
 
@@ -46,6 +48,52 @@ def place_spans(length: int, lengths: torch.Tensor, *, generator: torch.Generato
     # span i starts after the free tokens before it, the spans before it and one separator per span before it
     before = torch.cumsum(lengths, 0) - lengths
     return cuts + before + torch.arange(n_spans)
+
+
+class InfillingRow(NamedTuple):
+    """One row as the model reads it, unpadded: ``N = prefix_len + spans + span tokens``."""
+
+    tokens: torch.Tensor  #: (N,) Part A, then Part B
+    positions: torch.Tensor  #: (N, 2) (position id, intra-span id)
+    targets: torch.Tensor  #: (N,) ``<pad>`` in Part A
+    loss_mask: torch.Tensor  #: (N,) ``True`` in Part B
+    prefix_len: int  #: Part A's length
+
+
+def infilling_row(
+    row: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor, *, mask_id: int, start_id: int, end_id: int, pad_id: int
+) -> InfillingRow:
+    """Parts A and B of ``row (L,)`` with spans at ``starts (s,)`` of ``lengths (s,)``, Part B in ``order (s,)``.
+
+    Part A: the row with each span replaced by ``mask_id``, at ``(index, 0)``. Part B: for span ``k`` in
+    ``order``, ``start_id x_1 .. x_l`` with targets ``x_1 .. x_l end_id``, at ``(index of span k's mask, 1 .. l + 1)``.
+    """
+    blank = torch.zeros(len(row), dtype=torch.bool)
+    # every blanked index: each span's start, repeated over its length, plus the place inside it
+    blank[torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths) + torch.arange(int(lengths.sum()))] = True
+    first = torch.zeros_like(blank)
+    first[starts] = True
+    keep = ~blank | first
+    part_a = torch.where(first, mask_id, row)[keep]
+    mask_at = (keep.cumsum(0) - 1)[starts]  # each span's <mask> index in Part A
+    a_len = len(part_a)
+
+    read = lengths[order] + 1  # Part B tokens per span: [S] and the span
+    span = torch.repeat_interleave(order, read)  # the span each Part B token belongs to
+    intra = torch.arange(int(read.sum())) - torch.repeat_interleave(torch.cumsum(read, 0) - read, read)  # 0 .. l: [S], x_1 ..
+    source = starts[span] + intra - 1  # the text index of the token read (for intra >= 1)
+    b_tokens = torch.where(intra == 0, start_id, row[source.clamp(min=0)])
+    b_targets = torch.where(intra == lengths[span], end_id, row[(source + 1).clamp(max=len(row) - 1)])
+
+    a_positions = torch.stack([torch.arange(a_len), torch.zeros(a_len, dtype=torch.long)], -1)
+    b_positions = torch.stack([mask_at[span], intra + 1], -1)
+    return InfillingRow(
+        tokens=torch.cat([part_a, b_tokens]),
+        positions=torch.cat([a_positions, b_positions]),
+        targets=torch.cat([torch.full((a_len,), pad_id, dtype=row.dtype), b_targets]),
+        loss_mask=torch.arange(a_len + len(b_tokens)) >= a_len,
+        prefix_len=a_len,
+    )
 
 
 class BlankInfillingObjective(Objective):
@@ -103,56 +151,37 @@ class BlankInfillingObjective(Objective):
             raise ConfigError("tokenizer.n_sentinels", len(tok.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
         return tok.mask_id, tok.sentinel_ids[0], tok.sentinel_ids[1], tok.pad_id
 
-    def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """``tokens (b, N)``, ``positions (b, N, 2)``, ``prefix_len (b,)``, ``targets (b, N)``, ``loss_mask (b, N)``,
-        and ``starts``, ``lengths``: each row's span starts and lengths in the text ``(s_i,)`` (lists of tensors)."""
+        and ``starts``, ``lengths``: each row's span starts and lengths in the text, ``(s_i,)`` tensors in a list."""
         mask_id, start_id, end_id, pad_id = self.sentinels()
         text = batch["tokens"][:, :-1].cpu()
-        b, length = text.shape
+        length = text.shape[1]
         n_masked = max(1, round(self.mask_ratio * length))
         g = self.next_generator() if generator is None else generator
         rows, all_starts, all_lengths = [], [], []
         for row in text:
             lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
             starts = place_spans(length, lengths, generator=g)
-            rows.append(self._row(row, starts, lengths, generator=g, ids=(mask_id, start_id, end_id, pad_id)))
+            order = torch.randperm(len(lengths), generator=g)
+            rows.append(infilling_row(row, starts, lengths, order, mask_id=mask_id, start_id=start_id, end_id=end_id, pad_id=pad_id))
             all_starts.append(starts)
             all_lengths.append(lengths)
-        width = max(len(r[0]) for r in rows)
-        pad = lambda t, value: F.pad(t, (0, 0, 0, width - len(t)) if t.dim() == 2 else (0, width - len(t)), value=value)  # noqa: E731
-        device = batch["tokens"].device
+        width = max(len(r.tokens) for r in rows)
+
+        def padded(field: str, value) -> torch.Tensor:
+            tensors = [getattr(r, field) for r in rows]
+            return torch.stack([F.pad(t, (0, 0) * (t.dim() - 1) + (0, width - len(t)), value=value) for t in tensors]).to(batch["tokens"].device)
+
         return {
-            "tokens": torch.stack([pad(r[0], pad_id) for r in rows]).to(device),
-            "positions": torch.stack([pad(r[1], 0) for r in rows]).to(device),
-            "targets": torch.stack([pad(r[2], pad_id) for r in rows]).to(device),
-            "loss_mask": torch.stack([pad(r[3], False) for r in rows]).to(device),
-            "prefix_len": torch.tensor([r[4] for r in rows]).to(device),
+            "tokens": padded("tokens", pad_id),
+            "positions": padded("positions", 0),
+            "targets": padded("targets", pad_id),
+            "loss_mask": padded("loss_mask", False),
+            "prefix_len": torch.tensor([r.prefix_len for r in rows], device=batch["tokens"].device),
             "starts": all_starts,
             "lengths": all_lengths,
         }
-
-    @staticmethod
-    def _row(row: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, *, generator: torch.Generator, ids: tuple[int, int, int, int]):
-        """One row's ``(tokens, positions, targets, loss_mask, part A length)``, unpadded."""
-        mask_id, start_id, end_id, pad_id = ids
-        span_of = torch.zeros(len(row), dtype=torch.long)  # 1 + span index inside a span, 0 outside
-        for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-            span_of[s : s + n] = i + 1
-        first = torch.zeros(len(row), dtype=torch.bool)
-        first[starts] = True
-        keep = (span_of == 0) | first
-        part_a = torch.where(first, mask_id, row)[keep]
-        mask_at = (keep.cumsum(0) - 1)[starts]  # each span's <mask> index in Part A
-        a_len = len(part_a)
-        tokens, positions, targets = [part_a], [torch.stack([torch.arange(a_len), torch.zeros(a_len, dtype=torch.long)], -1)], [torch.full((a_len,), pad_id)]
-        for i in torch.randperm(len(starts), generator=generator).tolist():
-            span = row[starts[i] : starts[i] + lengths[i]]
-            tokens.append(torch.cat([span.new_tensor([start_id]), span]))
-            targets.append(torch.cat([span, span.new_tensor([end_id])]))
-            positions.append(torch.stack([mask_at[i].expand(len(span) + 1), torch.arange(1, len(span) + 2)], -1))
-        tokens, targets = torch.cat(tokens), torch.cat(targets)
-        loss_mask = torch.arange(len(tokens)) >= a_len
-        return tokens, torch.cat(positions), targets, loss_mask, a_len
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
