@@ -155,7 +155,7 @@ class BlankInfillingObjective(Objective):
         """``tokens (b, N)``, ``positions (b, N, 2)``, ``prefix_len (b,)``, ``targets (b, N)``, ``loss_mask (b, N)``,
         and ``starts``, ``lengths``: each row's span starts and lengths in the text, ``(s_i,)`` tensors in a list."""
         mask_id, start_id, end_id, pad_id = self.sentinels()
-        text = batch["tokens"][:, :-1].cpu()
+        text = batch["tokens"][:, :-1].cpu().long()
         length = text.shape[1]
         n_masked = max(1, round(self.mask_ratio * length))
         g = self.next_generator() if generator is None else generator
