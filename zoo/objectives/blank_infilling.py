@@ -151,6 +151,9 @@ class BlankInfillingObjective(Objective):
             raise ConfigError("tokenizer.n_sentinels", len(tok.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
         return tok.mask_id, tok.sentinel_ids[0], tok.sentinel_ids[1], tok.pad_id
 
+    # index work on the CPU with a loop over rows: a compiled objective (trainer.compile) would only
+    # break its graph here, so the forward and the loss compile and this runs eagerly
+    @torch.compiler.disable
     def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """``tokens (b, N)``, ``positions (b, N, 2)``, ``prefix_len (b,)``, ``targets (b, N)``, ``loss_mask (b, N)``,
         and ``starts``, ``lengths``: each row's span starts and lengths in the text, ``(s_i,)`` tensors in a list."""
