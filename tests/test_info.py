@@ -56,6 +56,8 @@ def test_every_option_has_a_summary(options):
 def test_compatibility_reads_declarations(matrix):
     assert matrix["model/residual=parallel"]["encdec"].startswith("no")
     assert matrix["model/pos=learned"]["past max_seq_len"] == "no"
+    # GLM's 2D positions (objective=blank_infilling): only the schemes that declare them
+    assert {o.split("=")[1] for o, row in matrix.items() if row.get("2D (GLM)") == "yes"} == {"learned_2d", "rope_2d"}
     assert matrix["model/pos=none"]["encoder"].startswith("no")
     assert matrix["objective=span_corruption"]["encdec"] == "yes"
     assert matrix["objective=span_corruption"]["causal"] == "no"

@@ -9,6 +9,7 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.objectives import (
+    BlankInfillingObjective,
     CausalLMObjective,
     MaskedLMObjective,
     PrefixLMObjective,
@@ -206,7 +207,7 @@ def test_mlm_loss_counts_only_selected_positions():
 
 @pytest.mark.parametrize(
     "objective, arch",
-    [(CausalLMObjective, "causal"), (PrefixLMObjective, "prefix"), (MaskedLMObjective, "encoder"), (SpanCorruptionObjective, "encdec")],
+    [(CausalLMObjective, "causal"), (PrefixLMObjective, "prefix"), (MaskedLMObjective, "encoder"), (SpanCorruptionObjective, "encdec"), (BlankInfillingObjective, "prefix")],
 )
 def test_compatibility(objective, arch):
     check_compatible(objective, arch)

@@ -115,6 +115,7 @@ def compatibility(options: list[Option]) -> dict[str, dict[str, str]]:
                 row[arch.arch] = "no: needs a causal mask"
         if opt.group == "model/pos":
             row["past max_seq_len"] = "yes" if getattr(cls, "extrapolates", True) else "no"
+            row["2D (GLM)"] = "yes" if getattr(cls, "two_dimensional", False) else "no"
         if opt.group == "model/attention":
             row["KV cache"] = getattr(cls, "cache_summary", "yes")
         rows[f"{opt.group}={opt.name}"] = row

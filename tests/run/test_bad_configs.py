@@ -51,6 +51,9 @@ BAD = [
     (["tokenizer=bpe", "tokenizer.vocab_size=100"], "tokenizer.vocab_size"),
     (["model._target_=os.system"], "model._target_"),
     (["data.corpus.max_bytes=100"], "at least one document"),
+    (["model=prefix", "objective=blank_infilling"], "model/pos"),
+    (["model=prefix", "model/pos=learned_2d", "objective=blank_infilling", "objective.mask_ratio=0.9"], "objective.mask_ratio"),
+    (["model=prefix", "model/pos=rope_2d", "objective=blank_infilling", "tokenizer.n_sentinels=1"], "tokenizer.n_sentinels"),
 ]
 
 

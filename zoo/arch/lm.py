@@ -135,6 +135,9 @@ class TransformerLM(nn.Module):
         Args:
             positions: ``(b, n)`` positions; default ``0..n-1`` after what ``cache`` holds, or with
                 ``segments`` (and :attr:`restarts_positions`) counted from each document's start.
+                Or GLM's 2D positions ``(b, n, 2)`` (position id, intra-span id; blank infilling,
+                arXiv:2103.10360): the position scheme encodes them (it must be two-dimensional), while
+                the mask and the cache read the tokens in row order, ``0..n-1`` after what ``cache`` holds.
             valid: ``(b, n)`` ``False`` at padding tokens.
             prefix_len: ``(b,)`` prefix lengths (prefix decoder only).
             cache: from :meth:`new_cache`, updated in place.
@@ -144,6 +147,12 @@ class TransformerLM(nn.Module):
         """
         if segments is not None and cache is not None:
             raise ValueError("segments (document masking of packed rows) is for training and scoring, not for a KV cache")
+        pos_ids = None
+        if positions is not None and positions.dim() == 3:
+            # 2D ids are not in reading order (a span's tokens share its [MASK]'s position id), so
+            # causality and the prefix are read from each token's index in the row
+            self.check_2d_positions()
+            pos_ids, positions = positions, None
         if positions is None and segments is not None and self.restarts_positions:
             positions = document_positions(segments)
         elif positions is None:
@@ -154,8 +163,12 @@ class TransformerLM(nn.Module):
             mask = mask.within(segments)
         x = self.embed(tokens)
         x = x if self.embed_scale is None else x * self.embed_scale
-        x = self.stack(x, positions=positions, mask=mask, cache=cache)
+        x = self.stack(x, positions=positions, mask=mask, cache=cache, pos_ids=pos_ids)
         return x if hidden else self.logit_cap(self.lm_head(x))
+
+    def check_2d_positions(self) -> None:
+        """Raise :class:`~zoo.errors.ConfigError` unless this model's position schemes take GLM's 2D positions."""
+        self.stack.check_2d_positions()
 
     def aux_loss(self) -> torch.Tensor | None:
         """The mixture-of-experts losses of the latest forward, summed over layers (``None`` without MoE)."""

@@ -124,8 +124,20 @@ class Stack(nn.Module):
         memory: torch.Tensor | None = None,
         memory_valid: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
+        pos_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.dropout(self.embed_norm(self.pos.embed(x, positions)))
+        """``x (b, n, dim)`` -> ``(b, n, dim)``.
+
+        Args:
+            positions: ``(b, n)`` or ``(1, n)``: where each token sits, which the mask rule and the cache read.
+            mask: the architecture's mask rule.
+            memory, memory_valid: the encoder's output and its padding, for cross-attention.
+            cache: one :class:`LayerCache` per block, updated in place.
+            pos_ids: what the position schemes encode when it is not ``positions``: GLM's 2D positions
+                ``(b, n, 2)`` (blank infilling), which are not in reading order; ``None``: ``positions``.
+        """
+        pos_ids = positions if pos_ids is None else pos_ids
+        x = self.dropout(self.embed_norm(self.pos.embed(x, pos_ids)))
         contexts: dict[str, Context] = {}
 
         def context(kind: str) -> Context:
@@ -133,7 +145,7 @@ class Stack(nn.Module):
                 pos = self.kind_pos[kind] if kind in self.kind_pos else self.pos
                 # RoPE's tables are computed once per scheme and forward, not once per layer
                 shared = next((c for c in contexts.values() if c.pos is pos), None)
-                rotation = shared.rotation if shared is not None else pos.rotation(positions)
+                rotation = shared.rotation if shared is not None else pos.rotation(pos_ids)
                 contexts[kind] = Context(
                     positions=positions, mask=mask, pos=pos, memory=memory, memory_valid=memory_valid, rotation=rotation
                 )
@@ -142,6 +154,15 @@ class Stack(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, context(self.pattern.kind(i)), None if cache is None else cache[i])
         return self.norm(x)
+
+    def check_2d_positions(self) -> None:
+        """Refuse, in one line, a position scheme of this stack that cannot encode GLM's 2D positions."""
+        for key, pos in (("model/pos", self.pos), *((f"model.layers.kinds.{k}.pos", p) for k, p in self.kind_pos.items())):
+            if not pos.two_dimensional:
+                raise ConfigError(
+                    key, type(pos).__name__,
+                    "encodes one position per token; GLM's 2D positions (objective=blank_infilling) need model/pos=learned_2d or rope_2d",
+                )  # fmt: skip
 
     def new_cache(self) -> list[LayerCache]:
         """An empty cache per block: rolling for sliding-window layers, the mixer's own where its

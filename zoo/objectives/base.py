@@ -61,11 +61,13 @@ class Objective:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.step = int(state["seed"]), int(state["step"])
 
-    def check(self, model) -> None:
-        """Refuse a model whose ``arch`` this objective cannot train."""
+    @classmethod
+    def check(cls, model) -> None:
+        """Refuse a model this objective cannot train (its ``arch``); the trainer also asks it of the
+        model built on the meta device, before any weight is allocated."""
         arch = getattr(model, "arch", None)
         if arch:
-            check_compatible(self, arch)
+            check_compatible(cls, arch)
 
     def prepare(self, model, *, data=None) -> None:
         """Add to ``model`` what this objective needs beyond it (a task head); called once per run,

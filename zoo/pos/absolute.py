@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from zoo.pos.base import Positions
+from zoo.pos.base import Positions, split_2d
 
 
 class LearnedPositions(Positions):
@@ -23,6 +23,31 @@ class LearnedPositions(Positions):
         if not torch.compiler.is_compiling():  # reading the largest position would split the graph
             self.check_length(int(positions.max()) + 1)
         return x + self.weight[positions]
+
+
+class Learned2DPositions(LearnedPositions):
+    """GLM's 2D positions (Du et al. 2022, arXiv:2103.10360, section 2.2): two learned tables, summed.
+
+    A token at ``(position id, intra-span id)`` adds ``weight[position id] + span_weight[intra-span id]``:
+    the corrupted text (Part A) has intra-span id 0, a token of a span being infilled (Part B) the
+    position of its span's ``[MASK]`` and its place in the span, ``1..span length + 1``, so the model
+    is not told how long a span is. Given one position per token ``(b, n)`` it reads as intra-span id
+    0 throughout: a plain learned scheme plus one constant vector.
+
+    Shapes: ``x (b, n, dim)``, ``positions (b, n, 2)`` or ``(b, n)`` -> ``(b, n, dim)``.
+    """
+
+    two_dimensional = True
+
+    def __init__(self, dim: int, *, n_heads: int, head_dim: int, max_seq_len: int, causal: bool) -> None:
+        super().__init__(dim, n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, causal=causal)
+        self.span_weight = nn.Parameter(torch.randn(max_seq_len, dim) * 0.02)
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        position, span = split_2d(positions)
+        if not torch.compiler.is_compiling():  # reading the largest position would split the graph
+            self.check_length(int(positions.max()) + 1)
+        return x + self.weight[position] + self.span_weight[span]
 
 
 class SinusoidalPositions(Positions):

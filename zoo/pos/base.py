@@ -18,7 +18,8 @@ class Positions(nn.Module):
         causal: whether the stack it serves is causal (T5's buckets differ).
 
     Positions are integer tensors ``(b, n)`` (or ``(1, n)``), so left-padded batches and KV-cache
-    decoding pass each token's true position.
+    decoding pass each token's true position. A scheme that declares :attr:`two_dimensional` also
+    takes GLM's 2D positions ``(b, n, 2)`` (:func:`split_2d`) in :meth:`embed` and :meth:`rotation`.
     """
 
     #: Longest position this scheme can encode, or ``None`` when unlimited.
@@ -27,6 +28,9 @@ class Positions(nn.Module):
     extrapolates: bool = True
     #: whether it carries order only together with a causal mask (so an encoder cannot use it)
     requires_causal: bool = False
+    #: whether it also encodes GLM's 2D positions ``(b, n, 2)``: (position id, intra-span id)
+    #: (Du et al. 2022, arXiv:2103.10360, section 2.2); one position ``(b, n)`` then means intra-span id 0
+    two_dimensional: bool = False
 
     def __init__(self, dim: int, *, n_heads: int, head_dim: int, max_seq_len: int, causal: bool) -> None:
         super().__init__()
@@ -53,6 +57,14 @@ class Positions(nn.Module):
                 f"{type(self).__name__} encodes at most {self.max_positions} positions, got position {n - 1}: "
                 "raise model.max_seq_len, or pick a relative scheme (model/pos=rope, alibi, t5, none) to extrapolate"
             )
+
+
+def split_2d(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLM's two ids of ``positions``: ``(b, n, 2)`` -> two ``(b, n)``; ``(b, n)`` -> itself and zeros
+    (a token of the corrupted text, Part A, has intra-span id 0)."""
+    if positions.dim() == 3:
+        return positions[..., 0], positions[..., 1]
+    return positions, torch.zeros_like(positions)
 
 
 class NoPositions(Positions):

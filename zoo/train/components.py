@@ -1,8 +1,9 @@
 """Everything a run trains with, built from its config: the cheap checks first, then the heavy work.
 
 Order: trainer settings, objective against architecture, data (its paths), the model on the meta
-device (its sizes, and ``trainer.seq_len`` against positions that cannot extrapolate), and only then
-the tokenizer (a BPE trains here), the real model and the loaders. A user's mistake thus surfaces as
+device (its sizes, ``trainer.seq_len`` against positions that cannot extrapolate, and what the
+objective asks of it, ``Objective.check``), and only then the tokenizer (a BPE trains here), the real
+model and the loaders. A user's mistake thus surfaces as
 one :class:`~zoo.errors.ConfigError` naming its key before any minute is spent.
 """
 
@@ -123,7 +124,8 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
         dist: this process's place in the process group.
         tokenizer: a tokenizer to use instead of building one (a resumed run's own).
     """
-    check_compatible(class_of(cfg.objective, "objective"), class_of(cfg.model, "model").arch)
+    objective_class = class_of(cfg.objective, "objective")
+    check_compatible(objective_class, class_of(cfg.model, "model").arch)
     settings.micro_batch(dist.world)
     data = build_node(cfg.data, "data")
     task_vocab = getattr(data, "vocab_size", None)
@@ -135,6 +137,7 @@ def build(cfg: DictConfig, *, settings: Settings, dist: Dist, tokenizer=None) ->
         cfg.model.vocab_size = task_vocab or OmegaConf.select(cfg, "tokenizer.vocab_size", default=None) or cfg.model.vocab_size
     probe = instantiate_model(cfg.model, device="meta")
     check_positions(probe, seq_len=probe.input_length(settings.seq_len))
+    objective_class.check(probe)  # what else the objective asks of the model (blank infilling: 2D positions)
     del probe
 
     if task_vocab is None:

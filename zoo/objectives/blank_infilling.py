@@ -1,0 +1,197 @@
+"""GLM's autoregressive blank infilling for the prefix decoder (``objective=blank_infilling``).
+
+Du et al. 2022, arXiv:2103.10360, sections 2.1-2.2. Spans of each row are blanked out of the text; the
+corrupted text (Part A) is the prefix decoder's bidirectional prefix, and the spans follow it (Part B),
+in random order, each written left to right after a start sentinel. Part B reads all of Part A and the
+spans written before it, which is the prefix decoder's own mask with Part A as the prefix.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+from zoo.data.packing import Batch
+from zoo.errors import ConfigError
+from zoo.objectives.base import Metrics, Objective, add_aux_loss, masked_cross_entropy
+
+
+def span_lengths(n_masked: int, *, mean_span_length: float, generator: torch.Generator) -> torch.Tensor:
+    """Span lengths ``(s,)`` summing to ``n_masked``: Poisson(``mean_span_length``) draws, zeros redrawn,
+    until ``n_masked`` tokens are covered (the last span cut to fit), then shuffled, so the cut one
+    falls anywhere."""
+    drawn: list[int] = []
+    total = 0
+    while total < n_masked:
+        draws = torch.poisson(torch.full((max(n_masked // 2, 4),), float(mean_span_length)), generator=generator).long()
+        for length in draws[draws > 0].tolist():
+            drawn.append(min(length, n_masked - total))
+            total += drawn[-1]
+            if total == n_masked:
+                break
+    lengths = torch.tensor(drawn, dtype=torch.long)
+    return lengths[torch.randperm(len(lengths), generator=generator)]
+
+
+def place_spans(length: int, lengths: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Start index ``(s,)`` of each span of ``lengths (s,)`` in a row of ``length`` tokens, in order,
+    with at least one kept token between two spans (so each ``[MASK]`` stands for one whole span).
+
+    The kept tokens not needed as separators are spread over the ``s + 1`` gaps (before, between and
+    after the spans) by ``s`` sorted uniform cut points.
+    """
+    n_spans = len(lengths)
+    free = length - int(lengths.sum()) - (n_spans - 1)
+    if free < 0:
+        raise ValueError(f"{n_spans} spans of {int(lengths.sum())} tokens with a token between each do not fit in {length} tokens")
+    cuts = torch.randint(0, free + 1, (n_spans,), generator=generator).sort().values
+    # span i starts after the free tokens before it, the spans before it and one separator per span before it
+    before = torch.cumsum(lengths, 0) - lengths
+    return cuts + before + torch.arange(n_spans)
+
+
+class InfillingRow(NamedTuple):
+    """One row as the model reads it, unpadded: ``N = prefix_len + spans + span tokens``."""
+
+    tokens: torch.Tensor  #: (N,) Part A, then Part B
+    positions: torch.Tensor  #: (N, 2) (position id, intra-span id)
+    targets: torch.Tensor  #: (N,) ``<pad>`` in Part A
+    loss_mask: torch.Tensor  #: (N,) ``True`` in Part B
+    prefix_len: int  #: Part A's length
+
+
+def infilling_row(
+    row: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor, *, mask_id: int, start_id: int, end_id: int, pad_id: int
+) -> InfillingRow:
+    """Parts A and B of ``row (L,)`` with spans at ``starts (s,)`` of ``lengths (s,)``, Part B in ``order (s,)``.
+
+    Part A: the row with each span replaced by ``mask_id``, at ``(index, 0)``. Part B: for span ``k`` in
+    ``order``, ``start_id x_1 .. x_l`` with targets ``x_1 .. x_l end_id``, at ``(index of span k's mask, 1 .. l + 1)``.
+    """
+    blank = torch.zeros(len(row), dtype=torch.bool)
+    # every blanked index: each span's start, repeated over its length, plus the place inside it
+    blank[torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths) + torch.arange(int(lengths.sum()))] = True
+    first = torch.zeros_like(blank)
+    first[starts] = True
+    keep = ~blank | first
+    part_a = torch.where(first, mask_id, row)[keep]
+    mask_at = (keep.cumsum(0) - 1)[starts]  # each span's <mask> index in Part A
+    a_len = len(part_a)
+
+    read = lengths[order] + 1  # Part B tokens per span: [S] and the span
+    span = torch.repeat_interleave(order, read)  # the span each Part B token belongs to
+    intra = torch.arange(int(read.sum())) - torch.repeat_interleave(torch.cumsum(read, 0) - read, read)  # 0 .. l: [S], x_1 ..
+    source = starts[span] + intra - 1  # the text index of the token read (for intra >= 1)
+    b_tokens = torch.where(intra == 0, start_id, row[source.clamp(min=0)])
+    b_targets = torch.where(intra == lengths[span], end_id, row[(source + 1).clamp(max=len(row) - 1)])
+
+    a_positions = torch.stack([torch.arange(a_len), torch.zeros(a_len, dtype=torch.long)], -1)
+    b_positions = torch.stack([mask_at[span], intra + 1], -1)
+    return InfillingRow(
+        tokens=torch.cat([part_a, b_tokens]),
+        positions=torch.cat([a_positions, b_positions]),
+        targets=torch.cat([torch.full((a_len,), pad_id, dtype=row.dtype), b_targets]),
+        loss_mask=torch.arange(a_len + len(b_tokens)) >= a_len,
+        prefix_len=a_len,
+    )
+
+
+class BlankInfillingObjective(Objective):
+    """GLM's autoregressive blank infilling (arXiv:2103.10360): fill each blanked span, left to right.
+
+    In each row of ``tokens[:, :-1]`` (``L`` tokens; the batch's last column, ``loss_mask`` and
+    ``segment_ids`` do not apply, the whole row is the text), spans of Poisson(``mean_span_length``)
+    lengths are drawn until ``round(mask_ratio * L)`` tokens are covered (at least one), and placed
+    apart. The model's input is then, per row:
+
+    - Part A: the text with each span replaced by one ``<mask>``; the bidirectional prefix
+      (``prefix_len`` = its length); 2D positions ``(index in Part A, 0)``; no loss.
+    - Part B: the spans in a random order, each as ``[S] x_1 .. x_l`` with targets ``x_1 .. x_l [E]``;
+      2D positions ``(index of the span's <mask> in Part A, 1 .. l + 1)``; loss on every token.
+    - right padding (``<pad>``, position ``(0, 0)``, no loss) to the batch's longest row: it comes after
+      every real token, so the causal part of the mask keeps it unread.
+
+    A row grows from ``L`` to ``L + 2 * spans`` tokens (about ``1.1 L`` at the paper's 15 % and mean
+    length 3), and the row lengths differ, so a batch's length varies from step to step.
+    ``[S]`` and ``[E]`` are the tokenizer's first two sentinels (``<extra_id_0>``, ``<extra_id_1>``;
+    T5's span corruption takes its sentinels from the same place), never in the text.
+    The model must take 2D positions (``model/pos=learned_2d`` or ``rope_2d``).
+
+    Args:
+        mask_ratio: share of each row's tokens blanked out, in ``(0, 0.5]`` (GLM's base setting: 0.15);
+            at most half, so that spans with a token between them always fit.
+        mean_span_length: the Poisson rate of the span lengths (GLM: 3), ``> 0``.
+        tokenizer: the run's tokenizer (``<mask>``, ``<pad>`` and sentinel ids); required.
+        seed: as :class:`~zoo.objectives.base.Objective`.
+    """
+
+    name = "blank_infilling"
+    compatible_archs = ("prefix",)
+
+    def __init__(self, *, mask_ratio: float = 0.15, mean_span_length: float = 3.0, tokenizer=None, seed: int = 0) -> None:
+        super().__init__(tokenizer=tokenizer, seed=seed)
+        if not 0 < mask_ratio <= 0.5:
+            raise ConfigError("objective.mask_ratio", mask_ratio, "in (0, 0.5] (GLM: 0.15): spans need kept tokens between them")
+        if not mean_span_length > 0:
+            raise ConfigError("objective.mean_span_length", mean_span_length, "> 0, the Poisson rate of the span lengths (GLM: 3)")
+        self.mask_ratio, self.mean_span_length = float(mask_ratio), float(mean_span_length)
+        if tokenizer is not None:
+            self.sentinels()  # a tokenizer short of sentinels fails when the run is built, not at its first step
+
+    @classmethod
+    def check(cls, model) -> None:
+        """Refuse a model other than a prefix decoder, or one whose position scheme takes no 2D positions."""
+        super().check(model)
+        model.check_2d_positions()
+
+    def sentinels(self) -> tuple[int, int, int, int]:
+        """``(<mask>, [S], [E], <pad>)`` ids."""
+        tok = self._needs_tokenizer()
+        if len(tok.sentinel_ids) < 2:
+            raise ConfigError("tokenizer.n_sentinels", len(tok.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
+        return tok.mask_id, tok.sentinel_ids[0], tok.sentinel_ids[1], tok.pad_id
+
+    # index work on the CPU with a loop over rows: a compiled objective (trainer.compile) would only
+    # break its graph here, so the forward and the loss compile and this runs eagerly
+    @torch.compiler.disable
+    def make_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """``tokens (b, N)``, ``positions (b, N, 2)``, ``prefix_len (b,)``, ``targets (b, N)``, ``loss_mask (b, N)``,
+        and ``starts``, ``lengths``: each row's span starts and lengths in the text, ``(s_i,)`` tensors in a list."""
+        mask_id, start_id, end_id, pad_id = self.sentinels()
+        text = batch["tokens"][:, :-1].cpu().long()
+        length = text.shape[1]
+        n_masked = max(1, round(self.mask_ratio * length))
+        g = self.next_generator() if generator is None else generator
+        rows, all_starts, all_lengths = [], [], []
+        for row in text:
+            lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
+            starts = place_spans(length, lengths, generator=g)
+            order = torch.randperm(len(lengths), generator=g)
+            rows.append(infilling_row(row, starts, lengths, order, mask_id=mask_id, start_id=start_id, end_id=end_id, pad_id=pad_id))
+            all_starts.append(starts)
+            all_lengths.append(lengths)
+        width = max(len(r.tokens) for r in rows)
+
+        def padded(field: str, value) -> torch.Tensor:
+            tensors = [getattr(r, field) for r in rows]
+            return torch.stack([F.pad(t, (0, 0) * (t.dim() - 1) + (0, width - len(t)), value=value) for t in tensors]).to(batch["tokens"].device)
+
+        return {
+            "tokens": padded("tokens", pad_id),
+            "positions": padded("positions", 0),
+            "targets": padded("targets", pad_id),
+            "loss_mask": padded("loss_mask", False),
+            "prefix_len": torch.tensor([r.prefix_len for r in rows], device=batch["tokens"].device),
+            "starts": all_starts,
+            "lengths": all_lengths,
+        }
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        self.check(model)
+        x = self.make_inputs(batch)
+        logits = model(x["tokens"], positions=x["positions"], prefix_len=x["prefix_len"])
+        loss, metrics = masked_cross_entropy(logits, x["targets"], x["loss_mask"])
+        return add_aux_loss(model, loss, metrics), metrics
+
+    def __repr__(self) -> str:
+        return f"BlankInfillingObjective(mask_ratio={self.mask_ratio}, mean_span_length={self.mean_span_length}, seed={self.seed})"
