@@ -89,12 +89,16 @@ def train_step(
 
 
 def training_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
-    """Training tokens/s and seconds per step (median of ``steps``); a compiled model trains with its loss compiled too."""
+    """Training tokens/s and seconds per step (median of ``steps``), and the bytes of the optimizer's state
+    after them (AdamW: two moments per trainable parameter; a frozen parameter gets no gradient and no
+    state); a compiled model trains with its loss compiled too."""
     model.train()
     work = workload(model, batch=batch, seq_len=seq_len, device=device)
-    step = train_step(model, work, adamw(model), device, compile=unwrap(model) is not model)
+    optimizer = adamw(model)
+    step = train_step(model, work, optimizer, device, compile=unwrap(model) is not model)
     times = time_calls(step, device=device, repeats=steps, warmup=warmup)
-    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times), "train_spread": spread(times)}
+    state = sum(t.nbytes for per_param in optimizer.state.values() for t in per_param.values() if isinstance(t, torch.Tensor))
+    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times), "train_spread": spread(times), "optimizer_state_bytes": state}
 
 
 def prefill_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
