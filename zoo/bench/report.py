@@ -301,7 +301,7 @@ def write_report(rows: list[dict], folder: Path, *, title: str, command: str | N
                   "the data differ). Beyond noise: p < 0.05. lr: the rate the variant trained at when screened "
                   "(grid edge: the best may lie outside the grid). runs: seeds that diverged, or whose loss still fell "
                   "steeply at the end (not converged: a longer budget may change the order). See docs/methodology.md.", ""]  # fmt: skip
-    starts = {v: describe(rs[0].get("start"), [r.get("init") for r in rs]) for v, rs in by_variant(rows).items() if any(r.get("start") for r in rs)}
+    starts = {v: describe(rs[0].get("start"), [r.get("init") for r in rs], rs[0].get("pretrain")) for v, rs in by_variant(rows).items() if any(r.get("start") for r in rs)}
     if any(not line.startswith(SCRATCH) for line in starts.values()):
         parts += ["Started from (trainer.init_from; fresh optimizer and schedule): " + "; ".join(f"{v}: {line}" for v, line in starts.items()), ""]
     budgets = {r["variant"]: r.get("budget") for r in rows if r.get("budget")}

@@ -20,7 +20,7 @@ from zoo.bench.budget import match_knob, measure
 from zoo.bench.lr import LRChoice, choose
 from zoo.arch.cost import cost_report
 from zoo.bench.settings import BenchSettings
-from zoo.bench.start import start
+from zoo.bench.start import pretrain, refuse, start
 from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
 from zoo.bench.timing import matmul_rate, pick_device
@@ -132,10 +132,14 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     device = pick_device(str(cfg.trainer.device))
     env = environment(device) | {"keep_freed_memory": kept}
     base = {"variant": variant, "choices": choices or {}, "overrides": list(overrides), "env": env}
-    base["start"] = start(
-        cfg, overrides=list(overrides), seed=s.seeds[0] if s.seeds else 0, match=s.match.by is not None,
-        mqar=s.quality and s.mqar.enabled, extrapolation=s.quality and s.extrapolation.enabled,
-    )  # fmt: skip
+    fixed = dict(match=s.match.by is not None, mqar=s.quality and s.mqar.enabled, extrapolation=s.quality and s.extrapolation.enabled)
+    if s.quality and s.pretrain.overrides:
+        refuse(cfg, **fixed)  # before the pretraining's work
+        base["pretrain"] = pretrain(
+            cfg, seeds=list(s.seeds), overrides=list(overrides), extra=list(s.pretrain.overrides), seed_offset=s.pretrain.seed_offset,
+            out_dir=out_dir / "pretrain",
+        )  # fmt: skip
+    base["start"] = start(cfg, overrides=list(overrides), seed=s.seeds[0] if s.seeds else 0, **fixed)
     base["match"] = apply_match(cfg, s, overrides=list(overrides))
     vocab_size = base["start"].get("vocab_size") or expected_vocab(cfg)
     figures = speed_figures(cfg, s, device=device, vocab_size=vocab_size)
