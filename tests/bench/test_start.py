@@ -120,3 +120,13 @@ def test_a_sweep_of_adapters_from_the_command_line(tmp_path, base, monkeypatch):
     assert [r["variant"] for r in rows] == ["adapter=none"] * 2 + ["adapter=lora"] * 2
     assert all(r["status"] == "ok" and r["init"]["from"].startswith(str(base)) for r in rows)
     assert "Started from" in (sweep / "summary.md").read_text()
+
+
+def test_a_frozen_body_on_a_task_trains_its_head_and_has_no_training_speed(tmp_path, base):
+    from zoo.bench.speed import NA_FROZEN
+
+    overrides = [*(o for o in JOB if not o.startswith("data.corpus")), f"trainer.init_from={base}", "adapter=frozen", "task=compile", "data.max_chars=32"]
+    rows = run_variant(zoo.compose(overrides, config_name="bench"), out_dir=tmp_path, variant="probe", overrides=overrides)
+    for row in rows:
+        assert row["status"] == "ok" and 0 < row["parameters_trainable"] < row["params"]  # the head alone
+        assert row["train_tokens_per_s"] == NA_FROZEN and row["optimizer_state_bytes"] == 0 and row["prefill_tokens_per_s"] > 0
