@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 
 import zoo
 from zoo.bench.report import differences_table, write_report
-from zoo.bench.run import compose_aside, run_variant
+from zoo.bench.run import run_variant
+from zoo.config import compose_aside
 
 STUDY = ["study=uptrain", "model=prefix", "objective=prefix_lm"]
 

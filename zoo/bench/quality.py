@@ -101,8 +101,7 @@ def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None =
     ``overrides``: the job's, so a run started from ``trainer.init_from`` keeps the model keys they
     name over the source's (:func:`zoo.finetune.pretrained.rebase_model`).
     """
-    from zoo.train import train
-    from zoo.train.sweep import RunInfo
+    from zoo.train import RunInfo, train
 
     run = seed_config(cfg, seed=seed, steps=steps)
     result = train(run, out_dir=out_dir, info=RunInfo(overrides=list(overrides)))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zoo.bench import quality
 from zoo.bench.budget import match_knob, measure
 from zoo.bench.lr import LRChoice, choose
+from zoo.config import compose_aside
 from zoo.arch.cost import cost_report
 from zoo.bench.settings import BenchSettings
 from zoo.bench.start import pretrain, refuse, start
@@ -25,19 +26,6 @@ from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
 from zoo.bench.timing import matmul_rate, pick_device
 from zoo.train import Settings
-
-
-def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:
-    """Compose another config while a Hydra app runs, leaving the app's global Hydra state as it was."""
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    from zoo.config import compose
-
-    backup = get_gh_backup()
-    try:
-        return compose(list(overrides), config_name=config_name)
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def expected_vocab(cfg: DictConfig) -> int:

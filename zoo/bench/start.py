@@ -80,7 +80,7 @@ def pretrain(cfg: DictConfig, *, seeds: Sequence[int], overrides: Sequence[str],
     Returns: the record for the rows: the overrides, steps and tokens of the pretraining, each seed's status.
     """
     from zoo.bench.quality import train_seed
-    from zoo.bench.run import compose_aside
+    from zoo.config import compose_aside
     from zoo.finetune.pretrained import KEY
 
     if OmegaConf.select(cfg, KEY, default=None):
