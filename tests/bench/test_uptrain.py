@@ -13,7 +13,7 @@ STUDY = ["study=uptrain", "model=prefix", "objective=prefix_lm"]
 
 
 def variant(name: str, *extra: str) -> tuple[list[str], object]:
-    overrides = [*STUDY, f"study/start_variant@_global_={name}", *extra]
+    overrides = [*STUDY, f"study/uptrain_variant@_global_={name}", *extra]
     return overrides, zoo.compose(overrides, config_name="bench")
 
 
@@ -53,7 +53,7 @@ def rows(tmp_path_factory):
 
 
 def test_each_seed_continues_its_own_causal_decoder_as_a_prefix_decoder(rows):
-    causal = [r for r in rows if r["variant"] == "start=causal"]
+    causal = [r for r in rows if r["variant"] == "uptrain=causal"]
     assert [r["status"] for r in rows] == ["ok"] * 4 and len(causal) == 2
     for row in causal:
         assert row["pretrain"]["seeds"] == {0: 100, 1: 101} and row["pretrain"]["steps"] == 3
@@ -65,11 +65,11 @@ def test_each_seed_continues_its_own_causal_decoder_as_a_prefix_decoder(rows):
 
 def test_the_report_pairs_the_variants_and_says_how_the_causal_one_started(rows, tmp_path):
     table = differences_table(rows)
-    line = next(x for x in table.splitlines() if x.startswith("| start=causal |"))
+    line = next(x for x in table.splitlines() if x.startswith("| uptrain=causal |"))
     assert "n/a (different data)" not in line  # same seeds, same batches: a paired interval
     summary = write_report(rows, tmp_path, title="uptrain")["summary"].read_text()
     started = next(x for x in summary.splitlines() if x.startswith("Started from"))
-    assert "start=scratch: scratch" in started and "start=causal: its own pretraining per seed (model=causal objective=causal_lm" in started
+    assert "uptrain=scratch: scratch" in started and "uptrain=causal: its own pretraining per seed (model=causal objective=causal_lm" in started
 
 
 def test_pretraining_with_a_source_of_its_own_is_refused(tmp_path):
