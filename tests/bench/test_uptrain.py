@@ -48,7 +48,7 @@ def rows(tmp_path_factory):
     out = []
     for name, extra in (("scratch", ["trainer.max_steps=5"]), ("causal", ["trainer.max_steps=2", "bench.pretrain.overrides=['model=causal','objective=causal_lm','trainer.max_steps=3']"])):
         overrides, cfg = variant(name, *TINY, *extra)
-        out += run_variant(cfg, out_dir=tmp_path_factory.mktemp(name), variant=f"start={name}", overrides=overrides)
+        out += run_variant(cfg, out_dir=tmp_path_factory.mktemp(name), variant=f"uptrain={name}", overrides=overrides)
     return out
 
 
