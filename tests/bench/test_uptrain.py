@@ -61,6 +61,7 @@ def test_each_seed_continues_its_own_causal_decoder_as_a_prefix_decoder(rows):
         assert "zoo.arch.CausalLM" in open(f"{row['init']['from']}/config.yaml").read()
         assert "zoo.arch.PrefixLM" in open(f"{row['checkpoint']}/config.yaml").read()
         assert row["steps"] == 2 and row["start"]["adapter"] == "FullFineTuning"
+        assert row["curve"][0][0] > row["pretrain"]["tokens"] == 3 * 4 * 32  # drawn after the pretraining's tokens
 
 
 def test_the_report_pairs_the_variants_and_says_how_the_causal_one_started(rows, tmp_path):

@@ -151,6 +151,8 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     for seed in s.seeds:
         row, model = trained[seed]
         row = {**base, **row}
+        if "pretrain" in base:  # the curve on the tokens the variant saw in all, its pretraining's first (not drawn)
+            row["curve"] = [[tokens + base["pretrain"]["tokens"], loss] for tokens, loss in row["curve"]]
         if row["status"] == "ok" and s.extrapolation.enabled:
             loaded, data, tokenizer, objective = quality.load_trained(cfg, checkpoint=row["checkpoint"], vocab_size=row["vocab_size"], model=model)
             row["extrapolation"] = quality.extrapolation(
