@@ -63,6 +63,18 @@ def compose(overrides: list[str], *, config_name: str = "config") -> DictConfig:
     raise error
 
 
+def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:
+    """:func:`compose` while a Hydra app runs (zoo-bench composing a reference or a pretraining run),
+    leaving the app's global Hydra state as it was."""
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    try:
+        return compose(list(overrides), config_name=config_name)
+    finally:
+        restore_gh_from_backup(backup)
+
+
 def _as_config_error(error: Exception, overrides: list[str]) -> ConfigError:
     """Hydra's message names the bad option and lists the allowed ones; keep it, lose the traceback."""
     message = str(error).split("Config search path")[0].strip()

@@ -14,6 +14,7 @@ validation figures and the loss curve; :mod:`zoo.bench.stats` turns seeds into m
 
 import copy
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -94,12 +95,16 @@ def data_record(run: DictConfig, *, corpus: str | None, tokenizer: str | None) -
     }  # fmt: skip
 
 
-def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None = None) -> dict:
-    """Train one seed; the final validation figures, the loss curve and where the weights are."""
-    from zoo.train import train
+def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None = None, overrides: Sequence[str] = ()) -> dict:
+    """Train one seed; the final validation figures, the loss curve and where the weights are.
+
+    ``overrides``: the job's, so a run started from ``trainer.init_from`` keeps the model keys they
+    name over the source's (:func:`zoo.finetune.pretrained.rebase_model`).
+    """
+    from zoo.train import RunInfo, train
 
     run = seed_config(cfg, seed=seed, steps=steps)
-    result = train(run, out_dir=out_dir)
+    result = train(run, out_dir=out_dir, info=RunInfo(overrides=list(overrides)))
     m = result.metrics
     tokens_per_step = int(run.trainer.batch_size) * int(run.trainer.seq_len)
     row = {
@@ -115,6 +120,8 @@ def train_seed(cfg: DictConfig, *, seed: int, out_dir: Path, steps: int | None =
         "curve": curve(result.history, tokens_per_step=tokens_per_step),
         "convergence": convergence(result.history),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "parameters_trainable": m.get("parameters_trainable"),
+        "init": m.get("init"),
         "data": data_record(run, corpus=m.get("corpus_fingerprint"), tokenizer=m.get("tokenizer")),
     }
     if result.status != "ok":

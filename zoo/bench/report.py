@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.bench.plots import all_plots, by_variant, is_number
+from zoo.bench.start import SCRATCH, describe
 from zoo.bench.stats import Difference, exceeds_noise, paired, summarize, unpaired
 from zoo.bench.timing import NOISY_SPREAD
 from zoo.run.tracking import log_table, wandb_enabled
@@ -44,6 +45,7 @@ class Column:
 
 FIXED = (
     Column("active_params", "params (active)", scale=1e-6, digits=".3g"),
+    Column("parameters_trainable", "trainable (M)", scale=1e-6, digits=".3g"),
     Column("flops_total", "MFLOP/token", scale=1e-6, digits=".3g"),
     Column("val_loss", "val loss", "min", True),
     Column("val_bpb", "bits/byte", "min", True),
@@ -52,6 +54,7 @@ FIXED = (
     Column("decode_tokens_per_s", "decode tok/s", "max", digits=",.0f"),
     Column("decode_latency_s", "decode ms/token", "min", scale=1e3, digits=".3g"),
     Column("kv_cache_bytes", "KV cache KiB", "min", scale=1 / 1024, digits=",.0f"),
+    Column("optimizer_state_bytes", "optim state MiB", "min", scale=1 / 2**20, digits=",.2f"),
     Column("peak_memory_bytes", "peak MiB", "min", scale=1 / 2**20, digits=",.0f"),
     Column("mfu_train", "MFU train", "max", scale=100, digits=".1f"),
 )
@@ -298,6 +301,9 @@ def write_report(rows: list[dict], folder: Path, *, title: str, command: str | N
                   "the data differ). Beyond noise: p < 0.05. lr: the rate the variant trained at when screened "
                   "(grid edge: the best may lie outside the grid). runs: seeds that diverged, or whose loss still fell "
                   "steeply at the end (not converged: a longer budget may change the order). See docs/methodology.md.", ""]  # fmt: skip
+    starts = {v: describe(rs[0].get("start"), [r.get("init") for r in rs], rs[0].get("pretrain")) for v, rs in by_variant(rows).items() if any(r.get("start") for r in rs)}
+    if any(not line.startswith(SCRATCH) for line in starts.values()):
+        parts += ["Started from (trainer.init_from; fresh optimizer and schedule): " + "; ".join(f"{v}: {line}" for v, line in starts.items()), ""]
     budgets = {r["variant"]: r.get("budget") for r in rows if r.get("budget")}
     matches = {r["variant"]: r.get("match") for r in rows if r.get("match")}
     if matches:

@@ -18,25 +18,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zoo.bench import quality
 from zoo.bench.budget import match_knob, measure
 from zoo.bench.lr import LRChoice, choose
+from zoo.config import compose_aside
 from zoo.arch.cost import cost_report
 from zoo.bench.settings import BenchSettings
+from zoo.bench.start import pretrain, refuse, start
 from zoo.bench.speed import measure as measure_speed
 from zoo.bench.speed import fill_batch, scaling
 from zoo.bench.timing import matmul_rate, pick_device
 from zoo.train import Settings
-
-
-def compose_aside(overrides: list[str], *, config_name: str = "bench") -> DictConfig:
-    """Compose another config while a Hydra app runs, leaving the app's global Hydra state as it was."""
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    from zoo.config import compose
-
-    backup = get_gh_backup()
-    try:
-        return compose(list(overrides), config_name=config_name)
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def expected_vocab(cfg: DictConfig) -> int:
@@ -90,6 +79,12 @@ def speed_figures(cfg: DictConfig, s: BenchSettings, *, device: torch.device, vo
     model = instantiate_model(model_cfg, device=device)
     seq_len = s.speed.seq_len or int(cfg.trainer.seq_len)
     out = cost_report(model, seq_len=seq_len)
+    if "adapter" in cfg:  # what trains decides the training step's gradients and optimizer state
+        from zoo.finetune.adapters import count_trainable
+        from zoo.train import build_node
+
+        build_node(cfg.adapter, "adapter").apply(model)
+        out["parameters_trainable"] = count_trainable(model)
     if not s.speed.enabled:
         return out
     rate = matmul_rate(device=device, size=s.speed.matmul_size)
@@ -125,8 +120,17 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     device = pick_device(str(cfg.trainer.device))
     env = environment(device) | {"keep_freed_memory": kept}
     base = {"variant": variant, "choices": choices or {}, "overrides": list(overrides), "env": env}
+    fixed = dict(match=s.match.by is not None, mqar=s.quality and s.mqar.enabled, extrapolation=s.quality and s.extrapolation.enabled)
+    if s.quality and s.pretrain.overrides:
+        refuse(cfg, **fixed)  # before the pretraining's work
+        base["pretrain"] = pretrain(
+            cfg, seeds=list(s.seeds), overrides=list(overrides), extra=list(s.pretrain.overrides), seed_offset=s.pretrain.seed_offset,
+            out_dir=out_dir / "pretrain",
+        )  # fmt: skip
+    base["start"] = start(cfg, overrides=list(overrides), seed=s.seeds[0] if s.seeds else 0, **fixed)
     base["match"] = apply_match(cfg, s, overrides=list(overrides))
-    figures = speed_figures(cfg, s, device=device, vocab_size=expected_vocab(cfg))
+    vocab_size = base["start"].get("vocab_size") or expected_vocab(cfg)
+    figures = speed_figures(cfg, s, device=device, vocab_size=vocab_size)
     tokens_per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.seq_len)
     steps = s.budget.steps(
         default_steps=int(cfg.trainer.max_steps), tokens_per_step=tokens_per_step,
@@ -137,16 +141,18 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     if not s.quality:
         return [{**base, "seed": None, "status": "ok"}]
     if s.lr.grid:
-        choice, screened = tune_lr(cfg, s, steps=steps, out_dir=out_dir / "lr")
+        choice, screened = tune_lr(cfg, s, steps=steps, out_dir=out_dir / "lr", overrides=list(overrides))
         with open_dict(cfg):
             cfg.optim.lr = choice.chosen
         base["lr"] = {"chosen": choice.chosen, "grid": list(choice.grid), "losses": list(choice.losses), "on_edge": choice.on_edge,
                       "screen_steps": s.lr.screen_steps or steps, "screen_seed": s.lr.screen_seed, "screened": screened}  # fmt: skip
     rows = []
-    trained = train_seeds(cfg, s, steps=steps, out_dir=out_dir)
+    trained = train_seeds(cfg, s, steps=steps, out_dir=out_dir, overrides=list(overrides))
     for seed in s.seeds:
         row, model = trained[seed]
         row = {**base, **row}
+        if "pretrain" in base:  # the curve on the tokens the variant saw in all, its pretraining's first (not drawn)
+            row["curve"] = [[tokens + base["pretrain"]["tokens"], loss] for tokens, loss in row["curve"]]
         if row["status"] == "ok" and s.extrapolation.enabled:
             loaded, data, tokenizer, objective = quality.load_trained(cfg, checkpoint=row["checkpoint"], vocab_size=row["vocab_size"], model=model)
             row["extrapolation"] = quality.extrapolation(
@@ -159,7 +165,7 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
     return rows
 
 
-def tune_lr(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path) -> tuple[LRChoice, str]:
+def tune_lr(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path, overrides: list[str] = ()) -> tuple[LRChoice, str]:
     """The best of ``bench.lr.grid`` for this variant (:mod:`zoo.bench.lr`) and how it was screened: the
     grid's rates trained together, stacked (:mod:`zoo.bench.seeds`), where the composition allows it,
     else one screening run per rate."""
@@ -179,13 +185,15 @@ def tune_lr(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path) -> 
             trial = copy.deepcopy(cfg)
             with open_dict(trial):
                 trial.optim.lr = lr
-            row = quality.train_seed(trial, seed=s.lr.screen_seed, out_dir=out_dir / f"lr{lr:g}", steps=screen_steps)
+            row = quality.train_seed(trial, seed=s.lr.screen_seed, out_dir=out_dir / f"lr{lr:g}", steps=screen_steps, overrides=overrides)
         return row["val_loss"] if row["status"] == "ok" else None
 
     return choose(grid, loss_of), "stacked" if why_not is None else f"alone ({why_not})"
 
 
-def train_seeds(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path) -> dict[int, tuple[dict, torch.nn.Module | None]]:
+def train_seeds(
+    cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path, overrides: list[str] = ()
+) -> dict[int, tuple[dict, torch.nn.Module | None]]:
     """Each seed's result row and, when trained stacked, its model: the seeds stacked under ``vmap``
     (:mod:`zoo.bench.seeds`) where ``bench.stack_seeds`` is on and the composition allows it, else one
     seed at a time through the training loop (the row then points to its checkpoint)."""
@@ -197,7 +205,7 @@ def train_seeds(cfg: DictConfig, s: BenchSettings, *, steps: int, out_dir: Path)
         return {row["seed"]: (row, model) for row, model in zip(rows, models, strict=True)}
     out = {}
     for seed in s.seeds:
-        row = quality.train_seed(cfg, seed=seed, out_dir=out_dir / f"seed{seed}", steps=steps)
+        row = quality.train_seed(cfg, seed=seed, out_dir=out_dir / f"seed{seed}", steps=steps, overrides=overrides)
         out[seed] = ({**row, "trained": f"alone ({why_not})" if s.stack_seeds else "alone"}, None)
     return out
 

@@ -108,6 +108,22 @@ class LRSettings:
 
 
 @dataclass(frozen=True)
+class PretrainSettings:
+    """A pretraining stage before each seed's run (:func:`zoo.bench.start.pretrain`): U-PaLM's recipe,
+    a causal decoder continued as a prefix decoder (arXiv:2210.11399), benchmarked in one job.
+
+    Args:
+        overrides: the overrides that turn the job's composition into the pretraining run's, e.g.
+            ``[model=causal, objective=causal_lm, trainer.max_steps=600]``; empty: no pretraining.
+        seed_offset: seed ``s`` pretrains under seed ``s + seed_offset``: its own initial weights and batch
+            order, so the run that continues it does not begin on the batches it was pretrained on.
+    """
+
+    overrides: tuple[str, ...] = ()
+    seed_offset: int = 100
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     """Everything ``bench.*`` sets.
 
@@ -120,6 +136,7 @@ class BenchSettings:
         expectation: the published finding a study reproduces, printed with its report.
         stack_seeds: train the seeds of a variant together, stacked under ``vmap`` (:mod:`zoo.bench.seeds`),
             where the composition allows it; off: one seed at a time through the training loop.
+        pretrain: a pretraining run per seed whose weights the seed's run starts from (``trainer.init_from``).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -133,6 +150,7 @@ class BenchSettings:
     peers: dict | None = None
     expectation: str | None = None
     stack_seeds: bool = True
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
     def __post_init__(self) -> None:
         if self.quality and not self.seeds:

@@ -18,6 +18,7 @@ from zoo.arch.session import position_limit
 from zoo.bench.timing import autocast, median, peak_memory, reset_peak_memory, spread, synchronize, time_calls
 
 NA_LENGTH = "n/a (max length)"
+NA_FROZEN = "n/a (frozen body: only a task head trains)"
 
 
 @dataclass
@@ -89,12 +90,16 @@ def train_step(
 
 
 def training_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
-    """Training tokens/s and seconds per step (median of ``steps``); a compiled model trains with its loss compiled too."""
+    """Training tokens/s and seconds per step (median of ``steps``), and the bytes of the optimizer's state
+    after them (AdamW: two moments per trainable parameter; a frozen parameter gets no gradient and no
+    state); a compiled model trains with its loss compiled too."""
     model.train()
     work = workload(model, batch=batch, seq_len=seq_len, device=device)
-    step = train_step(model, work, adamw(model), device, compile=unwrap(model) is not model)
+    optimizer = adamw(model)
+    step = train_step(model, work, optimizer, device, compile=unwrap(model) is not model)
     times = time_calls(step, device=device, repeats=steps, warmup=warmup)
-    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times), "train_spread": spread(times)}
+    state = sum(t.nbytes for per_param in optimizer.state.values() for t in per_param.values() if isinstance(t, torch.Tensor))
+    return {"train_tokens_per_s": work.tokens / median(times), "train_step_s": median(times), "train_spread": spread(times), "optimizer_state_bytes": state}
 
 
 def prefill_speed(model: nn.Module, *, batch: int, seq_len: int, device: torch.device, steps: int, warmup: int) -> dict:
@@ -182,12 +187,15 @@ def measure(
     """Every speed figure of one model, with MFU against ``matmul_flops`` (FLOP/s of the device)."""
     reset_peak_memory(device)
     out = {"batch": batch, "seq_len": seq_len}
-    out |= training_speed(model, batch=batch, seq_len=seq_len, device=device, steps=steps, warmup=warmup)
+    if any(p.requires_grad for p in model.parameters()):
+        out |= training_speed(model, batch=batch, seq_len=seq_len, device=device, steps=steps, warmup=warmup)
+    else:  # a frozen body (adapter=frozen): only a task head, added by the objective when training, trains
+        out |= {"train_tokens_per_s": NA_FROZEN, "train_step_s": NA_FROZEN, "optimizer_state_bytes": 0}
     out.update(prefill_speed(model, batch=batch, seq_len=seq_len, device=device, steps=steps, warmup=warmup))
     out["peak_memory_bytes"] = peak_memory(device)
     out.update(decode_speed(model, batch=decode_batch, prompt_len=prompt_len, new_tokens=new_tokens, device=device, repeats=max(1, steps // 2)))
     flops = unwrap(model).flops(seq_len=seq_len).per_token()["total"]
-    out["mfu_train"] = 3 * flops * out["train_tokens_per_s"] / matmul_flops
+    out["mfu_train"] = 3 * flops * out["train_tokens_per_s"] / matmul_flops if out["train_tokens_per_s"] != NA_FROZEN else NA_FROZEN
     out["mfu_prefill"] = flops * out["prefill_tokens_per_s"] / matmul_flops
     return out
 
@@ -207,7 +215,8 @@ def scaling(
             continue
         batch = max(1, tokens_per_batch // n)
         row = {"seq_len": n}
-        row.update(training_speed(model, batch=batch, seq_len=n, device=device, steps=steps, warmup=warmup))
+        trains = any(p.requires_grad for p in model.parameters())
+        row.update(training_speed(model, batch=batch, seq_len=n, device=device, steps=steps, warmup=warmup) if trains else {"train_tokens_per_s": NA_FROZEN})
         row.update(prefill_speed(model, batch=batch, seq_len=n, device=device, steps=steps, warmup=warmup))
         rows.append(row)
     return rows

@@ -44,6 +44,7 @@ _LAZY = {
     "forever": "zoo.train.loop",  # a loader's batches, epoch after epoch
     "param_groups": "zoo.train.optim",  # the decayed and the exempt parameters
     "fused_by_default": "zoo.train.optim",  # whether torch has a fused AdamW for a model's device
+    "RunInfo": "zoo.train.sweep",  # who a run is: name, group, overrides (trainer.init_from keeps their model keys)
 }
 
 
