@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -173,6 +174,11 @@ def train(cfg: DictConfig, *, out_dir: str | Path, info: RunInfo | None = None) 
     finally:
         held.close()
         if not joined:
+            # nothing may hold the DDP wrapper when the group goes (see teardown): not this frame, nor, on
+            # the way out of an error, the finished frames its traceback keeps
+            wrapper = loop = None
+            if sys.exc_info()[2] is not None:
+                traceback.clear_frames(sys.exc_info()[2])
             teardown()
 
 
