@@ -13,9 +13,21 @@ SMALL = [
 ]  # fmt: skip  (a tight clip, so per-seed clipping is exercised)
 
 
-@pytest.mark.parametrize("option", ["model/ffn=gelu", "model/ffn=swiglu", "model/pos=t5"])  # t5: a learned score bias under vmap
-def test_stacked_seeds_match_separate_runs(tmp_path, option):
-    cfg = zoo.compose([*SMALL, option])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["model/ffn=gelu"], ["model/ffn=swiglu"],
+        ["model/pos=t5"],  # a learned score bias under vmap
+        # short documents: rows cross boundaries, whose attention and targets are masked, and the positions
+        # restart at each (learned positions read them under vmap)
+        ["data.corpus.sources=[pydoc]", "model/pos=learned"],
+        # a task (MQAR): the loss only on the answers
+        ["data=mqar", "data.n_pairs=4", "data.vocab_size=32"],
+    ],
+)  # fmt: skip
+def test_stacked_seeds_match_separate_runs(tmp_path, options):
+    text = [o for o in SMALL if not o.startswith(("tokenizer", "data."))] if "data=mqar" in options else SMALL
+    cfg = zoo.compose([*text, *options])
     assert applies(cfg) is None
     rows, models = train_together(cfg, seeds=[0, 1])
     for row in rows:

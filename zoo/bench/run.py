@@ -148,6 +148,7 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
                       "screen_steps": s.lr.screen_steps or steps, "screen_seed": s.lr.screen_seed, "screened": screened}  # fmt: skip
     rows = []
     trained = train_seeds(cfg, s, steps=steps, out_dir=out_dir, overrides=list(overrides))
+    recall = mqar(cfg, s, overrides=list(overrides), out_dir=out_dir / "mqar") if s.mqar.enabled else {}
     for seed in s.seeds:
         row, model = trained[seed]
         row = {**base, **row}
@@ -160,7 +161,7 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
                 factors=list(s.extrapolation.factors), eval_tokens=s.extrapolation.eval_tokens,
             )  # fmt: skip
         if s.mqar.enabled:
-            row["mqar"] = mqar(cfg, s, seed=seed, overrides=list(overrides), out_dir=out_dir / f"seed{seed}" / "mqar")
+            row["mqar"] = recall[seed]
         rows.append(row)
     return rows
 
@@ -210,13 +211,16 @@ def train_seeds(
     return out
 
 
-def mqar(cfg: DictConfig, s: BenchSettings, *, seed: int, overrides: list[str], out_dir: Path) -> dict:
-    """Recall (validation accuracy on the queried values) per ``[seq_len, n_pairs]`` case."""
-    out = {}
+def mqar(cfg: DictConfig, s: BenchSettings, *, overrides: list[str], out_dir: Path) -> dict[int, dict]:
+    """Each seed's recall (validation accuracy on the queried values) per ``[seq_len, n_pairs]`` case:
+    ``{seed: {"n64_p4": recall, ...}}``; a case's seeds train stacked as the text's do."""
+    out: dict[int, dict] = {seed: {} for seed in s.seeds}
     for seq_len, n_pairs in s.mqar.cases:
         case = mqar_case(cfg, s, overrides=overrides, seq_len=seq_len, n_pairs=n_pairs)
-        row = quality.train_seed(case, seed=seed, out_dir=out_dir / f"n{seq_len}_p{n_pairs}", steps=s.mqar.steps)
-        out[f"n{seq_len}_p{n_pairs}"] = row["val_accuracy"] if row["status"] == "ok" else row["status"]
+        name = f"n{seq_len}_p{n_pairs}"
+        trained = train_seeds(case, s, steps=s.mqar.steps or int(case.trainer.max_steps), out_dir=out_dir / name)
+        for seed, (row, _) in trained.items():
+            out[seed][name] = row["val_accuracy"] if row["status"] == "ok" else row["status"]
     return out
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from zoo.bench.quality import convergence, curve, data_record, per_batch_eval, seed_config
+from zoo.objectives.base import documents, masked_cross_entropy
 
 
 def applies(cfg: DictConfig) -> str | None:
@@ -154,9 +155,14 @@ def train_together(
     stacked = list(params.values())
     streams = [forever(r.parts.train_loader) for r in runs]
 
-    def seed_loss(p: dict, b: dict, tokens: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(base, (p, b), (tokens[:, :-1],))
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    objective = first.parts.make_objective()
+
+    def seed_loss(p: dict, b: dict, batch: dict) -> torch.Tensor:
+        # the objective's own inputs: a packed row's documents attend only within themselves, and the
+        # loss keeps only what its loss_mask keeps (no target across a boundary; a task's answers)
+        x = objective.make_inputs(batch)
+        logits = functional_call(base, (p, b), (x["tokens"],), documents(x))
+        return masked_cross_entropy(logits, x["targets"], x["loss_mask"])[0]
 
     batched_loss = vmap(seed_loss, in_dims=(0, 0, 0))
     # SDPA has no vmap rule on CPU yet: torch loops over the seeds for that one operator (measured, in
@@ -166,8 +172,8 @@ def train_together(
     status = ["ok"] * len(seeds)
     t0 = time.perf_counter()
     for step in range(settings.max_steps):
-        tokens = torch.stack([next(s)["tokens"] for s in streams])
-        losses = batched_loss(params, buffers, tokens)
+        batches = [next(s) for s in streams]
+        losses = batched_loss(params, buffers, {k: torch.stack([b[k] for b in batches]) for k in batches[0]})
         losses.sum().backward()  # seeds share no parameter: the sum's gradient is each seed's own
         norms = clip_per_seed([p.grad for p in stacked], optim.grad_clip)
         values = losses.detach().tolist()

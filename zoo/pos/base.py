@@ -59,6 +59,13 @@ class Positions(nn.Module):
             )
 
 
+def can_read(positions: torch.Tensor) -> bool:
+    """Whether the values of ``positions`` may be read into Python (to check them against a table): not
+    while compiling (reading would split the graph), nor under ``vmap`` (stacked seeds with their own
+    packed rows: a batched tensor holds one value per member)."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_batchedtensor(positions)
+
+
 def split_2d(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GLM's two ids of ``positions``: ``(b, n, 2)`` -> two ``(b, n)``; ``(b, n)`` -> itself and zeros
     (a token of the corrupted text, Part A, has intra-span id 0)."""
