@@ -7,7 +7,7 @@ Hydra, safetensors and the tokenizers are imported only when the command runs.
     zoo-generate checkpoint=outputs/target prompt_file=prompt.py
     zoo-generate checkpoint=outputs/target draft.checkpoint=outputs/draft     # speculative
     zoo-generate model.n_layers=6 'draft.overrides="model.n_layers=1 model/attention=mqa"'  # random weights: a smoke test
-    zoo-generate checkpoint=outputs/glm 'prompt="def add(a, b):\n    return <mask>\n"'  # GLM: fill the blank
+    zoo-generate checkpoint=outputs/glm 'prompt="x = f(a, <mask>) + 1"'          # GLM: fill the blank
 
 A prompt is any text: Hydra parses what follows ``prompt=``, so text with parentheses, quotes, ``=``
 or spaces goes in double quotes inside the shell's single quotes (``'prompt="f(a=1)"'``; a ``"``
