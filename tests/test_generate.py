@@ -127,3 +127,65 @@ def test_zoo_generate_console_script(monkeypatch, capsys):
         main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "encoder-only" in err and "Traceback" not in err
+
+
+# -- GLM blank infilling: a prompt with a blank <mask> in it
+
+GLM_TRAIN = [
+    "experiment=smoke", "model=prefix", "model/pos=learned_2d", "objective=blank_infilling", "data.corpus.sources=[pydoc]",
+    "data.corpus.max_bytes=60000", "logger=none", "trainer.max_steps=4", "trainer.eval_every=0", "trainer.final_eval_batches=1",
+    "trainer.quiet=true", "trainer.sample.max_new_tokens=0",
+]  # fmt: skip
+
+
+def test_zoo_generate_fills_the_blank_of_a_glm_checkpoint(tmp_path, monkeypatch, capsys):
+    """A GLM run trained a few steps, then ``zoo-generate checkpoint=<run> 'prompt="...<mask>..."'``: the
+    text around the blank is printed with the span the model writes, the one the library writes."""
+    from zoo.generate import load_checkpoint, main
+    from zoo.generation import fill, generate
+    from zoo.objectives.blank_infilling import infilling_sentinels
+    from zoo.train import run as train
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    assert train(GLM_TRAIN, out_dir=tmp_path / "glm").status == "ok"
+    before, after = "f(a, b) = ", " + b\n"
+    monkeypatch.setattr(sys, "argv", ["zoo-generate", f"checkpoint={tmp_path / 'glm'}", f"prompt_file={tmp_path / 'prompt.py'}", "max_new_tokens=6"])
+    (tmp_path / "prompt.py").write_text(before + "<mask>" + after, encoding="utf-8")
+    main()
+    printed = capsys.readouterr().out
+
+    model, tok = load_checkpoint(tmp_path / "glm", device=torch.device("cpu"))
+    blank, start, end, pad = infilling_sentinels(tok)
+    prompt = [*tok.encode(before), blank, *tok.encode(after)]
+    span = generate(model, [prompt], max_new_tokens=6, blank_id=blank, start_id=start, eos_id=end, pad_id=pad).tokens[0]
+    assert printed.startswith(tok.decode(fill(prompt, span, blank_id=blank, end_id=end)) + "\n[") and "tokens/s" in printed
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["infill=true", "prompt=abc"], r"^infill=True: a prompt holding the blank to fill, written <mask>"),
+        (['prompt="a<mask>b<mask>"'], r"^prompt='2 blanks <mask>': one blank to fill per prompt"),
+        (["infill=sometimes", 'prompt="a<mask>"'], r"^infill='sometimes': true .*, false .* or null"),
+        (['prompt="a<mask>"', "chat=true"], r"^chat=True: false when filling a blank"),
+        (['prompt="a<mask>"', "compiled=true"], r"^compiled=True: false or null when filling a blank"),
+    ],
+)
+def test_cli_refuses_a_blank_it_cannot_fill_before_building_anything(monkeypatch, overrides, message):
+    from zoo import generate as cli
+
+    monkeypatch.setattr(cli, "build_models", lambda *a, **k: pytest.fail("built a model before refusing"))
+    with pytest.raises(ConfigError, match=message) as error:
+        cli.run(compose_generate([*TINY_CLI, "model=prefix", "model/pos=learned_2d", *overrides]))
+    assert "\n" not in str(error.value)
+
+
+def test_cli_refuses_a_blank_for_a_model_without_2d_positions_and_reads_it_as_text_when_told(capsys):
+    from zoo.generate import run
+
+    with pytest.raises(ConfigError, match=r"^model/pos='RoPE': .* need model/pos=learned_2d or rope_2d$"):
+        run(compose_generate([*TINY_CLI, "model=prefix", 'prompt="a<mask>b"']))
+    with pytest.raises(ConfigError, match=r"^model='causal': a prefix decoder trained with objective=blank_infilling"):
+        run(compose_generate([*TINY_CLI, 'prompt="a<mask>b"']))
+    run(compose_generate([*TINY_CLI, 'prompt="a<mask>b"', "infill=false"]))
+    assert capsys.readouterr().out.startswith("a<mask>b")

@@ -7,10 +7,15 @@ Hydra, safetensors and the tokenizers are imported only when the command runs.
     zoo-generate checkpoint=outputs/target prompt_file=prompt.py
     zoo-generate checkpoint=outputs/target draft.checkpoint=outputs/draft     # speculative
     zoo-generate model.n_layers=6 'draft.overrides="model.n_layers=1 model/attention=mqa"'  # random weights: a smoke test
+    zoo-generate checkpoint=outputs/glm 'prompt="x = f(a, <mask>) + 1"'          # GLM: fill the blank
 
 A prompt is any text: Hydra parses what follows ``prompt=``, so text with parentheses, quotes, ``=``
 or spaces goes in double quotes inside the shell's single quotes (``'prompt="f(a=1)"'``; a ``"``
 inside is written ``\"``), or in a file (``prompt_file=``), read verbatim.
+
+A prompt holding one blank, written ``<mask>``, is filled from the text on both sides by a model trained
+with ``model=prefix objective=blank_infilling`` (GLM, arXiv:2103.10360; ``infill=``): the output is the
+prompt with the span in the blank.
 """
 
 import sys
@@ -183,18 +188,43 @@ def prompt_text(cfg) -> str:
     return "" if cfg.prompt is None else str(cfg.prompt)
 
 
+def infills(cfg, text: str) -> bool:
+    """Whether to fill a blank in ``text`` (``infill``; ``null``: when it holds one), refusing, before
+    any model is built, a blank that cannot be filled as asked."""
+    from zoo.tokenizer import MASK_TOKEN
+
+    if cfg.get("infill") not in (None, True, False):
+        raise ConfigError("infill", cfg.infill, f"true (fill the prompt's blank {MASK_TOKEN}), false (continue the prompt) or null (fill when it holds one)")
+    blanks = text.count(MASK_TOKEN)
+    if not (blanks > 0 if cfg.get("infill") is None else cfg.infill):
+        return False
+    if blanks == 0:
+        raise ConfigError("infill", cfg.infill, f"a prompt holding the blank to fill, written {MASK_TOKEN}; or false to continue the prompt")
+    if blanks > 1:
+        key = "prompt_file" if cfg.get("prompt_file") else "prompt"
+        raise ConfigError(key, f"{blanks} blanks {MASK_TOKEN}", f"one blank to fill per prompt (or infill=false to read {MASK_TOKEN} as text)")
+    if cfg.get("chat"):
+        raise ConfigError("chat", True, f"false when filling a blank {MASK_TOKEN} (infill): the prompt is the text around it")
+    if cfg.get("compiled"):
+        raise ConfigError("compiled", True, f"false or null when filling a blank {MASK_TOKEN} (infill): it decodes on the eager KV cache")
+    return True
+
+
 def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]:
     """Generate as ``cfg`` (``conf/generate.yaml``) asks and print the text and tokens/s.
 
-    Returns: ``(text, generation, seconds)``.
+    Returns: ``(text, generation, seconds)``; ``text`` is the new text (a filled blank's span).
     """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     text_in = prompt_text(cfg)  # a missing prompt_file fails before any model is built
+    infilling = infills(cfg, text_in)
     check_draft(cfg)
     model, draft, tokenizer = build_models(cfg, task_overrides=list(task_overrides))
     if not getattr(model, "can_generate", False):
         model.new_cache()  # the encoder-only ConfigError
+    if infilling:
+        return run_infill(cfg, text_in, model=model, draft=draft, tokenizer=tokenizer)
     if cfg.get("chat"):  # the prompt is a user's message; the model answers as the assistant
         from zoo.finetune.chat import ChatTemplate
 
@@ -218,10 +248,42 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
         print(f"source: {text_in}\noutput: {text}")
     else:
         print(text_in + text)
-    stats = f"[{len(new)} new tokens in {seconds:.2f} s: {len(new) / max(seconds, 1e-9):.1f} tokens/s"
+    print(speed_line(out, seconds, n_draft=cfg.draft.n_draft))
+    return text, out, seconds
+
+
+def speed_line(out: Generation, seconds: float, *, n_draft: int) -> str:
+    """``[N new tokens in S s: R tokens/s]``, with the draft's acceptance when one drafted."""
+    n = out.n_new
+    stats = f"[{n} new tokens in {seconds:.2f} s: {n / max(seconds, 1e-9):.1f} tokens/s"
     if out.acceptance_rate is not None:
-        stats += f"; draft acceptance {out.acceptance_rate:.2f} ({out.accepted}/{out.drafted}, n_draft={cfg.draft.n_draft})"
-    print(stats + "]")
+        stats += f"; draft acceptance {out.acceptance_rate:.2f} ({out.accepted}/{out.drafted}, n_draft={n_draft})"
+    return stats + "]"
+
+
+def run_infill(cfg, text_in: str, *, model, draft, tokenizer) -> tuple[str, Generation, float]:
+    """Fill the blank of ``text_in`` (:func:`run` with ``infill``) and print the filled text and tokens/s:
+    the text around the blank is Part A, the model writes the span after ``[S]`` until ``[E]``."""
+    from zoo.objectives.blank_infilling import infilling_sentinels
+    from zoo.tokenizer import MASK_TOKEN
+
+    blank_id, start_id, end_id, pad_id = infilling_sentinels(tokenizer)
+    before, after = text_in.split(MASK_TOKEN)
+    prompt = [*tokenizer.encode(before), blank_id, *tokenizer.encode(after)]
+    eos = end_id if cfg.stop_at_eos else None
+    start = time.perf_counter()
+    out = generate(
+        model, [prompt], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        eos_id=eos, pad_id=pad_id, start_id=start_id, seed=cfg.seed, draft=draft, n_draft=cfg.draft.n_draft, blank_id=blank_id,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    span = out.tokens[0]
+    ended = bool(span) and span[-1] == end_id
+    text = tokenizer.decode(span[:-1] if ended else span)
+    if eos is not None and not ended:
+        print(f"zoo-generate: the span reached max_new_tokens={cfg.max_new_tokens} before its end [E]", file=sys.stderr)
+    print(before + text + after)
+    print(speed_line(out, seconds, n_draft=cfg.draft.n_draft))
     return text, out, seconds
 
 

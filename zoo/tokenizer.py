@@ -32,6 +32,8 @@ from zoo.errors import ConfigError, DamagedFile, FileError
 
 #: the specials every tokenizer carries, before its sentinels
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>")
+#: how ``<mask>`` is written in text: the blank a prompt holds for a GLM model to fill (``zoo-generate``)
+MASK_TOKEN = SPECIALS[3]
 #: zoo's own metadata, saved next to (or instead of) Hugging Face's ``tokenizer.json``
 META_FILE = "zoo_tokenizer.json"
 #: bump when the BPE recipe changes, so cached tokenizers trained the old way are not reused

@@ -97,9 +97,12 @@ def test_unknown_kind_is_refused():
         build_tiny(["model/layers=local_global_1to1", "model.layers.pattern=[local,middle]"])
 
 
-def test_unknown_slot_is_refused():
-    with pytest.raises(ConfigError, match=r"model.layers.kinds.a.mixer.*one of \['attention'"):
-        LayerPattern(pattern=["a"], kinds={"a": {"mixer": {}}})
+def test_unknown_slot_is_refused_under_the_key_the_pattern_sits_at():
+    pattern = LayerPattern(pattern=["a"], kinds={"a": {"mixer": {}}})
+    with pytest.raises(ConfigError, match=r"^model.layers.kinds.a.mixer=.*one of \['attention'"):
+        pattern.check()
+    with pytest.raises(ConfigError, match=r"^model.decoder_layers.kinds.a.mixer=.*one of \['attention'"):
+        pattern.check(key="model.decoder_layers")
 
 
 def test_a_setting_the_slot_does_not_take_is_one_line():

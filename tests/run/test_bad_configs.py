@@ -54,6 +54,10 @@ BAD = [
     (["model=prefix", "objective=blank_infilling"], "model/pos"),
     (["model=prefix", "model/pos=learned_2d", "objective=blank_infilling", "objective.mask_ratio=0.9"], "objective.mask_ratio"),
     (["model=prefix", "model/pos=rope_2d", "objective=blank_infilling", "tokenizer.n_sentinels=1"], "tokenizer.n_sentinels"),
+    # the decoder's own pattern is named as the user set it, not as the encoder's model.layers
+    (["model=encdec", "objective=span_corruption", "model/layers@model.decoder_layers=local_global_1to1", "model.decoder_layers.pattern=[local,middle]"], "model.decoder_layers.pattern='middle'"),
+    (["model=encdec", "objective=span_corruption", "model/layers@model.decoder_layers=local_global_1to1", "model.decoder_layers.pattern=[]"], "model.decoder_layers.pattern=[]"),
+    (["model=encdec", "objective=span_corruption", "model/layers@model.decoder_layers=local_global_1to1", "+model.decoder_layers.kinds.local.mixer={}"], "model.decoder_layers.kinds.local.mixer"),
 ]
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from zoo.arch import cost
 from zoo.arch.pattern import LayerPattern
 from zoo.arch.protocol import Example, device_of
-from zoo.arch.session import EncDecSession
+from zoo.arch.session import EncDecSession, refuse_infilling
 from zoo.arch.stack import Factory, Stack, default_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
@@ -170,9 +170,12 @@ class EncoderDecoder(nn.Module):
         return seq_len + 1
 
     def open_session(
-        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0, blank_id: int | None = None
     ) -> EncDecSession:
-        """The prompts encoded once as right-padded sources; the decoder starts from ``start_id``."""
+        """The prompts encoded once as right-padded sources; the decoder starts from ``start_id``.
+        A blank to fill (``blank_id``) is refused: span corruption writes spans after sentinels, not blanks."""
+        if blank_id is not None:
+            refuse_infilling(self.arch)
         return EncDecSession(self, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
 
     def uncached_next_logits(self, prompt: Sequence[int], generated: Sequence[int], *, start_id: int = 0) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from zoo.arch import cost
 from zoo.arch.protocol import Example, device_of
 from zoo.arch.pattern import LayerPattern
-from zoo.arch.session import LMSession
+from zoo.arch.session import InfillSession, LMSession, refuse_infilling
 from zoo.arch.stack import Factory, Stack, default_positions, document_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
@@ -197,9 +197,12 @@ class TransformerLM(nn.Module):
         return {}
 
     def open_session(
-        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None
     ) -> LMSession:
-        """Prompts left-padded and read whole (a prefix LM's prefix); ``start_id`` is unused."""
+        """Prompts left-padded and read whole (a prefix LM's prefix); ``start_id`` is unused. Only a
+        prefix decoder fills a blank (``blank_id``)."""
+        if blank_id is not None:
+            refuse_infilling(self.arch)
         return LMSession(self, prompts, pad_id=pad_id, room=room, rollback=rollback)
 
     def uncached_next_logits(self, prompt: Sequence[int], generated: Sequence[int], *, start_id: int = 0) -> torch.Tensor:
@@ -250,6 +253,17 @@ class PrefixLM(TransformerLM):
     def whole_text_inputs(self, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """The whole text as the prefix."""
         return {"prefix_len": valid.sum(1)}
+
+    def open_session(
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None
+    ) -> LMSession:
+        """Prompts read whole as the prefix; with ``blank_id``, GLM's blank infilling: each prompt is
+        Part A holding one blank, and the new tokens are its span, from ``start_id`` (``[S]``) on, at
+        2D positions (:class:`~zoo.arch.session.InfillSession`)."""
+        if blank_id is None:
+            return super().open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
+        self.check_2d_positions()
+        return InfillSession(self, prompts, pad_id=pad_id, blank_id=blank_id, start_id=start_id, room=room, rollback=rollback)
 
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:

@@ -42,21 +42,24 @@ class LayerPattern:
     """
 
     def __init__(self, *, pattern: Sequence[str], kinds: Mapping[str, Mapping[str, Any] | None]) -> None:
-        pattern, kinds = list(pattern), {str(k): dict(v or {}) for k, v in kinds.items()}
-        if not pattern:
-            raise ConfigError("model.layers.pattern", pattern, "at least one kind name, e.g. [local, global]")
-        for name in pattern:
-            if name not in kinds:
-                raise ConfigError("model.layers.pattern", name, f"a kind defined in model.layers.kinds: one of {sorted(kinds)}")
-        for kind, overrides in kinds.items():
+        # checked by the stack that takes it (:meth:`check`): only the stack knows where in the config
+        # the pattern sits (``model.layers``, or an encoder-decoder's ``model.decoder_layers``)
+        self.pattern, self.kinds = list(pattern), {str(k): dict(v or {}) for k, v in kinds.items()}
+
+    def check(self, *, key: str = "model.layers") -> None:
+        """Refuse, in one line naming ``key`` (where the pattern sits in the config), an empty pattern,
+        a kind it names but does not define, or an override of something other than a slot."""
+        if not self.pattern:
+            raise ConfigError(f"{key}.pattern", self.pattern, "at least one kind name, e.g. [local, global]")
+        for name in self.pattern:
+            if name not in self.kinds:
+                raise ConfigError(f"{key}.pattern", name, f"a kind defined in {key}.kinds: one of {sorted(self.kinds)}")
+        for kind, overrides in self.kinds.items():
             for slot, override in overrides.items():
                 if slot not in SLOTS:
-                    raise ConfigError(f"model.layers.kinds.{kind}.{slot}", override, f"a slot a layer may override: one of {list(SLOTS)}")
+                    raise ConfigError(f"{key}.kinds.{kind}.{slot}", override, f"a slot a layer may override: one of {list(SLOTS)}")
                 if not callable(override) and not isinstance(override, Mapping):
-                    raise ConfigError(
-                        f"model.layers.kinds.{kind}.{slot}", override, "a _partial_ option of the slot, or a mapping of its settings"
-                    )
-        self.pattern, self.kinds = pattern, kinds
+                    raise ConfigError(f"{key}.kinds.{kind}.{slot}", override, "a _partial_ option of the slot, or a mapping of its settings")
 
     @classmethod
     def uniform(cls) -> "LayerPattern":

@@ -40,6 +40,8 @@ class Session:
 
     #: ``(b, n)`` the tokens to feed first
     prompt: torch.Tensor
+    #: whether its one-token decode steps may run on a static-shape cache (:mod:`zoo.generation.static`)
+    static_steps: bool = True
 
     def __init__(self, model: nn.Module, *, room: int, rollback: int = 0) -> None:
         self.model = model
@@ -121,6 +123,61 @@ class LMSession(Session):
 
     def call(self, tokens: torch.Tensor, *, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         return self.model(tokens, positions=positions, valid=valid, prefix_len=self.prefix_len, cache=self.cache)
+
+
+def refuse_infilling(arch: str) -> None:
+    """The one-line refusal of a blank to fill (``blank_id``) by an architecture that cannot fill one."""
+    raise ConfigError(
+        "model", arch,
+        "a prefix decoder trained with objective=blank_infilling (model=prefix, model/pos=learned_2d or rope_2d) to fill a blank <mask>",
+    )  # fmt: skip
+
+
+class InfillSession(LMSession):
+    """GLM's blank infilling on a prefix decoder (Du et al. 2022, arXiv:2103.10360, section 2.2).
+
+    Each prompt is Part A: a text holding one blank (``blank_id``, the tokenizer's ``<mask>``). The
+    session lays it out as ``objective=blank_infilling`` trains: Part A is the bidirectional prefix at
+    2D positions ``(index, 0)``; then ``start_id`` (``[S]``) and the span, left to right, at
+    ``(index of the blank, 1), (index of the blank, 2), ...``. The new tokens are the span; a model
+    trained so ends it with ``[E]`` (pass it as ``eos_id``).
+
+    Prompts are left-padded, so every Part A ends in the same column: the model reads its mask and
+    cache in column order when given 2D positions (they are not in reading order), so the prefix is
+    that many columns in every row, and padding is masked out as keys.
+
+    Args:
+        model: a prefix decoder whose position schemes take 2D positions.
+        prompts: Part A of each sequence, each holding ``blank_id`` once.
+        pad_id, room, rollback: as in :class:`LMSession`.
+        blank_id: the blank to fill.
+        start_id: the token that starts a span (``[S]``).
+
+    Shapes: :meth:`feed` takes ``(b, n)`` tokens and returns ``(b, n, v)`` logits; :attr:`positions`
+    is ``(b, t, 2)``.
+    """
+
+    # the forward reads a 2D-positioned token's column from the eager cache's length, which a static
+    # cache keeps in a tensor: infilling decodes on the eager cache
+    static_steps = False
+
+    def __init__(
+        self, model: nn.Module, prompts: list[list[int]], *, pad_id: int, blank_id: int, start_id: int, room: int, rollback: int = 0
+    ) -> None:
+        blanks = [p.count(blank_id) for p in prompts]
+        if any(n != 1 for n in blanks):
+            raise ConfigError(
+                "generate.prompts", f"blanks per prompt {blanks}", f"one blank (id {blank_id}, <mask>) in each prompt to infill, no more"
+            )
+        super().__init__(model, [[*p, start_id] for p in prompts], pad_id=pad_id, room=room, rollback=rollback)
+        width = self.prompt.shape[1] - 1  # Part A's columns, padding included; [S] is the next
+        pads = width - torch.tensor([len(p) for p in prompts], device=self.device)
+        blank_at = torch.tensor([p.index(blank_id) for p in prompts], device=self.device)  # its index in Part A
+        column = torch.arange(self.positions.shape[1], device=self.device)[None]
+        position = torch.where(column < width, column - pads[:, None], blank_at[:, None]).clamp(min=0)
+        intra = (column - width + 1).clamp(min=0).expand_as(position)  # 0 in Part A, then 1 at [S], 2, ...
+        self.positions = torch.stack([position, intra], dim=-1)  # (b, t, 2)
+        self.prefix_len = torch.full_like(self.prefix_len, width)
 
 
 class EncDecSession(Session):

@@ -67,6 +67,8 @@ class Stack(nn.Module):
         self.pos = pos(dim, **sizes)
         check_pos(self.pos, causal, "model/pos")
         self.pattern = LayerPattern.uniform() if layers is None else layers
+        self.pattern.check(key=layers_key)
+        self.layers_key = layers_key
         base = dict(attention=attention, ffn=ffn, norm=norm, residual=residual, pos=pos)
         slots = {kind: self.pattern.factories(kind, base, key=layers_key) for kind in dict.fromkeys(self.pattern.pattern)}
         # A kind with its own position scheme rotates (or biases) its layers' attention with it; the
@@ -157,7 +159,7 @@ class Stack(nn.Module):
 
     def check_2d_positions(self) -> None:
         """Refuse, in one line, a position scheme of this stack that cannot encode GLM's 2D positions."""
-        for key, pos in (("model/pos", self.pos), *((f"model.layers.kinds.{k}.pos", p) for k, p in self.kind_pos.items())):
+        for key, pos in (("model/pos", self.pos), *((f"{self.layers_key}.kinds.{k}.pos", p) for k, p in self.kind_pos.items())):
             if not pos.two_dimensional:
                 raise ConfigError(
                     key, type(pos).__name__,

@@ -1,9 +1,11 @@
 """Generation with the KV cache: sampling, the decode loop, speculative decoding.
 
-``generate(model, prompts, max_new_tokens=...)`` is the entry point; ``zoo-generate``
+``generate(model, prompts, max_new_tokens=...)`` is the entry point (``blank_id=``: fill a blank,
+:mod:`zoo.generation.infill`); ``zoo-generate``
 (:mod:`zoo.generate`) is its command line. Imports only torch.
 """
 
+from zoo.generation.infill import fill
 from zoo.generation.loop import generate, greedy_reference
 from zoo.generation.result import Generation
 from zoo.generation.sampling import filter_logits, next_token, probabilities
@@ -14,6 +16,7 @@ __all__ = [
     "speculative_generate",
     "greedy_reference",
     "Generation",
+    "fill",
     "filter_logits",
     "probabilities",
     "next_token",

@@ -34,6 +34,7 @@ def generate(
     n_draft: int = 4,
     compiled: bool | None = None,
     allowed_first: Sequence[Sequence[int] | None] | None = None,
+    blank_id: int | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after each prompt, with the model's KV cache.
 
@@ -41,6 +42,9 @@ def generate(
     masks, so each row gets what it would alone. A causal LM continues its prompt, a prefix LM reads
     the prompt bidirectionally (its prefix), an encoder-decoder encodes the prompt as its source and
     decodes from ``start_id``. An encoder-only model raises the ConfigError of ``new_cache()``.
+    With ``blank_id``, a prefix LM trained with ``objective=blank_infilling`` fills each prompt's one
+    blank instead (GLM, arXiv:2103.10360): the new tokens are the span, written after ``start_id``
+    (``[S]``) and ended by ``eos_id`` (``[E]``); :func:`zoo.generation.infill.fill` puts it in the blank.
 
     Args:
         model: a zoo model that can generate (``model.can_generate``).
@@ -50,7 +54,7 @@ def generate(
         top_k, top_p: keep only the ``top_k`` most likely tokens / the nucleus of mass ``top_p``.
         eos_id: a sequence that produces it stops (it is kept in the output); ``None`` never stops early.
         pad_id: the id used for padding (masked out; never attended to).
-        start_id: the decoder's first token of an encoder-decoder.
+        start_id: the decoder's first token of an encoder-decoder; the token that starts a span when infilling.
         seed, generator: randomness for sampling (``generator`` wins); unseeded uses torch's global RNG.
         draft: a smaller model for speculative decoding (Leviathan et al. 2023, arXiv:2211.17192);
             the output is distributed as without it (token for token equal when greedy).
@@ -61,6 +65,8 @@ def generate(
             (:func:`~zoo.generation.static.compile_pays`). Not with a ``draft``.
         allowed_first: per prompt, the ids its first new token may take (``None``: any): token healing
             (:mod:`zoo.generation.healing`) writes a backed-off prompt token again this way.
+        blank_id: the blank each prompt holds once, to fill (the tokenizer's ``<mask>``); ``None``:
+            continue the prompts. Decodes on the eager cache (``compiled`` must be false or null).
 
     Returns: a :class:`Generation`; ``tokens[i]`` are the new tokens of prompt ``i``.
     """
@@ -78,10 +84,10 @@ def generate(
         return speculative_generate(
             model, draft, rows, max_new_tokens=max_new_tokens, n_draft=n_draft, temperature=temperature, top_k=top_k,
             top_p=top_p, eos_id=eos_id, pad_id=pad_id, start_id=start_id, seed=seed, generator=generator,
-            allowed_first=allowed_first,
+            allowed_first=allowed_first, blank_id=blank_id,
         )
     with evaluating(model), torch.inference_mode():
-        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens)
+        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens, blank_id=blank_id)
         gen = seeded_generator(seed, generator, session.device)
         b = len(rows)
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=session.device)
@@ -89,7 +95,7 @@ def generate(
             return Generation(tokens=[[] for _ in rows])
         logits = restrict(session.feed(session.prompt)[:, -1], allowed_first)
         steps = max_new_tokens - 1
-        if compiled or (compiled is None and compile_pays(steps=steps) and has_static_form(session.cache)):
+        if compiled or (compiled is None and session.static_steps and compile_pays(steps=steps) and has_static_form(session.cache)):
             session = StaticDecoder(session, room=steps)
         done = torch.zeros(b, dtype=torch.bool, device=session.device)
         calls = 0

@@ -41,6 +41,7 @@ def speculative_generate(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     allowed_first: Sequence[Sequence[int] | None] | None = None,
+    blank_id: int | None = None,
 ) -> Generation:
     """:func:`zoo.generation.generate` with a draft model; see there for the arguments.
 
@@ -57,8 +58,8 @@ def speculative_generate(
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     with evaluating(target, draft), torch.inference_mode():
         room = max_new_tokens + n_draft + 1
-        t = target.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1)
-        d = draft.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1)
+        t = target.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, blank_id=blank_id)
+        d = draft.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, blank_id=blank_id)
         gen = seeded_generator(seed, generator, t.device)
         b = len(prompts)
         # Prefill both models with the whole prompt in one pass (a prefix LM's prompt must be read whole);

@@ -73,6 +73,8 @@ class StaticDecoder:
     def __init__(self, session: Session, *, room: int, compiled: bool = True, backend: str = "inductor") -> None:
         if type(session).call is Session.call:
             raise ConfigError("generate.compiled", True, f"false: {type(session).__name__} has no Session.call to compile")
+        if not session.static_steps:
+            raise ConfigError("generate.compiled", True, f"false or null: {type(session).__name__} decodes on the eager cache only")
         make_static(session.cache, room=room)
         self.session, self.device = session, session.device
         self.compiled = compiled

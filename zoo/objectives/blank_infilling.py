@@ -50,6 +50,14 @@ def place_spans(length: int, lengths: torch.Tensor, *, generator: torch.Generato
     return cuts + before + torch.arange(n_spans)
 
 
+def infilling_sentinels(tokenizer) -> tuple[int, int, int, int]:
+    """``(<mask>, [S], [E], <pad>)`` ids of ``tokenizer``: the blank, the start and end of a span, and
+    padding, as training lays them out and generation (``generate(..., blank_id=)``) must too."""
+    if len(tokenizer.sentinel_ids) < 2:
+        raise ConfigError("tokenizer.n_sentinels", len(tokenizer.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
+    return tokenizer.mask_id, tokenizer.sentinel_ids[0], tokenizer.sentinel_ids[1], tokenizer.pad_id
+
+
 class InfillingRow(NamedTuple):
     """One row as the model reads it, unpadded: ``N = prefix_len + spans + span tokens``."""
 
@@ -145,11 +153,8 @@ class BlankInfillingObjective(Objective):
         model.check_2d_positions()
 
     def sentinels(self) -> tuple[int, int, int, int]:
-        """``(<mask>, [S], [E], <pad>)`` ids."""
-        tok = self._needs_tokenizer()
-        if len(tok.sentinel_ids) < 2:
-            raise ConfigError("tokenizer.n_sentinels", len(tok.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
-        return tok.mask_id, tok.sentinel_ids[0], tok.sentinel_ids[1], tok.pad_id
+        """``(<mask>, [S], [E], <pad>)`` ids (:func:`infilling_sentinels`)."""
+        return infilling_sentinels(self._needs_tokenizer())
 
     # index work on the CPU with a loop over rows: a compiled objective (trainer.compile) would only
     # break its graph here, so the forward and the loss compile and this runs eagerly
