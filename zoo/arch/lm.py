@@ -17,6 +17,7 @@ from zoo.arch.stack import Factory, Stack, default_positions, document_positions
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
+from zoo.pos.base import can_read
 from zoo.ffn.moe import losses as moe_losses
 from zoo.residual import Depth
 from zoo.softcap import SoftCap
@@ -268,7 +269,8 @@ class PrefixLM(TransformerLM):
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:
             raise ValueError("PrefixLM needs prefix_len (b,): the number of bidirectional tokens of each sequence")
-        if int(prefix_len.max()) > int(positions.max()) + 1 or int(prefix_len.min()) < 0:
+        # checked where the values can be read (not while compiling: reading them would split the graph)
+        if can_read(prefix_len) and can_read(positions) and (int(prefix_len.max()) > int(positions.max()) + 1 or int(prefix_len.min()) < 0):
             raise ValueError(
                 f"prefix_len must lie in [0, sequence length {int(positions.max()) + 1}], got {prefix_len.tolist()}"
             )
