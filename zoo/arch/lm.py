@@ -17,8 +17,8 @@ from zoo.arch.stack import Factory, Stack, default_positions, document_positions
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.errors import ConfigError
-from zoo.pos.base import can_read
 from zoo.ffn.moe import losses as moe_losses
+from zoo.pos.base import can_read
 from zoo.residual import Depth
 from zoo.softcap import SoftCap
 
