@@ -15,7 +15,8 @@ import tempfile
 import torch
 from torch import nn
 
-from zoo.arch.protocol import Example, missing_answers
+from zoo.arch.protocol import Example, device_of, missing_answers
+from zoo.finetune.classify import POOLS
 from zoo.objectives import add_aux_loss
 
 #: small sizes so a contract run takes well under a second per option
@@ -116,6 +117,10 @@ def check_answers(model: nn.Module) -> None:
     flops = model.flops(seq_len=8)
     assert flops.total > 0 and flops.tokens >= 8, f"flops(seq_len=8) counts {flops.total} FLOPs over {flops.tokens} tokens"
     assert model.input_length(8) >= 8, "input_length() shorter than the training length"
+    tokens = torch.randint(0, model.vocab_size, (2, 8), device=device_of(model))
+    features = model.features(tokens, valid=torch.ones_like(tokens, dtype=torch.bool))
+    assert features.shape[:2] == (2, 8), f"features() of (2, 8) tokens has shape {tuple(features.shape)}, not (2, 8, dim)"
+    assert model.feature_pool in POOLS, f"feature_pool {model.feature_pool!r} is none of {sorted(POOLS)}"
 
 
 def check_session(model: nn.Module, *, new_tokens: int = 3) -> None:

@@ -7,7 +7,7 @@ import torch
 
 import zoo
 from zoo.errors import ConfigError
-from zoo.finetune.classify import ClassificationObjective, LastToken, macro_f1
+from zoo.finetune.classify import ClassificationObjective, LastToken, MeanPool, macro_f1
 from zoo.finetune.compile_task import compiles, corrupt, functions
 from zoo.finetune.labelled import LabelledData, LabelledFiles
 from zoo.tokenizer import ByteTokenizer
@@ -34,11 +34,15 @@ def test_last_token_pools_the_last_real_token_on_either_side():
     assert LastToken()(hidden, left).flatten().tolist() == [4.0, 9.0]
 
 
-@pytest.mark.parametrize("arch, pool", [("causal", "last"), ("prefix", "last"), ("encoder", "mean"), ("encoder", "first")])
-def test_a_row_classifies_the_same_padded_left_or_right(arch, pool):
+@pytest.mark.parametrize(
+    "model, pool",
+    [(["model=causal"], "last"), (["model=prefix"], "last"), (["model=prefix", "model/pos=rope_2d"], "last"), (["model=encoder"], "mean"),
+     (["model=encoder"], "first"), (["model=encdec"], "mean")],
+)  # fmt: skip
+def test_a_row_classifies_the_same_padded_left_or_right(model, pool):
     tokenizer = ByteTokenizer(n_sentinels=16)
     torch.manual_seed(0)
-    model = zoo.build(["experiment=smoke", f"model={arch}", "model.vocab_size=276"]).eval()
+    model = zoo.build(["experiment=smoke", *model, "model.vocab_size=276"]).eval()
     objective = ClassificationObjective(pool=pool)
     data = {side: Rows({"train": TEXTS, "validation": TEXTS}, padding=side) for side in ("right", "left")}
     objective.prepare(model, data=data["right"])
@@ -46,12 +50,19 @@ def test_a_row_classifies_the_same_padded_left_or_right(arch, pool):
     for side, d in data.items():
         batch = d.batch(TEXTS, seq_len=40, tokenizer=tokenizer)
         assert batch["valid"][:, -1 if side == "left" else 0].all()
-        hidden = model(batch["tokens"], positions=(batch["valid"].cumsum(1) - 1).clamp(min=0), valid=batch["valid"], hidden=True, **({"prefix_len": batch["valid"].sum(1)} if arch == "prefix" else {}))
+        hidden = model.features(batch["tokens"], positions=(batch["valid"].cumsum(1) - 1).clamp(min=0), valid=batch["valid"])
         logits[side] = model.classifier(hidden, batch["valid"])
         alone = d.batch(TEXTS[2:3], seq_len=len(TEXTS[2][0]), tokenizer=tokenizer)  # no padding at all
-        single = model.classifier(model(alone["tokens"], valid=alone["valid"], hidden=True, **({"prefix_len": alone["valid"].sum(1)} if arch == "prefix" else {})), alone["valid"])
+        single = model.classifier(model.features(alone["tokens"], valid=alone["valid"]), alone["valid"])
         torch.testing.assert_close(logits[side][2:3], single, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits["left"], logits["right"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, pool", [("causal", LastToken), ("prefix", LastToken), ("encoder", MeanPool), ("encdec", MeanPool)])
+def test_auto_pools_as_the_model_reads(arch, pool):
+    model = zoo.build(["experiment=smoke", f"model={arch}", "model.vocab_size=276"])
+    ClassificationObjective().prepare(model, data=Rows({"train": TEXTS, "validation": TEXTS}))
+    assert type(model.classifier.pool) is pool
 
 
 def test_only_the_head_and_nothing_else_trains_under_a_frozen_body():

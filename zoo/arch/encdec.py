@@ -47,6 +47,8 @@ class EncoderDecoder(nn.Module):
     continues_prompt = False
     has_bidirectional_stack = True
     cross_attends = True
+    #: a task head reads the encoder, which is bidirectional
+    feature_pool = "mean"
 
     def __init__(
         self,
@@ -107,10 +109,15 @@ class EncoderDecoder(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def encode(self, src: torch.Tensor, *, src_valid: torch.Tensor | None = None) -> torch.Tensor:
-        """``src (b, n_src)`` -> encoder output ``(b, n_src, dim)``."""
-        positions = default_positions(src.shape[1], src.device)
+    def encode(self, src: torch.Tensor, *, src_valid: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``src (b, n_src)`` -> encoder output ``(b, n_src, dim)``; ``positions (b, n_src)`` default ``0..n_src-1``."""
+        positions = default_positions(src.shape[1], src.device) if positions is None else positions
         return self.encoder(self.embed(src), positions=positions, mask=Mask(key_valid=src_valid))
+
+    def features(self, tokens: torch.Tensor, *, valid: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output over whole texts: a task head's input (:mod:`zoo.finetune.classify`), as an
+        encoder-decoder's encoder serves classification (Sentence-T5, arXiv:2108.08877)."""
+        return self.encode(tokens, src_valid=valid, positions=positions)
 
     def decode(
         self,

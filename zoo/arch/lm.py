@@ -58,6 +58,8 @@ class TransformerLM(nn.Module):
     continues_prompt: bool = True
     has_bidirectional_stack: bool = False
     cross_attends: bool = False
+    #: how a task head summarises :meth:`features` unless told: a causal reader by its last real token
+    feature_pool: str = "last"
     #: whether a packed row's positions restart at each document (``segments``), so each document is
     #: positioned as if alone; every position scheme takes any positions
     restarts_positions: bool = True
@@ -192,10 +194,10 @@ class TransformerLM(nn.Module):
     def input_length(self, seq_len: int) -> int:
         return seq_len
 
-    def whole_text_inputs(self, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keyword arguments of a forward in which each row's ``valid`` tokens read one another as
-        bidirectionally as this model can (a classifier reading whole texts); none for a decoder or encoder."""
-        return {}
+    def features(self, tokens: torch.Tensor, *, valid: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``(b, n, dim)`` of whole texts, each row's ``valid`` tokens reading one another as
+        bidirectionally as this model can: a task head's input (:mod:`zoo.finetune.classify`)."""
+        return self(tokens, positions=positions, valid=valid, hidden=True)
 
     def open_session(
         self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None
@@ -251,9 +253,9 @@ class PrefixLM(TransformerLM):
         example.causal_from = int(prefix_len.max())
         return example
 
-    def whole_text_inputs(self, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, tokens: torch.Tensor, *, valid: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The whole text as the prefix."""
-        return {"prefix_len": valid.sum(1)}
+        return self(tokens, positions=positions, valid=valid, prefix_len=valid.sum(1), hidden=True)
 
     def open_session(
         self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None
@@ -284,6 +286,7 @@ class EncoderLM(TransformerLM):
     causal = False
     can_generate = False
     has_bidirectional_stack = True
+    feature_pool = "mean"
 
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         return Mask(causal=False, key_valid=valid)

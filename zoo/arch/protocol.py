@@ -48,9 +48,16 @@ class Architecture(Protocol):
     has_bidirectional_stack: bool
     #: whether blocks hold cross-attention (the residual wiring must have a slot for it)
     cross_attends: bool
+    #: how a task head summarises :meth:`features` by default: ``last`` (a causal reader) or ``mean``
+    feature_pool: str
 
     def example(self, *, batch: int, length: int, generator: torch.Generator | None = None) -> Example:
         """Random inputs of ``batch`` sequences of ``length`` tokens, on the model's device."""
+        ...
+
+    def features(self, tokens: torch.Tensor, *, valid: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``(b, n, dim)`` of whole texts ``tokens (b, n)`` (``valid`` ``False`` at padding):
+        what a task head reads (:mod:`zoo.finetune.classify`)."""
         ...
 
     def input_length(self, seq_len: int) -> int:

@@ -18,8 +18,8 @@ from zoo.data.packing import Batch
 from zoo.errors import ConfigError
 from zoo.objectives.base import Metrics, Objective
 
-#: the architectures a single-stack classifier reads
-ARCHS = ("causal", "prefix", "encoder")
+#: the architectures whose ``features`` a classifier reads (an encoder-decoder's are its encoder's)
+ARCHS = ("causal", "prefix", "encoder", "encdec")
 
 
 class LastToken(nn.Module):
@@ -76,7 +76,8 @@ class ClassificationObjective(Objective):
     """Cross-entropy of a :class:`ClassificationHead` (``model.classifier``) over pooled hidden states.
 
     Args:
-        pool: ``last``, ``first``, ``mean``, or ``auto``: ``last`` for decoders, ``mean`` for encoders.
+        pool: ``last``, ``first``, ``mean``, or ``auto``: the model's ``feature_pool`` (``last`` for
+            decoders, ``mean`` for encoders and an encoder-decoder's encoder).
         n_classes: set by :meth:`prepare` from the data (``data.n_classes``); kept in the run's config.
         tokenizer, seed: as :class:`~zoo.objectives.base.Objective`.
     """
@@ -96,13 +97,13 @@ class ClassificationObjective(Objective):
         n_classes = getattr(data, "n_classes", None) or self.n_classes
         if not n_classes:
             raise ConfigError("data", type(data).__name__, "labelled data (data=compile or data=labelled) with n_classes, for objective=classify")
-        pool = self.pool if self.pool != "auto" else ("last" if model.causal else "mean")
+        pool = self.pool if self.pool != "auto" else model.feature_pool
         model.classifier = ClassificationHead(model.dim, n_classes=n_classes, pool=pool).to(next(model.parameters()).device)
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
         tokens, valid, labels = batch["tokens"], batch["valid"], batch["labels"]
-        hidden = model(tokens, positions=positions_of(valid), valid=valid, hidden=True, **model.whole_text_inputs(valid))
+        hidden = model.features(tokens, positions=positions_of(valid), valid=valid)
         logits = model.classifier(hidden, valid).float()
         loss = F.cross_entropy(logits, labels)
         predicted = logits.argmax(-1)
