@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.bench.report import difference_eval_se, differences_table, noise_notes
+from zoo.bench.report import compared_on, difference_eval_se, differences_table, noise_notes
 from zoo.bench.stats import paired, t_p_value, unpaired
 from zoo.config import instantiate_model
 
@@ -62,6 +62,16 @@ def test_differences_table_pairs_only_same_data():
     assert b[2] == "-0.0400" and b[3] == "0.025" and b[6] == "**beyond noise**"
     other = cells(differences_table(rows({"corpus": "y", "batch_size": 16})), "b")  # different data: Welch only
     assert other[3].startswith("n/a") and other[6] == "within noise"
+
+
+def test_variants_pair_on_the_continuation_loss_where_it_was_scored():
+    same = rows({"corpus": "x", "batch_size": 16})
+    assert compared_on(same) == ("val_loss", "val loss")  # own objectives' losses: one objective in the study
+    for r in same:  # each objective's own loss differs in kind; the continuation is the same tokens for all
+        r["continuation"] = {"loss": r["val_loss"] + (0.5 if r["variant"] == "b" else 0.0)}
+    key, title = compared_on(same)
+    assert key == "continuation.loss"
+    assert cells(differences_table(same, key=key, title=title), "b")[2] == "+0.4600"
 
 
 def test_evaluation_noise_of_a_difference_cancels_the_splits_own_variation():

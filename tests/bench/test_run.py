@@ -1,4 +1,4 @@
-"""A whole benchmark job in miniature: matching, speed, seeds, extrapolation, MQAR, then the report."""
+"""A whole benchmark job in miniature: matching, speed, seeds, extrapolation, the continuation score, MQAR, then the report."""
 
 import math
 
@@ -23,6 +23,7 @@ def rows(tmp_path_factory):
     overrides = [
         *SMALL, "model/pos=learned", "model/ffn=swiglu",
         "bench.extrapolation.enabled=true", "bench.extrapolation.factors=[1,2]", "bench.extrapolation.eval_tokens=256",
+        "bench.continuation.enabled=true", "bench.continuation.batches=1",
         "bench.mqar.enabled=true", "bench.mqar.cases=[[16,2]]", "bench.mqar.vocab_size=32", "bench.mqar.steps=2",
         "bench.match.by=params", "bench.match.reference=['model/ffn=gelu']",
     ]  # fmt: skip
@@ -44,6 +45,7 @@ def test_one_row_per_seed_with_every_figure(rows):
         for key in ("train_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s", "mfu_train", "flops_total", "flops_lm_head"):
             assert finite(float(row[key])), key
         assert finite(row["extrapolation"]["1x"]) and row["extrapolation"]["2x"] == NA_LENGTH
+        assert finite(row["continuation"]["loss"]) and row["continuation"]["prefix_len"] == 16 and row["continuation"]["tokens"] == 4 * 17
         assert set(row["mqar"]) == {"n16_p2"} and 0.0 <= row["mqar"]["n16_p2"] <= 1.0
         assert [p["seq_len"] for p in row["scaling"]] == [16, 64] and row["scaling"][1]["train_tokens_per_s"] == NA_LENGTH
         assert {"device", "threads", "torch", "date"} <= set(row["env"])

@@ -189,6 +189,22 @@ def extrapolation(
     return out
 
 
+def continuation(model: torch.nn.Module, *, data, tokenizer, objective, seq_len: int, batch_size: int, prefix: float, batches: int) -> dict[str, float]:
+    """The loss of each validation row's end given its first ``prefix`` share, read as ``objective`` reads a
+    text whose end is missing (:meth:`~zoo.objectives.base.Objective.continuation`), over the split's first
+    ``batches`` batches (seed 0: the same rows for every variant). Returns ``loss`` (nats per predicted
+    token), ``accuracy``, ``tokens`` and ``prefix_len``."""
+    import functools
+
+    from zoo.train import Dist, evaluate
+
+    prefix_len = max(1, round(prefix * (seq_len + 1)))
+    loader = data.loader(split="validation", seq_len=seq_len, batch_size=batch_size, seed=0, tokenizer=tokenizer)
+    score = functools.partial(objective.continuation, prefix_len=prefix_len)
+    figures = evaluate(model, loader, objective=score, dist=Dist(device=next(model.parameters()).device), max_batches=batches)
+    return {"loss": figures["loss"], "accuracy": figures["accuracy"], "tokens": figures["tokens"], "prefix_len": prefix_len}
+
+
 def mqar_overrides(*, seq_len: int, n_pairs: int, vocab_size: int) -> list[str]:
     """The overrides that turn a composition into an MQAR run of one case."""
     return [

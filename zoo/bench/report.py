@@ -49,6 +49,7 @@ FIXED = (
     Column("flops_total", "MFLOP/token", scale=1e-6, digits=".3g"),
     Column("val_loss", "val loss", "min", True),
     Column("val_bpb", "bits/byte", "min", True),
+    Column("continuation.loss", "continuation loss", "min", True),
     Column("train_tokens_per_s", "train tok/s", "max", digits=",.0f"),
     Column("prefill_tokens_per_s", "prefill tok/s", "max", digits=",.0f"),
     Column("decode_tokens_per_s", "decode tok/s", "max", digits=",.0f"),
@@ -218,6 +219,14 @@ def differences_table(rows: list[dict], *, key: str = "val_loss", title: str = "
     return "\n".join(lines)
 
 
+def compared_on(rows: list[dict]) -> tuple[str, str]:
+    """The figure the variants are paired on: the continuation loss where it was scored (it compares across
+    objectives, ``bench.continuation``), else the validation loss."""
+    if any(is_number(lookup(r, "continuation.loss")) for r in rows):
+        return "continuation.loss", "continuation loss"
+    return "val_loss", "val loss"
+
+
 def learning_rate(rows: list[dict]) -> str:
     """The rate the variant trained at: the grid's winner (flagged on an edge) or the config's."""
     tuned = next((r["lr"] for r in rows if isinstance(r.get("lr"), dict)), None)
@@ -293,9 +302,11 @@ def write_report(rows: list[dict], folder: Path, *, title: str, command: str | N
               "**bold**: best of the column; †: differs from the best beyond seed noise (Welch's t-test, 5%). "
               "Speed is measured once per variant (median of repeated steps; ~: their spread, (max - min) / median, "
               "exceeds 20%: the machine was busy, read the figure as rough).", ""]  # fmt: skip
-    diffs = differences_table(rows)
+    key, title = compared_on(rows)
+    diffs = differences_table(rows, key=key, title=title)
     if diffs:
-        parts += ["## Differences to the reference", "", diffs, "", "Δ: mean over seeds of (variant - reference); paired: "
+        parts += ["## Differences to the reference", "", diffs, "", f"Compared on: {title}" + (" (each row's end given its start, the same tokens under every objective; "
+                  "bench.continuation)" if key != "val_loss" else "") + ". Δ: mean over seeds of (variant - reference); paired: "
                   "t-interval of the per-seed differences (same seeds, same batches, shared weights starting equal); "
                   "unpaired: Welch's interval over the same runs; p: the paired test's two-sided p-value (Welch's where "
                   "the data differ). Beyond noise: p < 0.05. lr: the rate the variant trained at when screened "

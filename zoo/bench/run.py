@@ -3,7 +3,7 @@
 :func:`run_variant` is what each ``zoo-bench`` job (and the Python API) calls; it returns one row
 per seed for ``results.jsonl``. Order: size matching (so every later figure is of the matched
 model), FLOPs and speed (a fresh model; speed also prices a wall-time budget), then the trained
-figures per seed, extrapolation, MQAR.
+figures per seed, extrapolation, the continuation score, MQAR.
 """
 
 import copy
@@ -154,12 +154,19 @@ def run_variant(cfg: DictConfig, *, out_dir: str | Path, variant: str, overrides
         row = {**base, **row}
         if "pretrain" in base:  # the curve on the tokens the variant saw in all, its pretraining's first (not drawn)
             row["curve"] = [[tokens + base["pretrain"]["tokens"], loss] for tokens, loss in row["curve"]]
-        if row["status"] == "ok" and s.extrapolation.enabled:
+        if row["status"] == "ok" and (s.extrapolation.enabled or s.continuation.enabled):
             loaded, data, tokenizer, objective = quality.load_trained(cfg, checkpoint=row["checkpoint"], vocab_size=row["vocab_size"], model=model)
-            row["extrapolation"] = quality.extrapolation(
-                loaded.to(device), data=data, tokenizer=tokenizer, objective=objective, train_len=int(cfg.trainer.seq_len),
-                factors=list(s.extrapolation.factors), eval_tokens=s.extrapolation.eval_tokens,
-            )  # fmt: skip
+            loaded = loaded.to(device)
+            if s.extrapolation.enabled:
+                row["extrapolation"] = quality.extrapolation(
+                    loaded, data=data, tokenizer=tokenizer, objective=objective, train_len=int(cfg.trainer.seq_len),
+                    factors=list(s.extrapolation.factors), eval_tokens=s.extrapolation.eval_tokens,
+                )  # fmt: skip
+            if s.continuation.enabled:
+                row["continuation"] = quality.continuation(
+                    loaded, data=data, tokenizer=tokenizer, objective=objective, seq_len=int(cfg.trainer.seq_len),
+                    batch_size=int(cfg.trainer.batch_size), prefix=s.continuation.prefix, batches=s.continuation.batches,
+                )  # fmt: skip
         if s.mqar.enabled:
             row["mqar"] = recall[seed]
         rows.append(row)

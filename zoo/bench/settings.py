@@ -61,6 +61,25 @@ class ExtrapolationSettings:
 
 
 @dataclass(frozen=True)
+class ContinuationSettings:
+    """A score that compares across objectives (:meth:`zoo.objectives.base.Objective.continuation`): the
+    loss of each validation row's end given its start, read as each variant's objective reads a text
+    whose end is missing, so a causal LM, a prefix LM, GLM's blank infilling and T5's span corruption
+    predict the same tokens from the same context.
+
+    Args:
+        enabled: score it, and pair the variants on it rather than on their own objectives' losses.
+        prefix: the share of each row given as context; the rest is predicted.
+        batches: validation batches scored (``trainer.batch_size`` rows of ``trainer.seq_len + 1`` tokens,
+            the same rows for every variant).
+    """
+
+    enabled: bool = False
+    prefix: float = 0.5
+    batches: int = 16
+
+
+@dataclass(frozen=True)
 class MQARSettings:
     """Associative recall (Zoology, arXiv:2312.04927): one fresh training run per case and seed.
 
@@ -130,7 +149,7 @@ class BenchSettings:
     Args:
         seeds: training seeds of the quality figures (>= 3 for an interval worth the name).
         quality: train and evaluate at all (off: speed and FLOPs only).
-        speed, extrapolation, mqar, match, budget, lr: the sections above.
+        speed, extrapolation, continuation, mqar, match, budget, lr: the sections above.
         peers: run the side-by-side peer comparison instead of a variant (``study=peers``); its
             keys are :func:`zoo.bench.peers.run`'s.
         expectation: the published finding a study reproduces, printed with its report.
@@ -143,6 +162,7 @@ class BenchSettings:
     quality: bool = True
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     extrapolation: ExtrapolationSettings = field(default_factory=ExtrapolationSettings)
+    continuation: ContinuationSettings = field(default_factory=ContinuationSettings)
     mqar: MQARSettings = field(default_factory=MQARSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
     budget: Budget = field(default_factory=Budget)
@@ -164,6 +184,10 @@ class BenchSettings:
             raise ConfigError("bench.lr.grid", list(self.lr.grid), "positive learning rates, e.g. [1e-3, 2e-3, 4e-3]")
         if self.lr.screen_steps is not None and self.lr.screen_steps <= 0:
             raise ConfigError("bench.lr.screen_steps", self.lr.screen_steps, "> 0, or null (the full budget)")
+        if not 0 < self.continuation.prefix < 1:
+            raise ConfigError("bench.continuation.prefix", self.continuation.prefix, "a share of each row in (0, 1), e.g. 0.5")
+        if self.continuation.batches <= 0:
+            raise ConfigError("bench.continuation.batches", self.continuation.batches, "> 0")
         for case in self.mqar.cases:
             if len(case) != 2:
                 raise ConfigError("bench.mqar.cases", list(case), "pairs [seq_len, n_pairs]")

@@ -80,6 +80,24 @@ class Objective:
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
+    def continuation(self, model, batch: Batch, *, prefix_len: int) -> tuple[torch.Tensor, Metrics]:
+        """The loss of each row's tokens after its first ``prefix_len``, given those, read as this objective
+        reads a text whose end is missing: what compares across objectives, since the predicted tokens are
+        the same under every objective that answers it (``tokens[:, prefix_len:]``, ``n + 1 - prefix_len``
+        per row of ``tokens (b, n + 1)``). Returns ``(loss, metrics)`` as a call does.
+
+        An objective answers it by its ``continuation_inputs`` and ``loss``: the inputs of its own kind
+        with the row's end as the one thing to predict, and its loss on inputs.
+        """
+        inputs = getattr(self, "continuation_inputs", None)
+        if inputs is None:
+            raise ConfigError("objective", self.name, "an objective that predicts text (causal_lm, prefix_lm, blank_infilling, span_corruption) to score a continuation")
+        self.check(model)
+        tokens = batch["tokens"]
+        if not 1 <= prefix_len < tokens.shape[1]:
+            raise ConfigError("bench.continuation.prefix", prefix_len, f"a prefix of 1 to {tokens.shape[1] - 1} tokens of rows of {tokens.shape[1]}")
+        return self.loss(model, inputs(batch, prefix_len=prefix_len))
+
     def _needs_tokenizer(self):
         if self.tokenizer is None:
             raise ConfigError("tokenizer", None, f"objective={self.name} needs a tokenizer's special tokens; synthetic tasks train with objective=causal_lm")

@@ -104,6 +104,23 @@ def infilling_row(
     )
 
 
+def batched(rows: list[InfillingRow], *, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """``tokens``, ``positions``, ``targets``, ``loss_mask`` and ``prefix_len`` of ``rows``, right-padded to the longest."""
+    width = max(len(r.tokens) for r in rows)
+
+    def padded(field: str, value) -> torch.Tensor:
+        tensors = [getattr(r, field) for r in rows]
+        return torch.stack([F.pad(t, (0, 0) * (t.dim() - 1) + (0, width - len(t)), value=value) for t in tensors]).to(device)
+
+    return {
+        "tokens": padded("tokens", pad_id),
+        "positions": padded("positions", 0),
+        "targets": padded("targets", pad_id),
+        "loss_mask": padded("loss_mask", False),
+        "prefix_len": torch.tensor([r.prefix_len for r in rows], device=device),
+    }
+
+
 class BlankInfillingObjective(Objective):
     """GLM's autoregressive blank infilling (arXiv:2103.10360): fill each blanked span, left to right.
 
@@ -175,28 +192,31 @@ class BlankInfillingObjective(Objective):
             rows.append(infilling_row(row, starts, lengths, order, mask_id=mask_id, start_id=start_id, end_id=end_id, pad_id=pad_id))
             all_starts.append(starts)
             all_lengths.append(lengths)
-        width = max(len(r.tokens) for r in rows)
+        return {**batched(rows, pad_id=pad_id, device=batch["tokens"].device), "starts": all_starts, "lengths": all_lengths}
 
-        def padded(field: str, value) -> torch.Tensor:
-            tensors = [getattr(r, field) for r in rows]
-            return torch.stack([F.pad(t, (0, 0) * (t.dim() - 1) + (0, width - len(t)), value=value) for t in tensors]).to(batch["tokens"].device)
+    @torch.compiler.disable
+    def continuation_inputs(self, batch: Batch, *, prefix_len: int) -> dict[str, torch.Tensor]:
+        """The whole row with its end from ``prefix_len`` on as its one blank, the loss on that span's tokens
+        only (not on the ``[E]`` after them): :meth:`Objective.continuation`. GLM's own way to continue a
+        text (one blank at its end, as its document-level ``[gMASK]`` objective, arXiv:2103.10360)."""
+        mask_id, start_id, end_id, pad_id = self.sentinels()
+        text = batch["tokens"].cpu().long()
+        length = text.shape[1]
+        starts, lengths, order = torch.tensor([prefix_len]), torch.tensor([length - prefix_len]), torch.tensor([0])
+        rows = [infilling_row(row, starts, lengths, order, mask_id=mask_id, start_id=start_id, end_id=end_id, pad_id=pad_id) for row in text]
+        x = batched(rows, pad_id=pad_id, device=batch["tokens"].device)
+        x["loss_mask"][:, -1] = False  # every row has the same length: its last target is the span's [E]
+        return x
 
-        return {
-            "tokens": padded("tokens", pad_id),
-            "positions": padded("positions", 0),
-            "targets": padded("targets", pad_id),
-            "loss_mask": padded("loss_mask", False),
-            "prefix_len": torch.tensor([r.prefix_len for r in rows], device=batch["tokens"].device),
-            "starts": all_starts,
-            "lengths": all_lengths,
-        }
-
-    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        self.check(model)
-        x = self.make_inputs(batch)
+    def loss(self, model, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        """The loss of ``model`` on inputs of :meth:`make_inputs`."""
         logits = model(x["tokens"], positions=x["positions"], prefix_len=x["prefix_len"])
         loss, metrics = masked_cross_entropy(logits, x["targets"], x["loss_mask"])
         return add_aux_loss(model, loss, metrics), metrics
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        self.check(model)
+        return self.loss(model, self.make_inputs(batch))
 
     def __repr__(self) -> str:
         return f"BlankInfillingObjective(mask_ratio={self.mask_ratio}, mean_span_length={self.mean_span_length}, seed={self.seed})"

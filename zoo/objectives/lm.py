@@ -25,10 +25,17 @@ class CausalLMObjective(Objective):
         """``tokens (b, n)``, ``targets (b, n)``, ``loss_mask (b, n)``, and ``segments (b, n)`` for a packed row."""
         return shift(batch)
 
+    def continuation_inputs(self, batch: Batch, *, prefix_len: int) -> dict[str, torch.Tensor]:
+        """The row read causally, the loss on its targets from ``tokens[:, prefix_len]`` on (:meth:`Objective.continuation`)."""
+        return continuation(batch, prefix_len)
+
+    def loss(self, model, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        """The loss of ``model`` on inputs of :meth:`make_inputs`."""
+        return _next_token_loss(self, model, model(x["tokens"], **documents(x)), x)
+
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
-        x = self.make_inputs(batch)
-        return _next_token_loss(self, model, model(x["tokens"], **documents(x)), x)
+        return self.loss(model, self.make_inputs(batch))
 
 
 class PrefixLMObjective(Objective):
@@ -66,10 +73,18 @@ class PrefixLMObjective(Objective):
         after = torch.arange(n, device=prefix_len.device) >= prefix_len[:, None] - 1
         return {**x, "loss_mask": x["loss_mask"] & after, "prefix_len": prefix_len}
 
+    def continuation_inputs(self, batch: Batch, *, prefix_len: int) -> dict[str, torch.Tensor]:
+        """The row's first ``prefix_len`` tokens as the prefix, the loss on what follows (:meth:`Objective.continuation`)."""
+        x = continuation(batch, prefix_len)
+        return {**x, "prefix_len": torch.full((x["tokens"].shape[0],), prefix_len, device=x["tokens"].device)}
+
+    def loss(self, model, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        """The loss of ``model`` on inputs of :meth:`make_inputs`."""
+        return _next_token_loss(self, model, model(x["tokens"], prefix_len=x["prefix_len"], **documents(x)), x)
+
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         self.check(model)
-        x = self.make_inputs(batch)
-        return _next_token_loss(self, model, model(x["tokens"], prefix_len=x["prefix_len"], **documents(x)), x)
+        return self.loss(model, self.make_inputs(batch))
 
     def __repr__(self) -> str:
         return f"PrefixLMObjective(prefix_fraction={self.prefix_fraction}, seed={self.seed})"
@@ -86,6 +101,14 @@ def shift(batch: Batch) -> dict[str, torch.Tensor]:
     if "segment_ids" in batch:
         x["segments"] = batch["segment_ids"][:, :-1]
     return x
+
+
+def continuation(batch: Batch, prefix_len: int) -> dict[str, torch.Tensor]:
+    """:func:`shift` of the row read as one text (no ``segments``: span corruption and blank infilling read
+    it so too), the loss on the targets ``tokens[:, prefix_len:]`` only."""
+    x = shift({"tokens": batch["tokens"]})
+    after = torch.arange(x["targets"].shape[1], device=x["targets"].device) >= prefix_len - 1
+    return {**x, "loss_mask": after.expand_as(x["targets"])}
 
 
 def _next_token_loss(objective: Objective, model, logits: torch.Tensor, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:

@@ -104,7 +104,21 @@ class SpanCorruptionObjective(Objective):
             raise ConfigError("tokenizer.n_sentinels", len(tok.sentinel_ids), f">= {n_spans}, the spans span corruption cuts from rows of {length} tokens")
         g = self.next_generator() if generator is None else generator
         noise = random_spans_noise_mask(length, noise_density=self.noise_density, mean_span_length=self.mean_span_length, batch_size=b, generator=g)
-        noise = noise.to(tokens.device)
+        return self.corrupted(tokens, noise.to(tokens.device))
+
+    def continuation_inputs(self, batch: Batch, *, prefix_len: int) -> dict[str, torch.Tensor]:
+        """The row's end from ``prefix_len`` on as its one noise span, the loss on that span's tokens only
+        (not on its sentinel nor ``<eos>``): :meth:`Objective.continuation`."""
+        tokens = batch["tokens"]
+        noise = (torch.arange(tokens.shape[1], device=tokens.device) >= prefix_len).expand_as(tokens)
+        x = self.corrupted(tokens, noise)
+        x["loss_mask"][:, [0, -1]] = False
+        return x
+
+    def corrupted(self, tokens: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inputs of :meth:`make_inputs` for rows ``tokens (b, L)`` with spans ``noise (b, L)`` (kept first, noise last)."""
+        tok = self._needs_tokenizer()
+        b = tokens.shape[0]
         sentinels = torch.tensor(tok.sentinel_ids, dtype=torch.long)
         eos = tokens.new_full((b, 1), tok.eos_id)
         src = torch.cat([replace_spans(tokens, noise, sentinels), eos], dim=1)
@@ -113,11 +127,14 @@ class SpanCorruptionObjective(Objective):
         tgt_in = torch.cat([tokens.new_full((b, 1), tok.bos_id), targets[:, :-1]], dim=1)
         return {"src": src, "tgt_in": tgt_in, "targets": targets, "loss_mask": torch.ones_like(targets, dtype=torch.bool), "noise": noise}
 
-    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        self.check(model)
-        x = self.make_inputs(batch)
+    def loss(self, model, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        """The loss of ``model`` on inputs of :meth:`make_inputs`."""
         loss, metrics = masked_cross_entropy(model(x["src"], x["tgt_in"]), x["targets"], x["loss_mask"])
         return add_aux_loss(model, loss, metrics), metrics
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        self.check(model)
+        return self.loss(model, self.make_inputs(batch))
 
     def __repr__(self) -> str:
         return f"SpanCorruptionObjective(noise_density={self.noise_density}, mean_span_length={self.mean_span_length}, seed={self.seed})"
