@@ -1,4 +1,5 @@
-"""The end-of-run sample: it stops where learned positions end and leaves the training RNG alone."""
+"""The end-of-run sample: it stops where learned positions end, leaves the training RNG alone, and a GLM
+model writes it by filling a blank, as it trained."""
 
 import torch
 
@@ -25,3 +26,17 @@ def test_sample_is_seeded_and_leaves_the_global_rng_alone():
     first = sample(model, BYTES, settings=settings, seed=7)
     assert torch.equal(torch.get_rng_state(), before)
     assert sample(model, BYTES, settings=settings, seed=7) == first
+
+
+def test_a_glm_model_samples_by_filling_a_blank_at_the_prompts_end():
+    from zoo.generation import generate
+    from zoo.objectives import BlankInfillingObjective
+    from zoo.objectives.blank_infilling import infilling_sentinels
+
+    tok = ByteTokenizer(n_sentinels=4)
+    model = build_tiny(["model=prefix", "model/pos=rope_2d", f"model.vocab_size={tok.vocab_size}"])
+    settings = SampleSettings(prompt="def f(", max_new_tokens=8, temperature=0.0, top_k=None, heal=False)
+    text = sample(model, tok, settings=settings, objective=BlankInfillingObjective(tokenizer=tok))
+    mask, start, end, pad = infilling_sentinels(tok)
+    span = generate(model, [[*tok.encode("def f("), mask]], max_new_tokens=8, temperature=0.0, blank_id=mask, start_id=start, eos_id=end, pad_id=pad)
+    assert text == "def f(" + tok.decode([t for t in span.tokens[0] if t != end])

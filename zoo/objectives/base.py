@@ -80,6 +80,12 @@ class Objective:
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
+    def continuation_prompt(self, ids: list[int]) -> tuple[list[int], dict[str, int]]:
+        """How a model trained by this objective continues a text prompt ``ids``: the prompt to decode from and
+        the keyword arguments of :func:`zoo.generation.generate` (the end-of-run sample asks it). A language
+        model continues the text itself: ``(ids, {})``."""
+        return list(ids), {}
+
     def continuation(self, model, batch: Batch, *, prefix_len: int) -> tuple[torch.Tensor, Metrics]:
         """The loss of each row's tokens after its first ``prefix_len``, given those, read as this objective
         reads a text whose end is missing: what compares across objectives, since the predicted tokens are

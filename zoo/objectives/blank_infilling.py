@@ -208,6 +208,12 @@ class BlankInfillingObjective(Objective):
         x["loss_mask"][:, -1] = False  # every row has the same length: its last target is the span's [E]
         return x
 
+    def continuation_prompt(self, ids: list[int]) -> tuple[list[int], dict[str, int]]:
+        """The prompt with one blank at its end, filled after ``[S]`` until ``[E]``: a GLM model continues a
+        text by infilling, as it trained (``generate(..., blank_id=)``)."""
+        mask_id, start_id, end_id, pad_id = self.sentinels()
+        return [*ids, mask_id], {"blank_id": mask_id, "start_id": start_id, "eos_id": end_id, "pad_id": pad_id}
+
     def loss(self, model, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """The loss of ``model`` on inputs of :meth:`make_inputs`."""
         logits = model(x["tokens"], positions=x["positions"], prefix_len=x["prefix_len"])

@@ -329,7 +329,7 @@ class Loop:
         text = None
         # a sharded model runs a forward only with every rank taking part: no sample from rank 0 alone
         if dist.main and not sharded(model) and can_sample(model, self.parts.tokenizer) and s.sample.max_new_tokens:
-            text = sample(model, self.parts.tokenizer, settings=s.sample, seed=s.seed)
+            text = sample(model, self.parts.tokenizer, settings=s.sample, seed=s.seed, objective=self.objective)
         if dist.main and not quiet:
             print(f"final (step {self.step}): {_describe(final)}{_compared(result.metrics)}; {self.tokens_seen / max(self.train_time, 1e-9):,.0f} tokens/s")
             if text is not None:

@@ -21,14 +21,18 @@ def room_for(model: nn.Module, prompt_len: int, wanted: int) -> int:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, tokenizer, *, settings: SampleSettings, seed: int = 0) -> str:
-    """``settings.prompt`` and its continuation, up to ``<eos>``; its own generator, so the training RNG never moves."""
+def sample(model: nn.Module, tokenizer, *, settings: SampleSettings, seed: int = 0, objective=None) -> str:
+    """``settings.prompt`` and its continuation, up to ``<eos>``, written as the run's ``objective`` continues
+    a text (a GLM model fills a blank at the prompt's end: ``Objective.continuation_prompt``); its own
+    generator, so the training RNG never moves."""
     prompt = encode_prompt(tokenizer, settings.prompt, heal=settings.heal)
-    n_new = room_for(model, len(prompt.ids), settings.max_new_tokens)
+    ids, how = objective.continuation_prompt(prompt.ids) if objective is not None else (prompt.ids, {})
+    n_new = room_for(model, len(ids), settings.max_new_tokens)
     if n_new == 0:
         return settings.prompt
+    eos_id = how.pop("eos_id", tokenizer.eos_id)
     out = generate(
-        model, [prompt.ids], max_new_tokens=n_new, temperature=settings.temperature, top_k=settings.top_k,
-        eos_id=tokenizer.eos_id, seed=seed, allowed_first=[prompt.allowed],
-    )
-    return prompt.text + tokenizer.decode([t for t in out.tokens[0] if t != tokenizer.eos_id])
+        model, [ids], max_new_tokens=n_new, temperature=settings.temperature, top_k=settings.top_k,
+        eos_id=eos_id, seed=seed, allowed_first=[prompt.allowed], **how,
+    )  # fmt: skip
+    return prompt.text + tokenizer.decode([t for t in out.tokens[0] if t != eos_id])
