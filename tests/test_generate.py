@@ -165,7 +165,8 @@ def test_zoo_generate_fills_the_blank_of_a_glm_checkpoint(tmp_path, monkeypatch,
     "overrides, message",
     [
         (["infill=true", "prompt=abc"], r"^infill=True: a prompt holding the blank to fill, written <mask>"),
-        (['prompt="a<mask>b<mask>"'], r"^prompt='2 blanks <mask>': one blank to fill per prompt"),
+        (['prompt="a<mask>b<mask>"', "stop_at_eos=false"], r"^stop_at_eos=False: true when the prompt holds 2 blanks <mask>"),
+        (['prompt="a<mask>b<mask>"', "draft.checkpoint=elsewhere"], r"^draft.checkpoint='elsewhere': null when the prompt holds 2 blanks"),
         (["infill=sometimes", 'prompt="a<mask>"'], r"^infill='sometimes': true .*, false .* or null"),
         (['prompt="a<mask>"', "chat=true"], r"^chat=True: false when filling a blank"),
         (['prompt="a<mask>"', "compiled=true"], r"^compiled=True: false or null when filling a blank"),
@@ -178,6 +179,29 @@ def test_cli_refuses_a_blank_it_cannot_fill_before_building_anything(monkeypatch
     with pytest.raises(ConfigError, match=message) as error:
         cli.run(compose_generate([*TINY_CLI, "model=prefix", "model/pos=learned_2d", *overrides]))
     assert "\n" not in str(error.value)
+
+
+def test_cli_fills_several_blanks_in_their_order(monkeypatch, capsys):
+    """``prompt="ab<mask>c<mask>d"``: the spans generate() writes, each in its blank; a blank the tokens did
+    not reach is printed as ``<mask>``."""
+    from zoo import generate as cli
+    from zoo.generation import generate
+    from zoo.generation.infill import split_spans
+    from zoo.objectives.blank_infilling import infilling_sentinels
+    from zoo.testing import build_tiny
+    from zoo.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer(n_sentinels=4)
+    model = build_tiny(["model=prefix", "model/pos=learned_2d", f"model.vocab_size={tok.vocab_size}", "model.max_seq_len=64"])
+    blank, start, end, pad = infilling_sentinels(tok)
+    prompt = [*tok.encode("ab"), blank, *tok.encode("c"), blank, *tok.encode("d")]
+    monkeypatch.setattr(cli, "build_models", lambda *a, **k: (model, None, tok))
+    text, out, _ = cli.run(compose_generate([*TINY_CLI, "model=prefix", "model/pos=learned_2d", 'prompt="ab<mask>c<mask>d"', "temperature=0"]))
+    span = generate(model, [prompt], max_new_tokens=6, blank_id=blank, start_id=start, eos_id=end, pad_id=pad).tokens[0]
+    assert out.tokens[0] == span
+    spans = [tok.decode(s) for s in split_spans(span, end)]
+    filled = "ab" + spans[0] + "c" + (spans[1] if len(spans) > 1 else "<mask>") + "d"
+    assert capsys.readouterr().out.startswith(filled + "\n[") and text == "".join(spans)
 
 
 def test_cli_refuses_a_blank_for_a_model_without_2d_positions_and_reads_it_as_text_when_told(capsys):

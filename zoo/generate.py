@@ -13,9 +13,9 @@ A prompt is any text: Hydra parses what follows ``prompt=``, so text with parent
 or spaces goes in double quotes inside the shell's single quotes (``'prompt="f(a=1)"'``; a ``"``
 inside is written ``\"``), or in a file (``prompt_file=``), read verbatim.
 
-A prompt holding one blank, written ``<mask>``, is filled from the text on both sides by a model trained
+A prompt holding blanks, written ``<mask>``, is filled from the text on both sides by a model trained
 with ``model=prefix objective=blank_infilling`` (GLM, arXiv:2103.10360; ``infill=``): the output is the
-prompt with the span in the blank.
+prompt with a span in each blank, written in the blanks' order.
 """
 
 import sys
@@ -27,6 +27,7 @@ import torch
 from zoo.errors import ConfigError
 from zoo.generation import Generation, generate, speculative_generate
 from zoo.generation.healing import TextPrompt, encode_prompt
+from zoo.generation.infill import split_spans
 
 #: the keys of a composition that choose the model (``model.dim=..``, ``model/ffn=..``, ``preset=..``)
 MODEL_KEYS = ("model", "preset")
@@ -200,9 +201,10 @@ def infills(cfg, text: str) -> bool:
         return False
     if blanks == 0:
         raise ConfigError("infill", cfg.infill, f"a prompt holding the blank to fill, written {MASK_TOKEN}; or false to continue the prompt")
-    if blanks > 1:
-        key = "prompt_file" if cfg.get("prompt_file") else "prompt"
-        raise ConfigError(key, f"{blanks} blanks {MASK_TOKEN}", f"one blank to fill per prompt (or infill=false to read {MASK_TOKEN} as text)")
+    if blanks > 1 and not cfg.stop_at_eos:
+        raise ConfigError("stop_at_eos", False, f"true when the prompt holds {blanks} blanks {MASK_TOKEN}: [E] ends each span and begins the next")
+    if blanks > 1 and (cfg.draft.checkpoint or cfg.draft.overrides):
+        raise ConfigError("draft.checkpoint", cfg.draft.checkpoint or cfg.draft.overrides, f"null when the prompt holds {blanks} blanks {MASK_TOKEN}: one span's [E] begins the next, which a draft's rollback cannot take back")
     if cfg.get("chat"):
         raise ConfigError("chat", True, f"false when filling a blank {MASK_TOKEN} (infill): the prompt is the text around it")
     if cfg.get("compiled"):
@@ -262,14 +264,17 @@ def speed_line(out: Generation, seconds: float, *, n_draft: int) -> str:
 
 
 def run_infill(cfg, text_in: str, *, model, draft, tokenizer) -> tuple[str, Generation, float]:
-    """Fill the blank of ``text_in`` (:func:`run` with ``infill``) and print the filled text and tokens/s:
-    the text around the blank is Part A, the model writes the span after ``[S]`` until ``[E]``."""
+    """Fill the blanks of ``text_in`` (:func:`run` with ``infill``) and print the filled text and tokens/s:
+    the text around the blanks is Part A, the model writes each blank's span after ``[S]`` until ``[E]``,
+    in the blanks' order. Returns the spans' text, concatenated, as :func:`run` does."""
     from zoo.objectives.blank_infilling import infilling_sentinels
     from zoo.tokenizer import MASK_TOKEN
 
     blank_id, start_id, end_id, pad_id = infilling_sentinels(tokenizer)
-    before, after = text_in.split(MASK_TOKEN)
-    prompt = [*tokenizer.encode(before), blank_id, *tokenizer.encode(after)]
+    parts = text_in.split(MASK_TOKEN)
+    prompt = [*tokenizer.encode(parts[0])]
+    for part in parts[1:]:
+        prompt += [blank_id, *tokenizer.encode(part)]
     eos = end_id if cfg.stop_at_eos else None
     start = time.perf_counter()
     out = generate(
@@ -278,11 +283,12 @@ def run_infill(cfg, text_in: str, *, model, draft, tokenizer) -> tuple[str, Gene
     )  # fmt: skip
     seconds = time.perf_counter() - start
     span = out.tokens[0]
-    ended = bool(span) and span[-1] == end_id
-    text = tokenizer.decode(span[:-1] if ended else span)
-    if eos is not None and not ended:
-        print(f"zoo-generate: the span reached max_new_tokens={cfg.max_new_tokens} before its end [E]", file=sys.stderr)
-    print(before + text + after)
+    ended = span.count(end_id) if eos is not None else 0
+    spans = [tokenizer.decode(s) for s in split_spans(span, end_id)]
+    if eos is not None and ended < len(parts) - 1:
+        print(f"zoo-generate: the spans reached max_new_tokens={cfg.max_new_tokens} with {ended} of {len(parts) - 1} ended by [E]", file=sys.stderr)
+    print("".join(part + (spans[i] if i < len(spans) else MASK_TOKEN if i < len(parts) - 1 else "") for i, part in enumerate(parts)))
+    text = "".join(spans)
     print(speed_line(out, seconds, n_draft=cfg.draft.n_draft))
     return text, out, seconds
 

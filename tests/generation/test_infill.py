@@ -106,6 +106,48 @@ def test_a_draft_infills_the_same_span():
 def test_fill_puts_the_span_in_the_blank():
     assert fill([1, MASK, 2], [7, 8, END], blank_id=MASK, end_id=END) == [1, 7, 8, 2]
     assert fill([MASK], [7], blank_id=MASK, end_id=END) == [7]  # the budget ran out before [E]
+    assert fill([1, MASK, 2, MASK], [7, END, 8, 9, END], blank_id=MASK, end_id=END) == [1, 7, 2, 8, 9]
+    assert fill([MASK, 2, MASK], [END, 8], blank_id=MASK, end_id=END) == [2, 8]  # an empty span, then one cut short
+    assert fill([MASK, 2, MASK], [7], blank_id=MASK, end_id=END) == [7, 2, MASK]  # the second blank never reached
+
+
+def full_forward_blanks(model, part_a: list[int], *, max_new_tokens: int, end_id: int) -> list[int]:
+    """Greedy infilling of several blanks without a cache: at each step Part A, then each span begun so far
+    in the blanks' order as Part B holds spans in training (``[S]`` and its tokens at ``(the blank's index,
+    1 ..)``), read whole; an ``[E]`` ends a span and the next blank's ``[S]`` follows."""
+    blanks = [i for i, t in enumerate(part_a) if t == MASK]
+    spans: list[list[int]] = [[]]
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            tokens, positions = list(part_a), [[i, 0] for i in range(len(part_a))]
+            for blank, span in zip(blanks, spans):
+                tokens += [START, *span]
+                positions += [[blank, 1 + k] for k in range(1 + len(span))]
+            logits = model(torch.tensor([tokens]), positions=torch.tensor([positions]), prefix_len=torch.tensor([len(part_a)]))
+            new.append(int(logits[0, -1].argmax()))
+            if new[-1] != end_id:
+                spans[-1].append(new[-1])
+            elif len(spans) == len(blanks):
+                break
+            else:
+                spans.append([])
+    return new
+
+
+@pytest.mark.parametrize("pos", [Learned2DPositions, RoPE2D], ids=["learned_2d", "rope_2d"])
+def test_several_blanks_are_filled_in_order_as_part_b_holds_spans(pos):
+    """Prompts with two, one and three blanks, batched: through the KV cache, token for token the full
+    forward's greedy spans, each [E] beginning the next blank's span, a row ending at its last [E]."""
+    model = glm(pos)
+    prompts = [[1, MASK, 2, 3, MASK, 4], [5, MASK, 6], [MASK, 7, MASK, 8, 9, MASK]]
+    end = generate(model, prompts[:1], max_new_tokens=2, eos_id=END, **IDS).tokens[0][-1]  # a token it writes early
+    out = generate(model, prompts, max_new_tokens=12, eos_id=end, **IDS)
+    expected = [full_forward_blanks(model, p, max_new_tokens=12, end_id=end) for p in prompts]
+    assert out.tokens == expected
+    assert expected[0].count(end) >= 1  # a span ended and the next began
+    # a row ends at the [E] of its last blank, not before: short rows ended every span
+    assert all(len(row) == 12 or row.count(end) == p.count(MASK) for row, p in zip(out.tokens, prompts))
 
 
 def test_what_cannot_infill_is_refused_in_one_line():
@@ -114,11 +156,12 @@ def test_what_cannot_infill_is_refused_in_one_line():
         (tiny("causal", vocab=TOK.vocab_size), prompts, {}, r"^model='causal': a prefix decoder trained with objective=blank_infilling"),
         (tiny("encdec", vocab=TOK.vocab_size), prompts, {}, r"^model='encdec': a prefix decoder"),
         (glm(RoPE), prompts, {}, r"^model/pos='RoPE': encodes one position per token; .* need model/pos=learned_2d or rope_2d$"),
-        (glm(), [[1, 2, 3]], {}, r"^generate.prompts='blanks per prompt \[0\]': one blank"),
-        (glm(), [[1, MASK, 2], [MASK, 3, MASK]], {}, r"^generate.prompts='blanks per prompt \[1, 2\]': one blank"),
+        (glm(), [[1, 2, 3]], {}, r"^generate.prompts='blanks per prompt \[0\]': at least one blank"),
+        (glm(), [[1, MASK, 2], [MASK, 3, MASK]], {"eos_id": None}, r"^generate.eos_id=None: the id of \[E\]"),
+        (glm(), [[MASK, 3, MASK]], {"draft": glm(), "n_draft": 2}, r"^generate.draft='a draft model': none when a prompt holds several blanks"),
         (glm(), prompts, {"compiled": True}, r"^generate.compiled=True: false or null: InfillSession decodes on the eager cache"),
     ]
     for model, rows, extra, message in cases:
         with pytest.raises(ConfigError, match=message) as error:
-            generate(model, rows, max_new_tokens=3, eos_id=END, **IDS, **extra)
+            generate(model, rows, max_new_tokens=3, **{"eos_id": END, **IDS, **extra})
         assert "\n" not in str(error.value)

@@ -177,7 +177,8 @@ class EncoderDecoder(nn.Module):
         return seq_len + 1
 
     def open_session(
-        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0, blank_id: int | None = None
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0, blank_id: int | None = None,
+        end_id: int | None = None,
     ) -> EncDecSession:
         """The prompts encoded once as right-padded sources; the decoder starts from ``start_id``.
         A blank to fill (``blank_id``) is refused: span corruption writes spans after sentinels, not blanks."""

@@ -200,10 +200,11 @@ class TransformerLM(nn.Module):
         return self(tokens, positions=positions, valid=valid, hidden=True)
 
     def open_session(
-        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None,
+        end_id: int | None = None,
     ) -> LMSession:
-        """Prompts left-padded and read whole (a prefix LM's prefix); ``start_id`` is unused. Only a
-        prefix decoder fills a blank (``blank_id``)."""
+        """Prompts left-padded and read whole (a prefix LM's prefix); ``start_id`` and ``end_id`` are unused.
+        Only a prefix decoder fills a blank (``blank_id``)."""
         if blank_id is not None:
             refuse_infilling(self.arch)
         return LMSession(self, prompts, pad_id=pad_id, room=room, rollback=rollback)
@@ -258,15 +259,16 @@ class PrefixLM(TransformerLM):
         return self(tokens, positions=positions, valid=valid, prefix_len=valid.sum(1), hidden=True)
 
     def open_session(
-        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int = 0, room: int, rollback: int = 0, blank_id: int | None = None,
+        end_id: int | None = None,
     ) -> LMSession:
         """Prompts read whole as the prefix; with ``blank_id``, GLM's blank infilling: each prompt is
-        Part A holding one blank, and the new tokens are its span, from ``start_id`` (``[S]``) on, at
-        2D positions (:class:`~zoo.arch.session.InfillSession`)."""
+        Part A holding its blanks, and the new tokens are their spans, each from ``start_id`` (``[S]``) on
+        and ended by ``end_id`` (``[E]``), at 2D positions (:class:`~zoo.arch.session.InfillSession`)."""
         if blank_id is None:
             return super().open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
         self.check_2d_positions()
-        return InfillSession(self, prompts, pad_id=pad_id, blank_id=blank_id, start_id=start_id, room=room, rollback=rollback)
+        return InfillSession(self, prompts, pad_id=pad_id, blank_id=blank_id, start_id=start_id, end_id=end_id, room=room, rollback=rollback)
 
     def mask(self, *, positions, prefix_len=None, valid=None) -> Mask:
         if prefix_len is None:

@@ -65,10 +65,12 @@ class Architecture(Protocol):
         ...
 
     def open_session(
-        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0, blank_id: int | None = None
+        self, prompts: list[list[int]], *, pad_id: int, start_id: int, room: int, rollback: int = 0, blank_id: int | None = None,
+        end_id: int | None = None,
     ) -> Session:
         """A decoding session over ``prompts`` with a cache for ``room`` more tokens (:mod:`zoo.arch.session`);
-        with ``blank_id``, one that fills each prompt's blank (GLM's blank infilling), or a ConfigError."""
+        with ``blank_id``, one that fills each prompt's blanks (GLM's blank infilling; ``end_id`` ends each
+        span), or a ConfigError."""
         ...
 
     def uncached_next_logits(self, prompt: Sequence[int], generated: Sequence[int], *, start_id: int = 0) -> torch.Tensor:

@@ -42,6 +42,8 @@ class Session:
     prompt: torch.Tensor
     #: whether its one-token decode steps may run on a static-shape cache (:mod:`zoo.generation.static`)
     static_steps: bool = True
+    #: how many end tokens (``eos_id``) end a row: one, or ``(b,)`` a prompt's blanks when filling them
+    ends_needed: int | torch.Tensor = 1
 
     def __init__(self, model: nn.Module, *, room: int, rollback: int = 0) -> None:
         self.model = model
@@ -136,11 +138,14 @@ def refuse_infilling(arch: str) -> None:
 class InfillSession(LMSession):
     """GLM's blank infilling on a prefix decoder (Du et al. 2022, arXiv:2103.10360, section 2.2).
 
-    Each prompt is Part A: a text holding one blank (``blank_id``, the tokenizer's ``<mask>``). The
-    session lays it out as ``objective=blank_infilling`` trains: Part A is the bidirectional prefix at
-    2D positions ``(index, 0)``; then ``start_id`` (``[S]``) and the span, left to right, at
-    ``(index of the blank, 1), (index of the blank, 2), ...``. The new tokens are the span; a model
-    trained so ends it with ``[E]`` (pass it as ``eos_id``).
+    Each prompt is Part A: a text holding one or more blanks (``blank_id``, the tokenizer's ``<mask>``).
+    The session lays it out as ``objective=blank_infilling`` trains: Part A is the bidirectional prefix
+    at 2D positions ``(index, 0)``; then ``start_id`` (``[S]``) and the first blank's span, left to right,
+    at ``(index of the blank, 1), (index of the blank, 2), ...``. The new tokens are the span; a model
+    trained so ends it with ``[E]`` (``end_id``, pass it as ``eos_id`` too). With several blanks the spans
+    follow one another in the blanks' order, as Part B holds spans in training: the ``[E]`` that ends a
+    span is fed as the next blank's ``[S]`` (in training ``[E]`` is only ever a target), at
+    ``(index of that blank, 1)``; the new tokens are then the spans, each ended by its ``[E]``.
 
     Prompts are left-padded, so every Part A ends in the same column: the model reads its mask and
     cache in column order when given 2D positions (they are not in reading order), so the prefix is
@@ -148,10 +153,11 @@ class InfillSession(LMSession):
 
     Args:
         model: a prefix decoder whose position schemes take 2D positions.
-        prompts: Part A of each sequence, each holding ``blank_id`` once.
+        prompts: Part A of each sequence, each holding ``blank_id`` at least once.
         pad_id, room, rollback: as in :class:`LMSession`.
         blank_id: the blank to fill.
         start_id: the token that starts a span (``[S]``).
+        end_id: the token that ends a span (``[E]``); needed when a prompt holds more than one blank.
 
     Shapes: :meth:`feed` takes ``(b, n)`` tokens and returns ``(b, n, v)`` logits; :attr:`positions`
     is ``(b, t, 2)``.
@@ -162,22 +168,48 @@ class InfillSession(LMSession):
     static_steps = False
 
     def __init__(
-        self, model: nn.Module, prompts: list[list[int]], *, pad_id: int, blank_id: int, start_id: int, room: int, rollback: int = 0
-    ) -> None:
+        self, model: nn.Module, prompts: list[list[int]], *, pad_id: int, blank_id: int, start_id: int, end_id: int | None = None,
+        room: int, rollback: int = 0,
+    ) -> None:  # fmt: skip
         blanks = [p.count(blank_id) for p in prompts]
-        if any(n != 1 for n in blanks):
-            raise ConfigError(
-                "generate.prompts", f"blanks per prompt {blanks}", f"one blank (id {blank_id}, <mask>) in each prompt to infill, no more"
-            )
+        if any(n < 1 for n in blanks):
+            raise ConfigError("generate.prompts", f"blanks per prompt {blanks}", f"at least one blank (id {blank_id}, <mask>) in each prompt to infill")
+        if max(blanks) > 1 and end_id is None:
+            raise ConfigError("generate.eos_id", None, "the id of [E] when a prompt holds several blanks: it ends each span, and the next begins")
         super().__init__(model, [[*p, start_id] for p in prompts], pad_id=pad_id, room=room, rollback=rollback)
         width = self.prompt.shape[1] - 1  # Part A's columns, padding included; [S] is the next
         pads = width - torch.tensor([len(p) for p in prompts], device=self.device)
-        blank_at = torch.tensor([p.index(blank_id) for p in prompts], device=self.device)  # its index in Part A
+        # each blank's index in Part A, in order; a row with fewer blanks repeats its last (never reached)
+        at = [[i for i, t in enumerate(p) if t == blank_id] for p in prompts]
+        self.blank_at = torch.tensor([a + a[-1:] * (max(blanks) - len(a)) for a in at], device=self.device)  # (b, blanks)
         column = torch.arange(self.positions.shape[1], device=self.device)[None]
-        position = torch.where(column < width, column - pads[:, None], blank_at[:, None]).clamp(min=0)
+        position = torch.where(column < width, column - pads[:, None], self.blank_at[:, :1]).clamp(min=0)
         intra = (column - width + 1).clamp(min=0).expand_as(position)  # 0 in Part A, then 1 at [S], 2, ...
-        self.positions = torch.stack([position, intra], dim=-1)  # (b, t, 2)
+        self.positions = torch.stack([position, intra], dim=-1)  # (b, t, 2): one blank's layout
         self.prefix_len = torch.full_like(self.prefix_len, width)
+        self.ends_needed = torch.tensor(blanks, device=self.device)
+        self.start_id, self.end_id = start_id, end_id
+        self.begun = torch.ones_like(self.ends_needed)  # spans begun: the prompt's [S] began the first
+        self.intra = torch.ones_like(self.ends_needed)  # the intra-span id of the last token fed
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Session.feed`; past the prompt, with several blanks, a span's ``[E]`` is fed as the next
+        blank's ``[S]`` and each token takes the 2D position of the span it is in."""
+        start, n = self.fed, tokens.shape[1]
+        if start < self.prompt.shape[1] or int(self.ends_needed.max()) == 1:
+            return super().feed(tokens)
+        fed, positions = tokens.clone(), []
+        for i in range(n):
+            next_span = (tokens[:, i] == self.end_id) & (self.begun < self.ends_needed)
+            fed[:, i] = torch.where(next_span, self.start_id, tokens[:, i])
+            self.begun = self.begun + next_span.long()
+            self.intra = torch.where(next_span, 1, self.intra + 1)
+            blank = self.blank_at.gather(1, (self.begun - 1)[:, None])[:, 0]
+            positions.append(torch.stack([blank, self.intra], dim=-1))
+        logits = self.call(fed, positions=torch.stack(positions, dim=1), valid=self.valid_at(start, n))
+        self.fed = start + n
+        return logits
+
 
 
 class EncDecSession(Session):

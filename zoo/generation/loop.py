@@ -42,9 +42,10 @@ def generate(
     masks, so each row gets what it would alone. A causal LM continues its prompt, a prefix LM reads
     the prompt bidirectionally (its prefix), an encoder-decoder encodes the prompt as its source and
     decodes from ``start_id``. An encoder-only model raises the ConfigError of ``new_cache()``.
-    With ``blank_id``, a prefix LM trained with ``objective=blank_infilling`` fills each prompt's one
-    blank instead (GLM, arXiv:2103.10360): the new tokens are the span, written after ``start_id``
-    (``[S]``) and ended by ``eos_id`` (``[E]``); :func:`zoo.generation.infill.fill` puts it in the blank.
+    With ``blank_id``, a prefix LM trained with ``objective=blank_infilling`` fills each prompt's blanks
+    instead (GLM, arXiv:2103.10360): the new tokens are the spans, in the blanks' order, each written
+    after ``start_id`` (``[S]``) and ended by ``eos_id`` (``[E]``); :func:`zoo.generation.infill.fill`
+    puts them in the blanks.
 
     Args:
         model: a zoo model that can generate (``model.can_generate``).
@@ -65,8 +66,9 @@ def generate(
             (:func:`~zoo.generation.static.compile_pays`). Not with a ``draft``.
         allowed_first: per prompt, the ids its first new token may take (``None``: any): token healing
             (:mod:`zoo.generation.healing`) writes a backed-off prompt token again this way.
-        blank_id: the blank each prompt holds once, to fill (the tokenizer's ``<mask>``); ``None``:
-            continue the prompts. Decodes on the eager cache (``compiled`` must be false or null).
+        blank_id: the blank each prompt holds once or more, to fill (the tokenizer's ``<mask>``); ``None``:
+            continue the prompts. Decodes on the eager cache (``compiled`` must be false or null); several
+            blanks in a prompt need ``eos_id`` (``[E]``) and no ``draft``.
 
     Returns: a :class:`Generation`; ``tokens[i]`` are the new tokens of prompt ``i``.
     """
@@ -87,7 +89,8 @@ def generate(
             allowed_first=allowed_first, blank_id=blank_id,
         )
     with evaluating(model), torch.inference_mode():
-        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens, blank_id=blank_id)
+        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens, blank_id=blank_id, end_id=eos_id)
+        ends_needed = torch.as_tensor(session.ends_needed, device=session.device)
         gen = seeded_generator(seed, generator, session.device)
         b = len(rows)
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=session.device)
@@ -98,18 +101,20 @@ def generate(
         if compiled or (compiled is None and session.static_steps and compile_pays(steps=steps) and has_static_form(session.cache)):
             session = StaticDecoder(session, room=steps)
         done = torch.zeros(b, dtype=torch.bool, device=session.device)
+        ended = torch.zeros(b, dtype=torch.long, device=session.device)  # end tokens so far: a row with several blanks needs one per span
         calls = 0
         for t in range(max_new_tokens):
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
             if eos_id is not None:
                 token = token.masked_fill(done, pad_id)
-                done |= token == eos_id
+                ended += token == eos_id
+                done |= ended >= ends_needed
             out[:, t] = token
             if t + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
                 break
             logits = session.feed(token[:, None])[:, -1]
             calls += 1
-        return Generation(tokens=trim_at_eos(out[:, : t + 1], eos_id), target_calls=calls)
+        return Generation(tokens=trim_at_eos(out[:, : t + 1], eos_id, ends=ends_needed.expand(b).tolist()), target_calls=calls)
 
 
 def greedy_reference(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: int, start_id: int = 0) -> list[int]:

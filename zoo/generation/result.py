@@ -31,11 +31,14 @@ class Generation:
         return sum(len(t) for t in self.tokens)
 
 
-def trim_at_eos(rows: torch.Tensor, eos_id: int | None) -> list[list[int]]:
-    """Rows of ``(b, n)`` ids as lists, each cut after its first ``eos_id``."""
+def trim_at_eos(rows: torch.Tensor, eos_id: int | None, *, ends: list[int] | None = None) -> list[list[int]]:
+    """Rows of ``(b, n)`` ids as lists, each cut after its first ``eos_id``, or after its ``ends[i]``-th
+    (a row filling several blanks ends each span with one)."""
     out = []
-    for row in rows.tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[: row.index(eos_id) + 1]
+    for i, row in enumerate(rows.tolist()):
+        at = [j for j, token in enumerate(row) if token == eos_id] if eos_id is not None else []
+        need = ends[i] if ends is not None else 1
+        if len(at) >= need:
+            row = row[: at[need - 1] + 1]
         out.append(row)
     return out
