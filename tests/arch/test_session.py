@@ -37,3 +37,22 @@ def test_each_architecture_opens_its_own_session(arch):
 def test_an_encoder_opens_no_session():
     with pytest.raises(ConfigError, match="cannot generate"):
         zoo.build(["model=encoder", "model.dim=32", "model.n_heads=4"]).open_session([[1]], pad_id=0, start_id=0, room=1)
+
+
+def test_a_session_that_cannot_fill_blanks_need_not_take_their_keywords():
+    """A plugin architecture's open_session written without blank_id and end_id still generates and
+    speculates: they are passed only when filling a blank."""
+    from zoo.generation import generate
+
+    model = build_tiny(["model/pos=rope"])
+    opened = []
+
+    def open_session(prompts, *, pad_id, start_id=0, room, rollback=0):
+        opened.append(room)
+        return type(model).open_session(model, prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=rollback)
+
+    model.open_session = open_session
+    expected = generate(build_tiny(["model/pos=rope"]), [[1, 2, 3]], max_new_tokens=4, eos_id=5).tokens
+    assert generate(model, [[1, 2, 3]], max_new_tokens=4, eos_id=5).tokens == expected
+    assert generate(model, [[1, 2, 3]], max_new_tokens=4, eos_id=5, draft=model, n_draft=2).tokens == expected
+    assert len(opened) == 3

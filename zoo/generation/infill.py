@@ -38,3 +38,9 @@ def split_spans(tokens: Sequence[int], end_id: int | None) -> list[list[int]]:
     if not spans[-1] and len(spans) > 1:  # the last span was ended: nothing after its [E]
         spans.pop()
     return spans
+
+
+def filling(blank_id: int | None, end_id: int | None) -> dict[str, int | None]:
+    """``open_session``'s keywords for filling blanks, none when continuing a prompt: an architecture
+    that never fills one (a plugin's) need not take them."""
+    return {} if blank_id is None else {"blank_id": blank_id, "end_id": end_id}

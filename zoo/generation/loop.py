@@ -10,6 +10,7 @@ from torch import nn
 
 from zoo.attention.static_cache import has_static_form
 from zoo.errors import ConfigError
+from zoo.generation.infill import filling
 from zoo.generation.prompts import Prompts, as_lists, evaluating
 from zoo.generation.result import Generation, trim_at_eos
 from zoo.generation.sampling import check_sampling, next_token, restrict, seeded_generator
@@ -89,7 +90,7 @@ def generate(
             allowed_first=allowed_first, blank_id=blank_id,
         )
     with evaluating(model), torch.inference_mode():
-        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens, blank_id=blank_id, end_id=eos_id)
+        session = model.open_session(rows, pad_id=pad_id, start_id=start_id, room=max_new_tokens, **filling(blank_id, eos_id))
         ends_needed = torch.as_tensor(session.ends_needed, device=session.device)
         gen = seeded_generator(seed, generator, session.device)
         b = len(rows)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.generation.infill import filling
 from zoo.generation.prompts import evaluating
 from zoo.generation.result import Generation, trim_at_eos
 from zoo.generation.sampling import draw, probabilities, restrict, seeded_generator
@@ -58,8 +59,8 @@ def speculative_generate(
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     with evaluating(target, draft), torch.inference_mode():
         room = max_new_tokens + n_draft + 1
-        t = target.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, blank_id=blank_id, end_id=eos_id)
-        d = draft.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, blank_id=blank_id, end_id=eos_id)
+        t = target.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, **filling(blank_id, eos_id))
+        d = draft.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, **filling(blank_id, eos_id))
         if int(torch.as_tensor(t.ends_needed).max()) > 1:
             raise ConfigError("generate.draft", "a draft model", "none when a prompt holds several blanks to fill: one span's [E] begins the next, which a draft's rollback cannot take back")
         gen = seeded_generator(seed, generator, t.device)
