@@ -211,7 +211,6 @@ class InfillSession(LMSession):
         return logits
 
 
-
 class EncDecSession(Session):
     """An encoder-decoder: the source is encoded once; the decoder starts from ``start_id``.
 
