@@ -21,6 +21,8 @@ SMALL = [
         # short documents: rows cross boundaries, whose attention and targets are masked, and the positions
         # restart at each (learned positions read them under vmap)
         ["data.corpus.sources=[pydoc]", "model/pos=learned"],
+        # a sparse pattern long enough for the gathered kernel alone, which reads positions: SDPA under vmap
+        ["model/attention=strided", "model.attention.pattern.stride=4"],
         # a task (MQAR): the loss only on the answers
         ["data=mqar", "data.n_pairs=4", "data.vocab_size=32"],
     ],

@@ -82,9 +82,16 @@ def sparse(
     if mask.pattern is None:
         return local(q, k, v, **kw)
     m = k.shape[2]
-    if mask.prefix_len is not None or m <= 2 * mask.pattern.keys_per_query(m):
+    if mask.prefix_len is not None or m <= 2 * mask.pattern.keys_per_query(m) or stacked(k_pos, mask.key_valid):
         return sdpa(q, k, v, **kw)
     return gathered(q, k, v, **kw)
+
+
+def stacked(*tensors: torch.Tensor | None) -> bool:
+    """Whether any of ``tensors`` is batched by ``vmap`` (seeds trained stacked, :mod:`zoo.bench.seeds`): the
+    gathered path reads positions into Python to size its gather, which ``vmap`` cannot, so SDPA with the
+    pattern as a dense mask computes the same attention there."""
+    return any(t is not None and torch._C._functorch.is_batchedtensor(t) for t in tensors)
 
 
 def gathered(
