@@ -132,3 +132,31 @@ def test_a_classifier_fine_tunes_with_lora_and_reports_accuracy_and_f1(tmp_path,
     assert result.status == "ok" and 0 <= result.metrics["val_accuracy"] <= 1 and 0 <= result.metrics["val_macro_f1"] <= 1
     assert result.metrics["parameters_trainable"] == 2 * 2 * (2 * 32 * 2) + 32 * 2 + 2  # adapters + the head
     assert "n_classes: 2" in (result.checkpoint / "config.yaml").read_text()
+
+
+def test_package_task_is_balanced_labelled_by_source_and_split_by_text():
+    import sysconfig
+    from pathlib import Path
+
+    from zoo.finetune.package_task import PackageTask
+
+    task = PackageTask(packages=["json", "email"], max_chars=256)
+    assert task.classes == ["email", "json"]
+    rows = task._rows
+    assert not {t for t, _ in rows["train"]} & {t for t, _ in rows["validation"]}
+    root = Path(sysconfig.get_paths()["stdlib"])
+    sources = {p: "".join(f.read_text(encoding="utf-8") for f in (root / p).rglob("*.py")) for p in task.packages}
+    for split, split_rows in rows.items():
+        counts = [sum(label == p for _, label in split_rows) for p in task.packages]
+        assert counts[0] == counts[1] > 0, split  # balanced: chance is one half
+        for text, label in split_rows:  # every line of the function is in its package's code
+            assert all(line.strip() in sources[label] for line in text.splitlines()), (label, text)
+
+
+def test_package_task_refuses_what_is_not_a_package():
+    from zoo.finetune.package_task import PackageTask
+
+    with pytest.raises(ConfigError, match=r"data.packages=\['json', 'os'\]: two or more distinct packages .*not packages: os"):
+        PackageTask(packages=["json", "os"])
+    with pytest.raises(ConfigError, match="data.packages"):
+        PackageTask(packages=["json"])
