@@ -132,6 +132,7 @@ def test_a_classifier_fine_tunes_with_lora_and_reports_accuracy_and_f1(tmp_path,
     assert result.status == "ok" and 0 <= result.metrics["val_accuracy"] <= 1 and 0 <= result.metrics["val_macro_f1"] <= 1
     assert result.metrics["parameters_trainable"] == 2 * 2 * (2 * 32 * 2) + 32 * 2 + 2  # adapters + the head
     assert "n_classes: 2" in (result.checkpoint / "config.yaml").read_text()
+    assert "val_zlib_bpb" not in result.metrics  # a compressor is a reference for a text's likelihood, not a label's
 
 
 def test_package_task_is_balanced_labelled_by_source_and_split_by_text():

@@ -84,6 +84,7 @@ class ClassificationObjective(Objective):
 
     name = "classify"
     compatible_archs = ARCHS
+    predicts_text = False  # a label's likelihood: no compressor is a reference for it
 
     def __init__(self, *, pool: str = "auto", n_classes: int | None = None, tokenizer=None, seed: int = 0) -> None:
         super().__init__(tokenizer=tokenizer, seed=seed)

@@ -45,6 +45,8 @@ class Objective:
     name: str = ""
     #: the ``arch`` values of the models it can train
     compatible_archs: tuple[str, ...] = ()
+    #: whether its loss is a text's likelihood, so that bits per byte and the compressors' figures mean something
+    predicts_text: bool = True
 
     def __init__(self, *, tokenizer=None, seed: int = 0) -> None:
         self.tokenizer, self.seed, self.step = tokenizer, seed, 0

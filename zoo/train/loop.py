@@ -263,7 +263,7 @@ class Loop:
             corpus_fingerprint=_fingerprint(self.parts.data), tokenizer=getattr(self.parts.tokenizer, "id", None),
             vocab_size=self.cfg.model.vocab_size,
         )  # fmt: skip
-        if main:  # the compressors' bits per byte on this split: a fixed reference for the model's
+        if main and self.objective.predicts_text:  # the compressors' bits per byte on this split: a fixed reference for the model's
             result.metrics.update(compressor_metrics(self.parts.data))
         if announce:
             trainable = result.metrics.get("parameters_trainable", counts["parameters"])
