@@ -15,8 +15,10 @@ and decode time per token against the context length for MHA, GQA, MQA and a sli
    cache bytes side by side, and a plot (``--plot``). The cache is filled with random keys and values
    instead of prefilling (decode time does not depend on what they hold; a 16 x 8192 prefill takes
    minutes here). Eager and compiled steps alternate, ``--steps`` each, median of ``--rounds``.
+4. ``--profile``: where a compiled batch-1 step's time goes, operators against the overhead around them.
 
     python benchmarks/bench_decode.py --quick          # a few minutes: contexts 256/4096/8192
+    python benchmarks/bench_decode.py --skip-speed --skip-bytes --skip-context --profile
     python benchmarks/bench_decode.py [--new-tokens 256] [--repeats 5] [--threads 2] [--hf-static]
 """
 
@@ -286,6 +288,42 @@ def plot_context(rows: list[dict], path: str) -> None:
     print(f"plot: {path}")
 
 
+def bench_profile(args) -> None:
+    """Where the time of a compiled batch-1 decode step goes: ``torch.profiler``'s self CPU time per
+    operator over ``--profile-steps`` steps after a ``--prompt-len`` context, the peers' model (part 1's).
+    What the operators do not account for is the step's overhead outside them (the compiled wrapper's
+    guards and Python, the session's bookkeeping)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from zoo.generation.static import StaticDecoder
+
+    steps = args.profile_steps
+    torch.manual_seed(0)
+    model = zoo.build(zoo_overrides(n_kv_heads=args.n_kv_heads)).eval()
+    room = 4 + 2 * steps
+    token = torch.ones(1, 1, dtype=torch.long)
+    with torch.inference_mode():
+        decoder = StaticDecoder(filled_session(model, batch=1, context=args.prompt_len, room=room), room=room)
+        steps_ms(decoder.feed, token, 4)  # compiles (the first steps may each compile a graph), then warm steps
+        plain_ms, _ = steps_ms(decoder.feed, token, steps)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            profiled_ms, _ = steps_ms(decoder.feed, token, steps)
+    events = prof.key_averages()
+    ops = [e for e in events if e.key.startswith(("aten::", "mkldnn::", "onednn::", "mkl::"))]
+    ops_ms = sum(e.self_cpu_time_total for e in ops) / 1000 / steps
+    print(f"\nprofile of a compiled decode step, batch 1, context {args.prompt_len}, {steps} steps, {torch.get_num_threads()} thread(s)")
+    print(f"step: {plain_ms:.2f} ms unprofiled, {profiled_ms:.2f} ms profiled; in operators (aten/oneDNN self time) "
+          f"{ops_ms:.2f} ms ({ops_ms / profiled_ms:.0%}), the rest {profiled_ms - ops_ms:.2f} ms")
+    print(f"{'operator':<44} {'calls/step':>10} {'self ms/step':>12} {'share':>6}")
+    for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[: args.profile_rows]:
+        ms = e.self_cpu_time_total / 1000 / steps
+        print(f"{e.key[:44]:<44} {e.count / steps:>10.1f} {ms:>12.3f} {ms / profiled_ms:>6.1%}")
+    others = [e for e in events if e not in ops]
+    print("\nother profiler events (wrappers: their self time is the overhead around the operators):")
+    for e in sorted(others, key=lambda e: -e.self_cpu_time_total)[:6]:
+        print(f"{e.key[:44]:<44} {e.count / steps:>10.1f} {e.self_cpu_time_total / 1000 / steps:>12.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=256)
@@ -303,6 +341,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="context sweep: alternating rounds per mode")
     parser.add_argument("--steps", type=int, default=8, help="context sweep: decode steps per round")
     parser.add_argument("--plot", default=None, help="context sweep: write the plot here (PNG)")
+    parser.add_argument("--profile", action="store_true", help="part 4: profile the compiled batch-1 step (operators vs overhead)")
+    parser.add_argument("--profile-steps", type=int, default=64)
+    parser.add_argument("--profile-rows", type=int, default=12)
     parser.add_argument("--quick", action="store_true",
                         help="a short run: 64 new tokens, 3 repeats, contexts 256/4096/8192, 2 rounds of 4 steps")
     args = parser.parse_args()
@@ -317,6 +358,8 @@ def main() -> None:
         rows = bench_context(args)
         if args.plot:
             plot_context(rows, args.plot)
+    if args.profile:
+        bench_profile(args)
 
 
 if __name__ == "__main__":
