@@ -98,10 +98,10 @@ class CompileTask(LabelledData):
         every = _snippets(self.max_bytes, self.max_chars)
         out = {}
         for split, cap in (("train", self.max_examples), ("validation", self.max_examples and max(self.max_examples // 10, 1))):
-            snippets = sorted((f for f in every if split_of(_digest(f), val_percent=self.val_percent) == split), key=_digest)
+            snippets = sorted((f for f in every if split_of(text_digest(f), val_percent=self.val_percent) == split), key=text_digest)
             rows = []
             for text in snippets[:cap]:
-                rng = random.Random(_digest(text))
+                rng = random.Random(text_digest(text))
                 if rng.random() < 0.5:
                     text = corrupt(text, rng)
                 rows.append((text, LABELS[0] if compiles(text) else LABELS[1]))
@@ -116,5 +116,6 @@ def _snippets(max_bytes: int, max_chars: int) -> frozenset[str]:
     return frozenset(f for doc in source.documents("train") for f in functions(doc, max_chars=max_chars))
 
 
-def _digest(text: str) -> str:
+def text_digest(text: str) -> str:
+    """SHA-256 of ``text``: what splits and orders the built-in tasks' snippets, the same on every machine."""
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()

@@ -12,14 +12,13 @@ library can learn it: a task on which the fine-tuning methods can be told apart.
 """
 
 import functools
-import hashlib
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
-from zoo.data.corpus import split_of
+from zoo.data.corpus import SPLITS, split_of
 from zoo.errors import ConfigError
-from zoo.finetune.compile_task import functions
+from zoo.finetune.compile_task import functions, text_digest
 from zoo.finetune.labelled import LabelledData
 
 PACKAGES = ("asyncio", "email", "tkinter", "unittest")
@@ -37,7 +36,7 @@ class PackageTask(LabelledData):
 
     def __init__(self, *, packages: Sequence[str] = PACKAGES, max_chars: int = 512, val_percent: float = 20.0, padding: str = "right") -> None:
         super().__init__(padding=padding, val_percent=val_percent)
-        packages = tuple(packages)
+        packages = (packages,) if isinstance(packages, str) else tuple(packages)
         root = Path(sysconfig.get_paths()["stdlib"])
         missing = [p for p in packages if not (root / p / "__init__.py").is_file()]
         if len(set(packages)) < 2 or missing:
@@ -53,11 +52,14 @@ class PackageTask(LabelledData):
 
     def rows(self) -> dict[str, list[tuple[str, str]]]:
         labelled = _package_functions(self.packages, self.max_chars)
+        digest = {text: text_digest(text) for text, _ in labelled}
+        groups: dict[tuple[str, str], list[str]] = {(s, p): [] for s in SPLITS for p in self.packages}
+        for text, package in sorted(labelled, key=lambda r: digest[r[0]]):
+            groups[split_of(digest[text], val_percent=self.val_percent), package].append(text)
         out = {}
-        for split in ("train", "validation"):
-            per_class = {p: sorted((t for t, label in labelled if label == p and split_of(_digest(t), val_percent=self.val_percent) == split), key=_digest) for p in self.packages}
-            keep = min(map(len, per_class.values()))
-            out[split] = sorted(((t, p) for p, texts in per_class.items() for t in texts[:keep]), key=lambda r: _digest(r[0]))
+        for split in SPLITS:
+            keep = min(len(groups[split, p]) for p in self.packages)
+            out[split] = sorted(((t, p) for p in self.packages for t in groups[split, p][:keep]), key=lambda r: digest[r[0]])
         return out
 
 
@@ -74,6 +76,3 @@ def _package_functions(packages: tuple[str, ...], max_chars: int) -> tuple[tuple
                 found.setdefault(text, set()).add(package)
     return tuple((text, next(iter(owners))) for text, owners in found.items() if len(owners) == 1)
 
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
