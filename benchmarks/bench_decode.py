@@ -6,7 +6,8 @@ and decode time per token against the context length for MHA, GQA, MQA and a sli
    composed by zoo, so both produce the same tokens. Batch 1, a short prompt, 256 new tokens, EOS
    disabled on both sides: zoo's ``generate`` eager and ``compiled=True`` (a static KV cache and a
    ``torch.compile``-d step), HF ``generate`` with its default cache, and (``--hf-static``) with its
-   static cache compiled. Runs are interleaved (zoo, HF, zoo, HF, ...) and the median is reported;
+   static cache compiled; ``--bf16`` adds zoo compiled with bfloat16 weights and cache (half the bytes
+   a step reads). Runs are interleaved (zoo, HF, zoo, HF, ...) and the median is reported;
    compilation happens in the warm-up and is timed apart.
 2. The bytes of keys and values held after the same generation, for MHA, GQA and MQA (they shrink
    exactly with the KV heads) and for a sliding-window rolling buffer (bounded by its window).
@@ -19,12 +20,15 @@ and decode time per token against the context length for MHA, GQA, MQA and a sli
 
     python benchmarks/bench_decode.py --quick          # a few minutes: contexts 256/4096/8192
     python benchmarks/bench_decode.py --skip-speed --skip-bytes --skip-context --profile
-    python benchmarks/bench_decode.py [--new-tokens 256] [--repeats 5] [--threads 2] [--hf-static]
+    python benchmarks/bench_decode.py [--new-tokens 256] [--repeats 5] [--threads 2] [--hf-static] [--bf16]
 """
 
 import argparse
+import copy
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -120,6 +124,9 @@ def bench_speed(args) -> None:
     }
     if args.hf_static:
         runners["HF static+compile"] = lambda: run_hf(hf, prompt, args.new_tokens, static=True)
+    if args.bf16:  # half the weight bytes a step reads; its greedy tokens may part from fp32's
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        runners["zoo compiled bf16"] = lambda: run_zoo(half, prompt, args.new_tokens, compiled=True)
     for name, run in list(runners.items()):  # warm-up, and the compilations
         start = time.perf_counter()
         try:
@@ -202,56 +209,67 @@ def steps_ms(feed, token: torch.Tensor, steps: int) -> tuple[float, torch.Tensor
 
 
 def bench_context(args) -> list[dict]:
-    """Eager and static + compiled decode steps per variant x batch x context (rows for the table and plot)."""
+    """Eager and static + compiled decode steps per variant x batch x context (rows for the table and plot).
+
+    At each batch and context every variant is timed in every round (the order rotating), so a ratio to
+    MHA pairs steps taken moments apart: its figure is the median of the rounds' paired ratios."""
     from zoo.generation.static import StaticDecoder
 
     torch._dynamo.config.cache_size_limit = 256  # one graph per shape family: never fall back to eager silently
     room = 2 + args.rounds * args.steps
+    models = {}
+    for name, (kv, window) in VARIANTS.items():
+        torch.manual_seed(0)
+        models[name] = zoo.build(zoo_overrides(n_kv_heads=kv, window=window, max_seq_len=max(args.contexts) + room)).eval()
     rows = []
     print(f"\ndecode steps after a context, {torch.get_num_threads()} thread(s), fp32, cache filled with random keys; "
-          f"median of {args.rounds} rounds of {args.steps} steps, eager and compiled alternating")
+          f"median of {args.rounds} rounds of {args.steps} steps, every variant and mode in each round")
     print(f"{'variant':<11} {'batch':>5} {'context':>7} {'cache MiB':>9} {'eager ms':>9} {'compiled ms':>11} "
           f"{'eager tok/s':>11} {'compiled tok/s':>14} {'compiled/eager':>14} {'compile s':>9}")
     for batch in args.batches:
-        for name, (kv, window) in VARIANTS.items():
-            torch.manual_seed(0)
-            model = zoo.build(zoo_overrides(n_kv_heads=kv, window=window, max_seq_len=max(args.contexts) + room)).eval()
-            for context in args.contexts:
-                with torch.inference_mode():
+        for context in args.contexts:
+            feeds, nbytes, compile_s = {}, {}, {}
+            with torch.inference_mode():  # the token too: a tensor made outside it would be compiled for apart
+                token = torch.ones(batch, 1, dtype=torch.long)
+                for name, model in models.items():
                     eager = filled_session(model, batch=batch, context=context, room=room)
-                    static = filled_session(model, batch=batch, context=context, room=room)
-                    nbytes = cache_nbytes(eager.cache)
-                    token = torch.ones(batch, 1, dtype=torch.long)
+                    nbytes[name] = cache_nbytes(eager.cache)
                     start = time.perf_counter()
-                    decoder = StaticDecoder(static, room=room)
+                    decoder = StaticDecoder(filled_session(model, batch=batch, context=context, room=room), room=room, backend=args.backend)
                     decoder.feed(token), decoder.feed(token)  # compiles (or reuses a graph), then one warm step
-                    compile_s = time.perf_counter() - start
+                    compile_s[name] = time.perf_counter() - start
                     eager.feed(token), eager.feed(token)
-                    times = {"eager": [], "compiled": []}
-                    for _ in range(args.rounds):
-                        for mode, feed in (("eager", eager.feed), ("compiled", decoder.feed)):
-                            ms, _ = steps_ms(feed, token, args.steps)
-                            times[mode].append(ms)
-                e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
-                row = dict(variant=name, batch=batch, context=context, cache_bytes=nbytes, eager_ms=e, compiled_ms=c, compile_s=compile_s)
+                    feeds[name] = {"eager": eager.feed, "compiled": decoder.feed}
+                times = {name: {"eager": [], "compiled": []} for name in models}
+                names = list(models)
+                for r in range(args.rounds):
+                    for name in names[r % len(names) :] + names[: r % len(names)]:
+                        for mode, feed in feeds[name].items():
+                            times[name][mode].append(steps_ms(feed, token, args.steps)[0])
+            del feeds  # the caches of this context, before the next one's
+            for name in models:
+                e, c = statistics.median(times[name]["eager"]), statistics.median(times[name]["compiled"])
+                vs_mha = {mode: statistics.median(m / t for m, t in zip(times["mha"][mode], times[name][mode])) for mode in ("eager", "compiled")}
+                row = dict(variant=name, batch=batch, context=context, cache_bytes=nbytes[name], eager_ms=e, compiled_ms=c,
+                           compile_s=compile_s[name], eager_vs_mha=vs_mha["eager"], compiled_vs_mha=vs_mha["compiled"])
                 rows.append(row)
-                print(f"{name:<11} {batch:>5} {context:>7} {nbytes / 2**20:>9.1f} {e:>9.2f} {c:>11.2f} "
-                      f"{1000 * batch / e:>11.1f} {1000 * batch / c:>14.1f} {e / c:>13.2f}x {compile_s:>9.1f}", flush=True)
-    print_ratios(rows, args)
+                print(f"{name:<11} {batch:>5} {context:>7} {nbytes[name] / 2**20:>9.1f} {e:>9.2f} {c:>11.2f} "
+                      f"{1000 * batch / e:>11.1f} {1000 * batch / c:>14.1f} {e / c:>13.2f}x {compile_s[name]:>9.1f}", flush=True)
+    print_ratios(rows)
     return rows
 
 
-def print_ratios(rows: list[dict], args) -> None:
+def print_ratios(rows: list[dict]) -> None:
     """Each variant's speed against MHA's at the same batch and context (the cache-size payoff)."""
     mha = {(r["batch"], r["context"]): r for r in rows if r["variant"] == "mha"}
-    print("\nspeed vs MHA at the same batch and context (MHA ms / variant ms; > 1: faster)")
+    print("\nspeed vs MHA at the same batch and context (MHA ms / variant ms, median of the rounds' paired ratios; > 1: faster)")
     print(f"{'variant':<11} {'batch':>5} {'context':>7} {'bytes vs MHA':>12} {'eager':>7} {'compiled':>9}")
-    for r in rows:
-        base = mha.get((r["batch"], r["context"]))
-        if base is None or r["variant"] == "mha":
+    for r in sorted(rows, key=lambda r: (list(VARIANTS).index(r["variant"]), r["batch"], r["context"])):
+        if r["variant"] == "mha":
             continue
+        base = mha[(r["batch"], r["context"])]
         print(f"{r['variant']:<11} {r['batch']:>5} {r['context']:>7} {r['cache_bytes'] / base['cache_bytes']:>11.3f}x "
-              f"{base['eager_ms'] / r['eager_ms']:>6.2f}x {base['compiled_ms'] / r['compiled_ms']:>8.2f}x")
+              f"{r['eager_vs_mha']:>6.2f}x {r['compiled_vs_mha']:>8.2f}x")
 
 
 def plot_context(rows: list[dict], path: str) -> None:
@@ -324,7 +342,7 @@ def bench_profile(args) -> None:
         print(f"{e.key[:44]:<44} {e.count / steps:>10.1f} {e.self_cpu_time_total / 1000 / steps:>12.3f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-len", type=int, default=16)
@@ -333,6 +351,7 @@ def main() -> None:
     parser.add_argument("--n-kv-heads", type=int, default=4, help="KV heads of the speed comparison (4: MHA)")
     parser.add_argument("--window", type=int, default=64, help="window of the rolling-buffer row of the bytes table")
     parser.add_argument("--hf-static", action="store_true", help="also HF generate with its static cache, compiled")
+    parser.add_argument("--bf16", action="store_true", help="part 1: also zoo compiled with bfloat16 weights and cache")
     parser.add_argument("--skip-speed", action="store_true", help="skip part 1 (zoo vs HF)")
     parser.add_argument("--skip-bytes", action="store_true", help="skip part 2 (cache bytes)")
     parser.add_argument("--skip-context", action="store_true", help="skip part 3 (the context sweep)")
@@ -341,12 +360,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="context sweep: alternating rounds per mode")
     parser.add_argument("--steps", type=int, default=8, help="context sweep: decode steps per round")
     parser.add_argument("--plot", default=None, help="context sweep: write the plot here (PNG)")
+    parser.add_argument("--backend", default="inductor", help="context sweep: torch.compile's backend for the static step (eager: traces only, for tests)")
+    parser.add_argument("--json", default=None, help="context sweep: write its rows here (JSON)")
     parser.add_argument("--profile", action="store_true", help="part 4: profile the compiled batch-1 step (operators vs overhead)")
     parser.add_argument("--profile-steps", type=int, default=64)
     parser.add_argument("--profile-rows", type=int, default=12)
     parser.add_argument("--quick", action="store_true",
                         help="a short run: 64 new tokens, 3 repeats, contexts 256/4096/8192, 2 rounds of 4 steps")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.new_tokens, args.repeats, args.contexts, args.rounds, args.steps = 64, 3, [256, 4096, 8192], 2, 4
     torch.set_num_threads(args.threads)
@@ -358,8 +379,11 @@ def main() -> None:
         rows = bench_context(args)
         if args.plot:
             plot_context(rows, args.plot)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.profile:
         bench_profile(args)
+    return None if args.skip_context else rows
 
 
 if __name__ == "__main__":

@@ -49,3 +49,20 @@ def test_bench_mixers_times_every_variant_against_full_attention():
 def test_bench_mla_times_both_forms_of_a_decode_step():
     out = script("bench_mla").main(["--context", "16", "--steps", "1", "--rounds", "1", "--threads", "1"])
     assert set(out[16]) == {"expanded", "absorbed"} and all(v > 0 for v in out[16].values())
+
+
+def test_bench_decode_sweeps_every_variant_against_mha(tmp_path):
+    """The context sweep times every variant at each batch and context, pairs each with MHA, and
+    writes its rows (the step traced by dynamo without generating code, to stay quick)."""
+    import json
+
+    rows = script("bench_decode").main(
+        ["--skip-speed", "--skip-bytes", "--contexts", "8", "--batches", "2", "--rounds", "1", "--steps", "1",
+         "--backend", "eager", "--json", str(tmp_path / "rows.json")]
+    )  # fmt: skip
+    assert [r["variant"] for r in rows] == ["mha", "gqa 2/4", "mqa", "window 256"]
+    assert all(r["eager_ms"] > 0 and r["compiled_ms"] > 0 for r in rows)
+    mha = rows[0]
+    assert mha["eager_vs_mha"] == mha["compiled_vs_mha"] == 1.0
+    assert [r["cache_bytes"] / mha["cache_bytes"] for r in rows[1:3]] == [0.5, 0.25]
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
