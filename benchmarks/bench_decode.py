@@ -6,8 +6,8 @@ and decode time per token against the context length for MHA, GQA, MQA and a sli
    composed by zoo, so both produce the same tokens. Batch 1, a short prompt, 256 new tokens, EOS
    disabled on both sides: zoo's ``generate`` eager and ``compiled=True`` (a static KV cache and a
    ``torch.compile``-d step), HF ``generate`` with its default cache, and (``--hf-static``) with its
-   static cache compiled; ``--bf16`` adds zoo compiled with bfloat16 weights and cache (half the bytes
-   a step reads). Runs are interleaved (zoo, HF, zoo, HF, ...) and the median is reported;
+   static cache compiled; ``--bf16`` adds zoo compiled and HF ``generate`` with bfloat16 weights and
+   cache (half the bytes a step reads). Runs are interleaved (zoo, HF, zoo, HF, ...) and the median is reported;
    compilation happens in the warm-up and is timed apart.
 2. The bytes of keys and values held after the same generation, for MHA, GQA and MQA (they shrink
    exactly with the KV heads) and for a sliding-window rolling buffer (bounded by its window).
@@ -124,9 +124,10 @@ def bench_speed(args) -> None:
     }
     if args.hf_static:
         runners["HF static+compile"] = lambda: run_hf(hf, prompt, args.new_tokens, static=True)
-    if args.bf16:  # half the weight bytes a step reads; its greedy tokens may part from fp32's
-        half = copy.deepcopy(model).to(torch.bfloat16)
+    if args.bf16:  # half the weight bytes a step reads; greedy tokens may part from fp32's, so HF in bf16 too
+        half, hf_half = copy.deepcopy(model).to(torch.bfloat16), copy.deepcopy(hf).to(torch.bfloat16)
         runners["zoo compiled bf16"] = lambda: run_zoo(half, prompt, args.new_tokens, compiled=True)
+        runners["HF generate bf16"] = lambda: run_hf(hf_half, prompt, args.new_tokens)
     for name, run in list(runners.items()):  # warm-up, and the compilations
         start = time.perf_counter()
         try:
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     parser.add_argument("--n-kv-heads", type=int, default=4, help="KV heads of the speed comparison (4: MHA)")
     parser.add_argument("--window", type=int, default=64, help="window of the rolling-buffer row of the bytes table")
     parser.add_argument("--hf-static", action="store_true", help="also HF generate with its static cache, compiled")
-    parser.add_argument("--bf16", action="store_true", help="part 1: also zoo compiled with bfloat16 weights and cache")
+    parser.add_argument("--bf16", action="store_true", help="part 1: also zoo compiled and HF generate with bfloat16 weights and cache")
     parser.add_argument("--skip-speed", action="store_true", help="skip part 1 (zoo vs HF)")
     parser.add_argument("--skip-bytes", action="store_true", help="skip part 2 (cache bytes)")
     parser.add_argument("--skip-context", action="store_true", help="skip part 3 (the context sweep)")

@@ -213,3 +213,17 @@ def test_cli_refuses_a_blank_for_a_model_without_2d_positions_and_reads_it_as_te
         run(compose_generate([*TINY_CLI, 'prompt="a<mask>b"']))
     run(compose_generate([*TINY_CLI, 'prompt="a<mask>b"', "infill=false"]))
     assert capsys.readouterr().out.startswith("a<mask>b")
+
+
+def test_cli_generates_in_bfloat16_and_refuses_an_unknown_dtype_before_building(monkeypatch, capsys):
+    """``dtype=bfloat16`` casts the weights (and so the cache); an unknown dtype is one line naming the key."""
+    from zoo import generate as cli
+
+    overrides = [*TINY_CLI, "prompt=hi", "dtype=bfloat16", "stop_at_eos=false"]
+    model, _, _ = cli.build_models(compose_generate(overrides), task_overrides=overrides)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    _, out, _ = cli.run(compose_generate(overrides))
+    assert len(out.tokens[0]) == 6 and capsys.readouterr().out.startswith("hi")
+    monkeypatch.setattr(cli, "build_models", lambda *a, **k: pytest.fail("built a model before refusing"))
+    with pytest.raises(ConfigError, match="dtype='fp8': one of float32, bfloat16, float16"):
+        cli.run(compose_generate([*TINY_CLI, "dtype=fp8"]))

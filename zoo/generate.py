@@ -106,8 +106,19 @@ def model_overrides(task_overrides: list[str]) -> list[str]:
     return [o for o in task_overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] in MODEL_KEYS]
 
 
+#: ``dtype=`` of zoo-generate: what the weights and KV cache hold while generating
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def generation_dtype(cfg) -> torch.dtype:
+    name = cfg.get("dtype") or "float32"
+    if name not in DTYPES:
+        raise ConfigError("dtype", name, f"one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def build_models(cfg, *, task_overrides: list[str]) -> tuple[torch.nn.Module, torch.nn.Module | None, object]:
-    """``(model, draft or None, tokenizer)`` as ``cfg`` asks."""
+    """``(model, draft or None, tokenizer)`` as ``cfg`` asks, in its ``dtype``."""
     from omegaconf import OmegaConf
 
     from zoo.config import instantiate_model
@@ -126,7 +137,9 @@ def build_models(cfg, *, task_overrides: list[str]) -> tuple[torch.nn.Module, to
         model = instantiate_model(model_cfg, device=device)
     if model.vocab_size < tokenizer.vocab_size:
         raise ConfigError("checkpoint", cfg.checkpoint, f"a tokenizer of at most model.vocab_size={model.vocab_size} ids, got {tokenizer.vocab_size}")
-    return model, build_draft(cfg, model=model, tokenizer=tokenizer, task_overrides=task_overrides), tokenizer
+    dtype = generation_dtype(cfg)
+    draft = build_draft(cfg, model=model, tokenizer=tokenizer, task_overrides=task_overrides)
+    return model.to(dtype), draft if draft is None else draft.to(dtype), tokenizer
 
 
 def build_draft(cfg, *, model: torch.nn.Module, tokenizer, task_overrides: list[str]) -> torch.nn.Module | None:
@@ -220,6 +233,7 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     text_in = prompt_text(cfg)  # a missing prompt_file fails before any model is built
+    generation_dtype(cfg)  # as does a dtype it does not know
     infilling = infills(cfg, text_in)
     check_draft(cfg)
     model, draft, tokenizer = build_models(cfg, task_overrides=list(task_overrides))

@@ -38,6 +38,16 @@ def test_static_steps_give_the_eager_tokens_and_logits(attention):
     torch.testing.assert_close(got_logits, want_logits)
 
 
+def test_static_steps_in_bfloat16_give_the_eager_tokens():
+    """The static cache takes the model's dtype: bfloat16 weights decode on a bfloat16 cache (zoo-generate dtype=)."""
+    model = tiny(n_kv_heads=2).to(torch.bfloat16)
+    want, want_logits = greedy(model, PROMPTS, 8)
+    got, got_logits = greedy(model, PROMPTS, 8, compiled=False)
+    assert got_logits.dtype == torch.bfloat16 and torch.equal(got, want)
+    # SDPA sums over the whole static buffer (masked) rather than the filled keys: a bfloat16 ulp or two apart
+    torch.testing.assert_close(got_logits, want_logits, atol=3e-2, rtol=1.6e-2)
+
+
 @pytest.mark.parametrize("arch", ["prefix", "encdec"])
 def test_every_decoder_architecture_steps_statically(arch):
     model = tiny(arch)
