@@ -162,6 +162,18 @@ def test_queries_fewer_than_keys(mask_name, cached):
             assert_matches_eager(kernel, q, k, v, kw, rows, bias=bias, scheme=scheme)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 1], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("bias_name", ["none", "alibi", "t5"])
+@pytest.mark.parametrize("mask_name", list(MASKS))
+def test_one_token_steps_of_grouped_heads(mask_name, bias_name, kv_heads):
+    """A decode step of GQA/MQA: SDPA reads a group's query heads as queries of their shared KV head
+    (masks per key, biases per head), the eager reference's attention."""
+    q, k, v, kw, rows = case(mask_name, n=1, m=41, kv_heads=kv_heads)
+    bias, scheme = make_bias(bias_name, kw["mask"].causal)
+    with torch.no_grad():
+        assert_matches_eager(sdpa, q, k, v, kw, rows, bias=bias, scheme=scheme, grads=False)
+
+
 def test_local_takes_keys_in_the_slot_order_of_a_rolling_cache():
     q, k, v, kw, rows = case("window_padding", n=50, m=80, kv_heads=2)
     ring = torch.cat([torch.arange(30).roll(7), torch.arange(30, 80)])  # the 30 cached keys wrapped around
