@@ -15,6 +15,9 @@ from zoo.errors import ConfigError
 from zoo.trust import PLUGIN_GROUP, check_config
 
 CONF_MODULE = "zoo.conf"
+
+#: dtype names a command line may give (zoo-generate dtype=, zoo-import --dtype), and what they mean
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the swap points, in the order the catalogue shows them
 GROUPS = ("model", "model/norm", "model/residual", "model/ffn", "model/pos", "model/attention", "model/init", "model/layers", "preset")
 

@@ -106,11 +106,10 @@ def model_overrides(task_overrides: list[str]) -> list[str]:
     return [o for o in task_overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] in MODEL_KEYS]
 
 
-#: ``dtype=`` of zoo-generate: what the weights and KV cache hold while generating
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def generation_dtype(cfg) -> torch.dtype:
+    """What the weights and KV cache hold while generating (``dtype=``)."""
+    from zoo.config import DTYPES
+
     name = cfg.get("dtype") or "float32"
     if name not in DTYPES:
         raise ConfigError("dtype", name, f"one of {', '.join(DTYPES)}")

@@ -7,11 +7,8 @@ Writes ``OUT/config.yaml`` (the composition) and ``OUT/model.safetensors`` (zoo'
 import argparse
 import sys
 
-import torch
-
+from zoo.config import DTYPES
 from zoo.errors import ConfigError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
