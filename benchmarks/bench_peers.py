@@ -17,6 +17,12 @@ attention scores dense) by the fp32 matmul rate measured in the same run.
     python benchmarks/bench_peers.py --profile zoo reference  # where each step's time goes
     python benchmarks/bench_peers.py --profile zoo hf --profile-mode infer
     python benchmarks/bench_peers.py --keep-freed-memory      # every peer on zoo-train's malloc setting
+    python benchmarks/bench_peers.py --host-bound --peers zoo reference hf   # the per-operator host cost
+
+``--host-bound`` shrinks the model until arithmetic is negligible (dim 64, 4 heads of 16, SwiGLU 176,
+vocab 512, one sequence of 32 tokens): each step then costs what its operators cost the host (Python,
+module calls, dispatch), the regime of a small model on a GPU, where the host must launch kernels faster
+than the GPU runs them. It is the CPU-side proxy for eager zoo's 0.78-0.90x the reference on a GPU.
 
 Targets (tokens/s ratios): zoo / reference >= 0.97, zoo / hf >= 1.0, zoo / x-transformers >= 1.05,
 zoo-compile / hf >= 1.10. Nothing is asserted: it prints the tables. ``zoo-bench study=peers`` runs
@@ -33,6 +39,8 @@ from zoo.bench.timing import pick_device
 from zoo.malloc import keep_freed_memory
 
 ALL = ["zoo", "zoo-compile", "reference", "hf", "x-transformers"]
+#: a model whose operators cost the host more than their arithmetic (``--host-bound``)
+HOST_BOUND = peers.LlamaShape(vocab_size=512, dim=64, n_layers=4, n_heads=4, hidden_dim=176, batch=1, seq_len=32)
 
 
 def check(shape: peers.LlamaShape) -> None:
@@ -97,6 +105,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--host-bound", action="store_true", help="a tiny model, timed for its per-operator host cost (ignores --batch, --seq-len)")
     parser.add_argument("--xt-flash", action="store_true", help="x-transformers with attn_flash=True (its SDPA path)")
     parser.add_argument("--check", action="store_true", help="prove the reference and HF compute zoo's function first")
     parser.add_argument("--profile", nargs="*", metavar="PEER", help="profile a training step of these peers instead")
@@ -108,7 +117,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    shape = peers.LlamaShape(batch=args.batch, seq_len=args.seq_len)
+    shape = HOST_BOUND if args.host_bound else peers.LlamaShape(batch=args.batch, seq_len=args.seq_len)
     if args.check:
         check(shape)
     if args.profile is not None:
