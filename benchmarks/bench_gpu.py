@@ -37,34 +37,6 @@ SHAPES = {
 PEERS = ["zoo", "zoo-compile", "reference", "hf"]
 
 
-def kernel_counts(peer: peers.Peer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict:
-    """CUDA kernels launched by one training step and by one inference forward of ``peer`` (on a CPU,
-    the ``aten::`` operator calls instead, nested ones included: a relative count only)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    train = peers.training_step(peer, x, y, device)
-
-    def infer() -> None:
-        with torch.inference_mode(), autocast(device):
-            peer.logits(x)
-
-    cuda = device.type == "cuda"
-
-    out = {}
-    for mode, fn in (("train", train), ("infer", infer)):
-        peer.model.train(mode == "train")
-        fn()
-        synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-            fn()
-            synchronize(device)
-        events = prof.key_averages()
-        counted = [e for e in events if e.device_type.name == "CUDA"] if cuda else [e for e in events if e.key.startswith("aten::")]
-        out[f"{mode}_kernels"] = sum(e.count for e in counted)
-        out[f"{mode}_kernel_names"] = {e.key: e.count for e in sorted(counted, key=lambda e: -e.count)}
-    return out
-
-
 def training_memory(peer: peers.Peer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> int:
     """Peak bytes allocated by one training step (weights, gradients and AdamW state included)."""
     peer.model.train()
@@ -85,7 +57,7 @@ def compare_size(name: str, shape: peers.LlamaShape, *, names: list[str], device
     for peer in built:  # one at a time: the others' optimizer state is not yet allocated
         extra[peer.name] = {"peak_train_bytes": training_memory(peer, x, y, device)}
         if not peer.compiled:
-            extra[peer.name] |= kernel_counts(peer, x, y, device)
+            extra[peer.name] |= peers.kernel_counts(peer, x, y, device)
     report_names = {}
     results = peers.compare(built, shape=shape, device=device, rounds=args.rounds, steps=args.steps, warmup=args.warmup)
     for peer_name, row in results.items():

@@ -18,6 +18,7 @@ attention scores dense) by the fp32 matmul rate measured in the same run.
     python benchmarks/bench_peers.py --profile zoo hf --profile-mode infer
     python benchmarks/bench_peers.py --keep-freed-memory      # every peer on zoo-train's malloc setting
     python benchmarks/bench_peers.py --host-bound --peers zoo reference hf   # the per-operator host cost
+    python benchmarks/bench_peers.py --count-ops zoo reference   # operators per step (CUDA kernels on a GPU)
 
 ``--host-bound`` shrinks the model until arithmetic is negligible (dim 64, 4 heads of 16, SwiGLU 176,
 vocab 512, one sequence of 32 tokens): each step then costs what its operators cost the host (Python,
@@ -94,6 +95,25 @@ def profile(names: list[str], shape: peers.LlamaShape, *, device: torch.device, 
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def count_ops(names: list[str], shape: peers.LlamaShape, *, device: torch.device) -> None:
+    """Operators one training step and one inference forward of each named peer call (on a GPU, the CUDA
+    kernels they launch), and the operators whose counts differ from the first peer's."""
+    built, notes = peers.build_peers(names, shape, device=device)
+    print(*notes, sep="\n")
+    tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), device=device)
+    counts = {p.name: peers.kernel_counts(p, tokens[:, :-1], tokens[:, 1:], device) for p in built}
+    unit = "CUDA kernels" if device.type == "cuda" else "aten operators"
+    print(f"| peer | {unit} / training step | / inference forward |\n|---|---:|---:|")
+    print("\n".join(f"| {name} | {c['train_kernels']} | {c['infer_kernels']} |" for name, c in counts.items()))
+    first, *others = counts
+    for mode in ("train", "infer"):
+        base = counts[first][f"{mode}_kernel_names"]
+        for other in others:
+            theirs = counts[other][f"{mode}_kernel_names"]
+            diff = {k: (base.get(k, 0), theirs.get(k, 0)) for k in sorted(base.keys() | theirs.keys()) if base.get(k, 0) != theirs.get(k, 0)}
+            print(f"\n{mode}, {first} against {other}: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in diff.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", nargs="+", default=ALL, choices=ALL)
@@ -109,6 +129,7 @@ def main() -> None:
     parser.add_argument("--xt-flash", action="store_true", help="x-transformers with attn_flash=True (its SDPA path)")
     parser.add_argument("--check", action="store_true", help="prove the reference and HF compute zoo's function first")
     parser.add_argument("--profile", nargs="*", metavar="PEER", help="profile a training step of these peers instead")
+    parser.add_argument("--count-ops", nargs="*", metavar="PEER", help="count the operators of a step of these peers instead")
     parser.add_argument("--profile-mode", choices=["train", "infer"], default="train", help="what --profile runs")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc keeps freed memory for reuse, for every peer (zoo.malloc; zoo-train's default)")
@@ -120,6 +141,9 @@ def main() -> None:
     shape = HOST_BOUND if args.host_bound else peers.LlamaShape(batch=args.batch, seq_len=args.seq_len)
     if args.check:
         check(shape)
+    if args.count_ops is not None:
+        count_ops(args.count_ops or ["zoo", "reference"], shape, device=device)
+        return
     if args.profile is not None:
         if args.keep_freed_memory:
             keep_freed_memory()

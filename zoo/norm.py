@@ -45,8 +45,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
+        weight = self.weight  # read once: a module attribute costs a lookup through nn.Module.__getattr__
+        if x.dtype == torch.float32 and weight.dtype == torch.float32:
+            return F.rms_norm(x, weight.shape, weight, self.eps)  # one fused kernel
         # Normalise in float32 whatever the input dtype, as LLaMA and T5 do: bf16 sums of squares lose bits.
-        y = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
-        return y.type_as(x) * self.weight.type_as(x)
+        y = F.rms_norm(x.float(), weight.shape, eps=self.eps)
+        return y.type_as(x) * weight.type_as(x)

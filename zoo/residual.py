@@ -13,6 +13,7 @@ from torch import nn
 
 from zoo.attention.attention import Context
 from zoo.attention.cache import LayerCache
+from zoo.dropout import dropout_layer
 from zoo.errors import ConfigError
 
 
@@ -56,7 +57,7 @@ class Residual(nn.Module):
         self.attn, self.cross_attn, self.ffn = attn, cross_attn, ffn
         n_sublayers = 3 if cross_attn is not None else 2
         self.norms = nn.ModuleList(norm(dim) for _ in range(n_sublayers * self.norms_per_sublayer))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: torch.Tensor, ctx: Context, cache: LayerCache | None = None) -> torch.Tensor:
         x = self.add(0, x, lambda h: self.attn(h, ctx, cache and cache.self_attn))

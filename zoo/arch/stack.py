@@ -9,6 +9,7 @@ from zoo.attention.attention import Context
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.arch.pattern import LayerPattern
+from zoo.dropout import dropout_layer
 from zoo.errors import ConfigError
 from zoo.pos.base import Positions
 from zoo.residual import Depth
@@ -82,7 +83,7 @@ class Stack(nn.Module):
                     "adds to the embedding, which happens once per stack: per kind of layer pick rope, alibi, t5 or none",
                 )  # fmt: skip
         self.embed_norm = norm(dim) if embed_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
         self.layers = nn.ModuleList(
             self._block(dim, slots[self.pattern.kind(i)], n_heads=n_heads, head_dim=head_dim, dropout=dropout, depth=depth, cross_attention=cross_attention)
             for i in range(n_layers)

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from zoo.attention.cache import KVCache
@@ -119,22 +118,25 @@ class Attention(nn.Module):
         return self.q_proj, self.k_proj
 
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
-        q = rearrange(self.q_proj(x), "b n (h d) -> b n h d", d=self.head_dim)
-        k = rearrange(self.k_proj(x), "b n (k d) -> b n k d", d=self.head_dim)
-        v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", d=self.head_dim)
+        # Views and transposes rather than einops: a layer reshapes six times per call, and
+        # ``rearrange`` costs the host ~3x a view, which a small model on a GPU waits for.
+        b, n, d = x.shape[0], x.shape[1], self.head_dim
+        q = self.q_proj(x).view(b, n, -1, d)  # (b, n, h, d)
+        k = self.k_proj(x).view(b, n, -1, d)  # (b, n, k, d)
+        v = self.v_proj(x).view(b, n, -1, d).transpose(1, 2)  # (b, k, n, d)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
-        q_pos = k_pos = ctx.positions.expand(x.shape[0], -1)
+        q_pos = k_pos = ctx.positions.expand(b, -1)
         # rotated in the projections' layout, heads inside tokens: the kernels' output keeps that
         # layout, so merging the heads back below is a view rather than a copy
-        q = rearrange(ctx.pos.rotate(q, q_pos, ctx.rotation), "b n h d -> b h n d")
-        k = rearrange(ctx.pos.rotate(k, k_pos, ctx.rotation), "b n k d -> b k n d")
+        q = ctx.pos.rotate(q, q_pos, ctx.rotation).transpose(1, 2)  # (b, h, n, d)
+        k = ctx.pos.rotate(k, k_pos, ctx.rotation).transpose(1, 2)  # (b, k, n, d)
         mask = ctx.mask.with_window(self.window).with_pattern(self.pattern)
         if cache is not None:
             k, v, k_pos, key_valid = cache.update(k, v, k_pos, mask.key_valid)
             mask = mask.with_keys(key_valid)
         out = self.attend(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=ctx.pos.bias)
-        return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+        return self.o_proj(out.transpose(1, 2).flatten(2))  # (b, n, h * d)
 
     def attend(self, q, k, v, *, mask: Mask, q_pos, k_pos, bias) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0
@@ -161,16 +163,17 @@ class CrossAttention(Attention):
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> torch.Tensor:
         if ctx.memory is None:
             raise ValueError("cross-attention needs the encoder output (ctx.memory)")
-        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", d=self.head_dim)
+        b, n, d = x.shape[0], x.shape[1], self.head_dim
+        q = self.q_proj(x).view(b, n, -1, d).transpose(1, 2)  # (b, h, n, d)
         if cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # the encoder output does not change while decoding
         else:
-            k = rearrange(self.k_proj(ctx.memory), "b m (k d) -> b k m d", d=self.head_dim)
-            v = rearrange(self.v_proj(ctx.memory), "b m (k d) -> b k m d", d=self.head_dim)
+            k = self.k_proj(ctx.memory).unflatten(-1, (-1, d)).transpose(1, 2)  # (b, k, m, d)
+            v = self.v_proj(ctx.memory).unflatten(-1, (-1, d)).transpose(1, 2)
             if cache is not None:
                 cache.set(k, v)
-        b, n, m = x.shape[0], x.shape[1], k.shape[2]
+        m = k.shape[2]
         q_pos = torch.zeros(b, n, dtype=torch.long, device=x.device)
         k_pos = torch.zeros(b, m, dtype=torch.long, device=x.device)
         out = self.attend(q, k, v, mask=Mask(key_valid=ctx.memory_valid), q_pos=q_pos, k_pos=k_pos, bias=_no_bias)
-        return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+        return self.o_proj(out.transpose(1, 2).flatten(2))

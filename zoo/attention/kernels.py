@@ -147,16 +147,19 @@ def auto_kernel(
     Never a kernel whose declared limits (:class:`KernelSpec`) the call exceeds, e.g. ``flex`` on CUDA
     with heads narrower than 16 channels.
     """
-    flex_ok = flex_runs(device=device, backward=backward, dropout=dropout, head_dim=head_dim)
+    # asked only where it decides: every layer of every forward comes here, most of them for plain SDPA
+    def flex_ok() -> bool:
+        return flex_runs(device=device, backward=backward, dropout=dropout, head_dim=head_dim)
+
     if softcap is not None:
-        return "flex" if flex_ok and device.type == "cuda" else "eager"
+        return "flex" if device.type == "cuda" and flex_ok() else "eager"
     if pattern is not None:
         if m <= 2 * pattern.keys_per_query(m):
             return "sdpa"
-        return "flex" if flex_ok and device.type == "cuda" else "sparse"
+        return "flex" if device.type == "cuda" and flex_ok() else "sparse"
     if window is None or n <= window or m <= LONG_WINDOWS * window:
         return "sdpa"
-    if flex_ok and (device.type == "cuda" or CPU_INFERENCE_KERNEL == "flex"):
+    if (device.type == "cuda" or CPU_INFERENCE_KERNEL == "flex") and flex_ok():
         return "flex"
     return "local"
 

@@ -19,6 +19,7 @@ from zoo.attention.attention import Context
 from zoo.attention.mixer import check_form, read_context, run_form
 from zoo.attention.recurrence import flops_per_token
 from zoo.attention.state_cache import StateCache
+from zoo.dropout import dropout_layer
 from zoo.norm import RMSNorm
 
 
@@ -69,7 +70,7 @@ class Retention(nn.Module):
         self.gate_proj = nn.Linear(dim, width, bias=bias)
         self.o_proj = nn.Linear(width, dim, bias=bias)
         self.head_norm = RMSNorm(head_dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
         # log gamma_h (eq. 8): fixed, so not a parameter; not saved, since it follows from n_heads
         heads = torch.arange(n_heads, dtype=torch.float32)
         self.register_buffer("log_decay", torch.log1p(-(2.0 ** (-5.0 - heads))), persistent=False)

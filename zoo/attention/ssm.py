@@ -24,6 +24,7 @@ from zoo.attention.attention import Context
 from zoo.attention.mixer import check_form, read_context, run_form
 from zoo.attention.recurrence import flops_per_token
 from zoo.attention.state_cache import StateCache
+from zoo.dropout import dropout_layer
 from zoo.errors import ConfigError
 from zoo.norm import RMSNorm
 
@@ -123,7 +124,7 @@ class SelectiveSSM(nn.Module):
         self.a_log = nn.Parameter(torch.log(torch.empty(n_heads).uniform_(1.0, 16.0)))  # A = -exp(a_log), Mamba-2's range
         self.skip = nn.Parameter(torch.ones(n_heads))  # D
         self.norm = RMSNorm(inner, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
         self.o_proj = nn.Linear(inner, dim, bias=bias)
 
     def score_projections(self) -> tuple[nn.Linear, nn.Linear]:

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.dropout import dropout_layer
+
 
 def parameter_matched_hidden(dim: int) -> int:
     """The hidden size at which a three-matrix GLU has the parameters of a 4x two-matrix MLP.
@@ -31,7 +33,7 @@ class GLU(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden_dim, bias=bias)
         self.up_proj = nn.Linear(dim, hidden_dim, bias=bias)
         self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """The gate's nonlinearity; returns a new tensor (inference multiplies into it in place)."""

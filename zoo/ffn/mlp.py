@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.dropout import dropout_layer
+
 
 class MLP(nn.Module):
     """``down_proj(act(up_proj(x)))``; subclasses pick the activation.
@@ -22,7 +24,7 @@ class MLP(nn.Module):
         hidden_dim = hidden_dim or 4 * dim
         self.up_proj = nn.Linear(dim, hidden_dim, bias=bias)
         self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

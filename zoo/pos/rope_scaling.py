@@ -12,7 +12,7 @@ import math
 import torch
 
 from zoo.errors import ConfigError
-from zoo.pos.rope import RoPE
+from zoo.pos.rope import RoPE, rotation_tables
 
 
 def _check_factor(factor: float) -> None:
@@ -217,5 +217,4 @@ class DynamicNTKRoPE(RoPE):
         return theta ** (-torch.arange(0, r, 2, dtype=torch.float32, device=self.inv_freq.device) / r)
 
     def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = positions[:, :, None, None].float() * self.frequencies(int(positions.max()) + 1)
-        return angles.cos(), angles.sin()
+        return rotation_tables(positions[:, :, None, None].float() * self.frequencies(int(positions.max()) + 1))
