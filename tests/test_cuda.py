@@ -1,0 +1,69 @@
+"""On a CUDA device: a model computes there what it computes on the CPU, decodes there with its cache and
+with CUDA graphs, and zoo-train trains there compiled in bf16. Skipped without CUDA (``pytest -m gpu``
+on a GPU machine; ``benchmarks/gpu_check.sh`` runs them with the rest of the GPU check)."""
+
+import pytest
+import torch
+
+import zoo
+from zoo.config import compose
+from zoo.generation import generate
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+LLAMA = ["model=causal", "model/norm=rmsnorm", "model/ffn=swiglu", "model/pos=rope", "model.dim=128", "model.n_layers=2",
+         "model.n_heads=4", "model.vocab_size=256", "model.max_seq_len=128"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def exact_matmuls():
+    """fp32 matmuls in fp32, not TF32, so CUDA and CPU logits compare at fp32 tolerances."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("attention", ["mha", "gqa", "sliding_window"])
+def test_a_model_on_cuda_computes_its_cpu_logits(attention):
+    torch.manual_seed(0)
+    model = zoo.build([*LLAMA, f"model/attention={attention}"]).eval()
+    tokens = torch.randint(256, (2, 100))
+    with torch.no_grad():
+        want = model(tokens)
+        got = model.cuda()(tokens.cuda()).cpu()
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+def test_cached_decoding_on_cuda_gives_the_cpu_tokens_eager_and_with_cuda_graphs():
+    torch.manual_seed(0)
+    model = zoo.build([*LLAMA, "model/attention=gqa"]).eval()
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    want = generate(model, prompts, max_new_tokens=24).tokens
+    model.cuda()
+    assert generate(model, prompts, max_new_tokens=24).tokens == want
+    torch._dynamo.reset()
+    assert generate(model, prompts, max_new_tokens=24, compiled=True).tokens == want  # static cache, CUDA graphs
+
+
+def test_flex_attention_trains_a_sliding_window_model_on_cuda():
+    """auto picks FlexAttention for long windows on CUDA; its backward gives the dense kernel's gradients."""
+    torch.manual_seed(0)
+    overrides = [*LLAMA, "model/attention=sliding_window", "model.attention.window=16"]
+    models = {kernel: zoo.build([*overrides, f"model.attention.kernel={kernel}"]).cuda() for kernel in ("flex", "sdpa")}
+    models["flex"].load_state_dict(models["sdpa"].state_dict())
+    tokens = torch.randint(256, (2, 128), device="cuda")
+    grads = {}
+    for kernel, model in models.items():
+        model(tokens).float().square().mean().backward()
+        grads[kernel] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(grads["flex"], grads["sdpa"], atol=1e-4, rtol=1e-3)
+
+
+def test_zoo_train_trains_compiled_in_bf16_on_cuda(tmp_path):
+    from zoo.train import train
+
+    cfg = compose(["experiment=smoke", "logger=none", "trainer.device=cuda", "trainer.compile=true", "trainer.max_steps=30"])
+    result = train(cfg, out_dir=tmp_path / "run")
+    assert result.status == "ok" and result.history[-1] < result.history[0], result.history
+    assert (tmp_path / "run" / "checkpoints").exists()
