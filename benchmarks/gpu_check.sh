@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_check.sh studies    # ~4 min: every canned zoo-bench study, a few steps each, on CUDA
 # Every step is time-boxed, so one that hangs costs its box and not the call; logs and JSON land in $OUT
 # (at most 8 files come back), summary.txt lists each step's exit status and time.
+# A dry run of the plumbing here: DEVICE=cpu TRAIN_STEPS=20 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh core
+# (the GPU tests skip and bench_gpu.py refuses; zoo-train and zoo-generate run on the CPU, ~2 minutes).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 export WANDB_MODE=offline PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the plumbing here (the GPU tests skip, bench_gpu.py refuses)
 
 # The image has torch, transformers, safetensors, tokenizers, einops, pytest; not Hydra (nothing can be fetched).
 python3 -m pip install -q --no-index --no-deps .gpu/wheels/*.whl >> "$SUMMARY" 2>&1
@@ -44,15 +47,15 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND for at most SECONDS, its o
 case "${1:-core}" in
 core)
     step pytest_gpu 150 python3 -m pytest -m gpu -n 0 -p no:cacheprovider tests/test_cuda.py tests/attention/test_kernels.py
-    step train 150 python3 -m zoo.train trainer.device=cuda trainer.compile=true trainer.max_steps=200 logger=none \
-        trainer.quiet=true hydra.run.dir="$PWD/gpu_run"
-    step generate 60 python3 -m zoo.generate checkpoint="$PWD/gpu_run" device=cuda compiled=true max_new_tokens=256
+    step train 150 python3 -m zoo.train trainer.device="$DEVICE" trainer.compile=true trainer.max_steps="${TRAIN_STEPS:-200}" logger=none \
+        hydra.run.dir="$PWD/gpu_run"
+    step generate 90 python3 -m zoo.generate checkpoint="$PWD/gpu_run" device="$DEVICE" compiled=true max_new_tokens=256
     step bench_125m 200 python3 benchmarks/bench_gpu.py --sizes 125m --hf-static --json "$OUT/bench_125m.json"
     step bench_1b 150 python3 benchmarks/bench_gpu.py --sizes 1b --no-decode --json "$OUT/bench_1b.json"
     ;;
 studies)
     # a few steps of every job of every study: each runs on CUDA end to end (figures need the full budgets)
-    SMOKE=(trainer.device=cuda logger=none trainer.quiet=true trainer.max_steps=6 bench.budget.kind=steps bench.budget.value=6
+    SMOKE=(trainer.device="$DEVICE" logger=none trainer.quiet=true trainer.max_steps=6 bench.budget.kind=steps bench.budget.value=6
         "bench.seeds=[0]" bench.lr.screen_steps=3 bench.mqar.steps=6 trainer.eval_every=0 trainer.final_eval_batches=2
         bench.speed.steps=1 bench.speed.warmup=1 "bench.speed.seq_lens=[]" bench.extrapolation.eval_tokens=1024
         bench.continuation.batches=2 bench.speed.fill_gpu=false
