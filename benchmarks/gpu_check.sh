@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21's GPU check, prepared to fit a lent GPU's budget (15 minutes of device time, 10 a call).
 #
-# Here, with a package registry:    bash benchmarks/gpu_check.sh wheels
+# Here (the venv active; a package registry): bash benchmarks/gpu_check.sh wheels
 #   fills .gpu/wheels (git-ignored) with what the GPU image lacks: Hydra, omegaconf and its parser runtime.
 # There, two calls of the device tool, each carrying .gpu:
 #   bash benchmarks/gpu_check.sh core       # ~8 min: pytest -m gpu, zoo-train compiled, zoo-generate with
@@ -62,7 +62,7 @@ studies)
         bench.speed.prompt_len=8 bench.speed.new_tokens=8)
     # in this order until the call's budget is spent; STUDIES="moe arch" runs the rest in another call
     for study in ${STUDIES:-quick efficient mixers attention modern moe arch uptrain pos ffn norms norms_stress peers}; do
-        step "study_$study" 60 python3 -m zoo.bench "study=$study" "${SMOKE[@]}" hydra.sweep.dir="$PWD/gpu_studies/$study"
+        step "study_$study" 120 python3 -m zoo.bench "study=$study" "${SMOKE[@]}" hydra.sweep.dir="$PWD/gpu_studies/$study"
     done
     # one log back for all: each study's last lines
     for f in "$OUT"/study_*.log; do echo "== $f"; tail -n 25 "$f"; done > "$OUT/studies.log"
