@@ -46,7 +46,8 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND for at most SECONDS, its o
 
 case "${1:-core}" in
 core)
-    step pytest_gpu 150 python3 -m pytest -m gpu -n 0 -p no:cacheprovider tests/test_cuda.py tests/attention/test_kernels.py
+    step pytest_gpu 150 python3 -m pytest -m gpu -n 0 -p no:cacheprovider tests/test_cuda.py tests/attention/test_kernels.py \
+        tests/generation/test_static.py
     step train 150 python3 -m zoo.train trainer.device="$DEVICE" trainer.compile=true trainer.max_steps="${TRAIN_STEPS:-200}" logger=none \
         hydra.run.dir="$PWD/gpu_run"
     step generate 90 python3 -m zoo.generate checkpoint="$PWD/gpu_run" device="$DEVICE" compiled=true max_new_tokens=256

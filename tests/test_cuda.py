@@ -1,13 +1,13 @@
-"""On a CUDA device: a model computes there what it computes on the CPU, decodes there with its cache and
-with CUDA graphs, and zoo-train trains there compiled in bf16. Skipped without CUDA (``pytest -m gpu``
-on a GPU machine; ``benchmarks/gpu_check.sh`` runs them with the rest of the GPU check)."""
+"""On a CUDA device: a model computes there what it computes on the CPU, FlexAttention trains there, and
+zoo-train trains there compiled in bf16 (decoding there: ``tests/generation/test_static.py``). Skipped
+without CUDA (``pytest -m gpu`` on a GPU machine; ``benchmarks/gpu_check.sh`` runs them with the rest of
+the GPU check)."""
 
 import pytest
 import torch
 
 import zoo
 from zoo.config import compose
-from zoo.generation import generate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -33,17 +33,6 @@ def test_a_model_on_cuda_computes_its_cpu_logits(attention):
         want = model(tokens)
         got = model.cuda()(tokens.cuda()).cpu()
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
-
-
-def test_cached_decoding_on_cuda_gives_the_cpu_tokens_eager_and_with_cuda_graphs():
-    torch.manual_seed(0)
-    model = zoo.build([*LLAMA, "model/attention=gqa"]).eval()
-    prompts = [[5, 6, 7, 8, 9], [10, 11]]
-    want = generate(model, prompts, max_new_tokens=24).tokens
-    model.cuda()
-    assert generate(model, prompts, max_new_tokens=24).tokens == want
-    torch._dynamo.reset()
-    assert generate(model, prompts, max_new_tokens=24, compiled=True).tokens == want  # static cache, CUDA graphs
 
 
 def test_flex_attention_trains_a_sliding_window_model_on_cuda():

@@ -82,6 +82,19 @@ def test_generate_compiled_with_inductor_gives_the_eager_tokens():
     assert generate(model, PROMPTS, max_new_tokens=10, compiled=True).tokens == want
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decoding_gives_the_cpu_tokens_eager_and_with_cuda_graphs():
+    """On CUDA the compiled step captures CUDA graphs (``mode="reduce-overhead"``); peaked logits (``tiny``'s
+    large init) keep CPU and CUDA arithmetic from splitting near-ties."""
+    model = tiny(n_kv_heads=2)
+    want = generate(model, PROMPTS, max_new_tokens=12, compiled=False).tokens
+    model.cuda()
+    assert generate(model, PROMPTS, max_new_tokens=12, compiled=False).tokens == want
+    torch._dynamo.reset()
+    assert generate(model, PROMPTS, max_new_tokens=12, compiled=True).tokens == want
+
+
 def test_speculative_decoding_refuses_a_compiled_step():
     model = tiny()
     with pytest.raises(ConfigError, match="generate.compiled"):
