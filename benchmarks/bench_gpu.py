@@ -28,6 +28,7 @@ from dataclasses import asdict
 import torch
 
 from zoo.bench import peers
+from zoo.bench.launches import kernel_counts
 from zoo.bench.timing import autocast, matmul_rate, peak_memory, reset_peak_memory, synchronize
 
 SHAPES = {
@@ -57,7 +58,7 @@ def compare_size(name: str, shape: peers.LlamaShape, *, names: list[str], device
     for peer in built:  # one at a time: the others' optimizer state is not yet allocated
         extra[peer.name] = {"peak_train_bytes": training_memory(peer, x, y, device)}
         if not peer.compiled:
-            extra[peer.name] |= peers.kernel_counts(peer, x, y, device)
+            extra[peer.name] |= kernel_counts(peer, x, y, device)
     report_names = {}
     results = peers.compare(built, shape=shape, device=device, rounds=args.rounds, steps=args.steps, warmup=args.warmup)
     for peer_name, row in results.items():

@@ -36,6 +36,7 @@ import json
 import torch
 
 from zoo.bench import peers
+from zoo.bench.launches import kernel_counts
 from zoo.bench.timing import pick_device
 from zoo.malloc import keep_freed_memory
 
@@ -101,7 +102,7 @@ def count_ops(names: list[str], shape: peers.LlamaShape, *, device: torch.device
     built, notes = peers.build_peers(names, shape, device=device)
     print(*notes, sep="\n")
     tokens = torch.randint(shape.vocab_size, (shape.batch, shape.seq_len + 1), device=device)
-    counts = {p.name: peers.kernel_counts(p, tokens[:, :-1], tokens[:, 1:], device) for p in built}
+    counts = {p.name: kernel_counts(p, tokens[:, :-1], tokens[:, 1:], device) for p in built}
     unit = "CUDA kernels" if device.type == "cuda" else "aten operators"
     print(f"| peer | {unit} / training step | / inference forward |\n|---|---:|---:|")
     print("\n".join(f"| {name} | {c['train_kernels']} | {c['infer_kernels']} |" for name, c in counts.items()))

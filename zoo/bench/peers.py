@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from zoo.bench.speed import Workload, adamw, train_step, unwrap
-from zoo.bench.timing import autocast, matmul_rate, median, page_faults, synchronize, time_calls
+from zoo.bench.timing import autocast, matmul_rate, median, page_faults, time_calls
 from zoo.malloc import keep_freed_memory
 
 
@@ -196,34 +196,6 @@ def training_step(peer: Peer, x: torch.Tensor, y: torch.Tensor, device: torch.de
     backward, AdamW (a compiled peer's loss compiled with its model)."""
     work = Workload(lambda: peer.logits(x), y, x.numel())
     return train_step(peer.model, work, adamw(peer.model), device, compile=peer.compiled)
-
-
-def kernel_counts(peer: Peer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict:
-    """CUDA kernels launched by one training step and by one inference forward of ``peer`` (on a CPU,
-    the ``aten::`` operator calls instead, nested ones included: a relative count only)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    train = training_step(peer, x, y, device)
-
-    def infer() -> None:
-        with torch.inference_mode(), autocast(device):
-            peer.logits(x)
-
-    cuda = device.type == "cuda"
-
-    out = {}
-    for mode, fn in (("train", train), ("infer", infer)):
-        peer.model.train(mode == "train")
-        fn()
-        synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-            fn()
-            synchronize(device)
-        events = prof.key_averages()
-        counted = [e for e in events if e.device_type.name == "CUDA"] if cuda else [e for e in events if e.key.startswith("aten::")]
-        out[f"{mode}_kernels"] = sum(e.count for e in counted)
-        out[f"{mode}_kernel_names"] = {e.key: e.count for e in sorted(counted, key=lambda e: -e.count)}
-    return out
 
 
 def compare(
