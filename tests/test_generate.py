@@ -161,6 +161,27 @@ def test_zoo_generate_fills_the_blank_of_a_glm_checkpoint(tmp_path, monkeypatch,
     assert printed.startswith(tok.decode(fill(prompt, span, blank_id=blank, end_id=end)) + "\n[") and "tokens/s" in printed
 
 
+def test_zoo_generate_continues_a_glm_checkpoint_as_it_trained(tmp_path, monkeypatch, capsys):
+    """A prompt without a blank: a GLM model trained with document-level rows writes the text's end into a
+    [gMASK] after the prompt (its objective's ``continuation_prompt``), not as a prefix LM it never was."""
+    from zoo.generate import load_checkpoint, main
+    from zoo.generation import generate
+    from zoo.objectives.blank_infilling import generation_blank, infilling_sentinels
+    from zoo.train import run as train
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    assert train([*GLM_TRAIN, "objective.document_ratio=0.5"], out_dir=tmp_path / "glm").status == "ok"
+    monkeypatch.setattr(sys, "argv", ["zoo-generate", f"checkpoint={tmp_path / 'glm'}", 'prompt="def f("', "max_new_tokens=6", "heal=false"])
+    main()
+    printed = capsys.readouterr().out
+
+    model, tok = load_checkpoint(tmp_path / "glm", device=torch.device("cpu"))
+    _, start, end, pad = infilling_sentinels(tok)
+    gmask = generation_blank(tok)
+    span = generate(model, [[*tok.encode("def f("), gmask]], max_new_tokens=6, blank_id=gmask, start_id=start, eos_id=end, pad_id=pad).tokens[0]
+    assert printed.startswith("def f(" + tok.decode([t for t in span if t != end]) + "\n[")
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -15,7 +15,8 @@ inside is written ``\"``), or in a file (``prompt_file=``), read verbatim.
 
 A prompt holding blanks, written ``<mask>``, is filled from the text on both sides by a model trained
 with ``model=prefix objective=blank_infilling`` (GLM, arXiv:2103.10360; ``infill=``): the output is the
-prompt with a span in each blank, written in the blanks' order.
+prompt with a span in each blank, written in the blanks' order. A checkpoint's prompt without a blank is
+continued as its objective reads a text whose end is missing (a GLM model: behind a blank at its end).
 """
 
 import sys
@@ -248,12 +249,13 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
         prompt = TextPrompt(ids=[*tokenizer.encode(text_in), tokenizer.eos_id], text=text_in)
     else:
         prompt = encode_prompt(tokenizer, text_in, heal=cfg.get("heal", True))
-    eos = tokenizer.eos_id if cfg.stop_at_eos else None
+    ids, how = continue_as_trained(cfg, tokenizer, prompt.ids) if model.continues_prompt and not cfg.get("chat") else (prompt.ids, {})
+    eos = how.pop("eos_id", tokenizer.eos_id) if cfg.stop_at_eos else None
     start = time.perf_counter()
     out = generate(
-        model, [prompt.ids], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        eos_id=eos, pad_id=tokenizer.pad_id, start_id=tokenizer.bos_id, seed=cfg.seed, draft=draft, n_draft=cfg.draft.n_draft,
-        compiled=cfg.get("compiled"), allowed_first=[prompt.allowed],
+        model, [ids], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        eos_id=eos, seed=cfg.seed, draft=draft, n_draft=cfg.draft.n_draft, compiled=cfg.get("compiled"), allowed_first=[prompt.allowed],
+        **{"pad_id": tokenizer.pad_id, "start_id": tokenizer.bos_id, **how},
     )
     seconds = time.perf_counter() - start
     new = out.tokens[0]
@@ -265,6 +267,22 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
         print(text_in + text)
     print(speed_line(out, seconds, n_draft=cfg.draft.n_draft))
     return text, out, seconds
+
+
+def continue_as_trained(cfg, tokenizer, ids: list[int]) -> tuple[list[int], dict[str, int]]:
+    """The prompt to decode from and :func:`generate`'s keywords for continuing ``ids`` as the checkpoint's
+    objective reads a text whose end is missing (:meth:`~zoo.objectives.base.Objective.continuation_prompt`):
+    a GLM model writes the end into a blank after the prompt, as it trained; a language model continues
+    the text itself. ``(ids, {})`` for a composed model, which has no objective."""
+    if not cfg.checkpoint:
+        return list(ids), {}
+    from zoo.run.checkpoint import find
+    from zoo.train.components import build_node
+
+    trained = find(resolve_checkpoint(cfg.checkpoint)).config()
+    if "objective" not in trained:
+        return list(ids), {}
+    return build_node(trained.objective, "objective", tokenizer=tokenizer).continuation_prompt(ids)
 
 
 def speed_line(out: Generation, seconds: float, *, n_draft: int) -> str:

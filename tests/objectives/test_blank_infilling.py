@@ -1,5 +1,6 @@
 """GLM blank infilling (zoo/objectives/blank_infilling.py): the batch builder by hand and on random rows,
-no leak from later Part B tokens, the loss on Part B only, and bad settings refused."""
+the document-level rows behind [gMASK], no leak from later Part B tokens, the loss on Part B only, and bad
+settings refused."""
 
 from pathlib import Path
 
@@ -9,12 +10,13 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.objectives import BlankInfillingObjective
-from zoo.objectives.blank_infilling import infilling_row, place_spans, span_lengths
+from zoo.objectives.blank_infilling import document_span, infilling_row, place_spans, span_lengths
 from zoo.testing import build_tiny
 from zoo.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer(n_sentinels=4)
 MASK, START, END, PAD = TOK.mask_id, TOK.sentinel_ids[0], TOK.sentinel_ids[1], TOK.pad_id
+GMASK = TOK.sentinel_ids[2]
 CONF = Path(__file__).resolve().parents[2] / "conf" / "objective"
 
 
@@ -49,8 +51,8 @@ def test_part_b_follows_a_random_order():
     assert 0 < sum(f == int((x["tokens"][r] == MASK).nonzero()[0]) for r, f in enumerate(firsts)) < 64
 
 
-def infill(x: dict, row: int) -> list[int]:
-    """The original text of ``row``, rebuilt from Part A with each ``<mask>`` replaced by the Part B span
+def infill(x: dict, row: int, blank: int = MASK) -> list[int]:
+    """The original text of ``row``, rebuilt from Part A with each ``blank`` replaced by the Part B span
     positioned at it (its tokens after ``[S]``)."""
     tokens, positions, a_len = x["tokens"][row].tolist(), x["positions"][row], int(x["prefix_len"][row])
     spans: dict[int, list[int]] = {}
@@ -63,7 +65,7 @@ def infill(x: dict, row: int) -> list[int]:
             spans[at].append(tokens[i])
     out = []
     for i, t in enumerate(tokens[:a_len]):
-        out.extend(spans.pop(i)[1:] if t == MASK else [t])
+        out.extend(spans.pop(i)[1:] if t == blank else [t])
     assert not spans, "every span is positioned at a <mask>"
     return out
 
@@ -90,6 +92,51 @@ def test_every_masked_token_is_in_part_b_exactly_once(length, ratio, rate):
         assert torch.equal(b_targets[:-1][b_tokens[1:] != START], b_tokens[1:][b_tokens[1:] != START])
         assert int((b_targets == END).sum()) == len(starts) and b_targets[-1] == END
     assert x["tokens"].shape[1] == max(length + 2 * len(s) for s in x["starts"])
+
+
+@pytest.mark.parametrize("length", [2, 3, 40])
+def test_document_rows_blank_the_end_behind_gmask(length):
+    """GLM's document-level objective: one span ending the row, half to all but one of its tokens, behind
+    [gMASK]; Part B writes it after [S] and ends it with [E]."""
+    objective = BlankInfillingObjective(document_ratio=1.0, tokenizer=TOK, seed=length)
+    text = torch.randint(0, 256, (32, length + 1))
+    x = objective.make_inputs({"tokens": text})
+    spans = []
+    for row in range(32):
+        (start,), (span,) = x["starts"][row].tolist(), x["lengths"][row].tolist()
+        a_len = int(x["prefix_len"][row])
+        assert start + span == length and (length + 1) // 2 <= span <= length - 1
+        assert x["tokens"][row, :a_len].tolist() == [*text[row, :start].tolist(), GMASK] and MASK not in x["tokens"][row].tolist()
+        assert x["tokens"][row, a_len].item() == START and x["targets"][row, a_len + span].item() == END
+        assert infill(x, row, blank=GMASK) == text[row, :-1].tolist()
+        spans.append(span)
+    if length == 40:  # uniform over 20..39: the whole range is drawn
+        assert min(spans) <= 22 and max(spans) >= 37
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(document_span(4, generator=g)[1]) for _ in range(50)}
+    assert drawn == {2, 3}, "50-100% of 4 tokens, one kept to read"
+
+
+def test_a_document_ratio_mixes_the_two_kinds_of_row_and_zero_keeps_the_spans():
+    text = {"tokens": torch.randint(0, 256, (400, 41))}
+    x = BlankInfillingObjective(document_ratio=0.3, tokenizer=TOK, seed=5).make_inputs(text)
+    documents = [GMASK in x["tokens"][r].tolist() for r in range(400)]
+    assert 0.24 < sum(documents) / 400 < 0.36
+    for r in range(400):  # a row is one kind or the other, never both
+        assert (MASK in x["tokens"][r].tolist()) != documents[r]
+    plain = BlankInfillingObjective(tokenizer=TOK, seed=5).make_inputs(text)
+    zero = BlankInfillingObjective(document_ratio=0.0, tokenizer=TOK, seed=5).make_inputs(text)
+    assert torch.equal(plain["tokens"], zero["tokens"]), "no draw is spent on documents without them"
+
+
+def test_a_model_trained_on_documents_continues_behind_gmask():
+    ids = [5, 6, 7]
+    assert BlankInfillingObjective(tokenizer=TOK).continuation_prompt(ids)[0] == [*ids, MASK]
+    documents = BlankInfillingObjective(document_ratio=0.5, tokenizer=TOK)
+    prompt, how = documents.continuation_prompt(ids)
+    assert prompt == [*ids, GMASK] and how["blank_id"] == GMASK
+    x = documents.continuation_inputs({"tokens": torch.randint(0, 256, (2, 20))}, prefix_len=8)
+    assert (x["tokens"][:, 8] == GMASK).all() and (x["tokens"][:, :8] != GMASK).all()
 
 
 def test_span_lengths_follow_the_paper():
@@ -174,6 +221,8 @@ def test_loss_counts_part_b_only():
         ({"mask_ratio": 0.6}, "objective.mask_ratio"),
         ({"mean_span_length": 0.0}, "objective.mean_span_length"),
         ({"mean_span_length": -3.0}, "objective.mean_span_length"),
+        ({"document_ratio": -0.1}, "objective.document_ratio"),
+        ({"document_ratio": 1.5}, "objective.document_ratio"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, key):
@@ -186,6 +235,8 @@ def test_what_it_cannot_train_is_refused_in_one_line():
     batch = {"tokens": torch.randint(0, 256, (1, 20))}
     with pytest.raises(ConfigError, match=r"^tokenizer.n_sentinels=1: >= 2"):
         BlankInfillingObjective(tokenizer=ByteTokenizer(n_sentinels=1))
+    with pytest.raises(ConfigError, match=r"^tokenizer.n_sentinels=2: >= 3 with objective.document_ratio > 0"):
+        BlankInfillingObjective(document_ratio=0.5, tokenizer=ByteTokenizer(n_sentinels=2))
     with pytest.raises(ConfigError, match=r"^tokenizer=None: objective=blank_infilling needs a tokenizer"):
         BlankInfillingObjective().make_inputs(batch)
     with pytest.raises(ConfigError, match=r"^objective='blank_infilling': needs model=prefix, not model=causal"):

@@ -16,6 +16,7 @@ from zoo.arch.session import InfillSession, LMSession, refuse_infilling
 from zoo.arch.stack import Factory, Stack, default_positions, document_positions, head_dim_of
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
+from zoo.dropout import identity
 from zoo.errors import ConfigError
 from zoo.ffn.moe import losses as moe_losses
 from zoo.pos.base import can_read
@@ -113,7 +114,7 @@ class TransformerLM(nn.Module):
             layers=layers,
         )
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
-        self.logit_cap = nn.Identity() if logit_softcap is None else SoftCap(logit_softcap)
+        self.logit_cap = identity if logit_softcap is None else SoftCap(logit_softcap)
         init(self, n_layers=n_layers)
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight

@@ -9,7 +9,7 @@ from zoo.attention.attention import Context
 from zoo.attention.cache import LayerCache
 from zoo.attention.mask import Mask
 from zoo.arch.pattern import LayerPattern
-from zoo.dropout import dropout_layer
+from zoo.dropout import dropout_layer, identity
 from zoo.errors import ConfigError
 from zoo.pos.base import Positions
 from zoo.residual import Depth
@@ -82,7 +82,7 @@ class Stack(nn.Module):
                     f"{layers_key}.kinds.{kind}.pos", type(kind_pos).__name__,
                     "adds to the embedding, which happens once per stack: per kind of layer pick rope, alibi, t5 or none",
                 )  # fmt: skip
-        self.embed_norm = norm(dim) if embed_norm else nn.Identity()
+        self.embed_norm = norm(dim) if embed_norm else identity
         self.dropout = dropout_layer(dropout)
         self.layers = nn.ModuleList(
             self._block(dim, slots[self.pattern.kind(i)], n_heads=n_heads, head_dim=head_dim, dropout=dropout, depth=depth, cross_attention=cross_attention)
@@ -96,7 +96,7 @@ class Stack(nn.Module):
         tell_depth(self.layers)
         if final_norm is None:
             final_norm = self.layers[0].final_norm if n_layers else False
-        self.norm = norm(dim) if final_norm else nn.Identity()
+        self.norm = norm(dim) if final_norm else identity
 
     @staticmethod
     def _block(dim: int, f: dict[str, Factory], *, n_heads: int, head_dim: int, dropout: float, depth: Depth, cross_attention: Factory | None) -> nn.Module:

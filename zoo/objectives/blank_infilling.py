@@ -1,9 +1,11 @@
 """GLM's autoregressive blank infilling for the prefix decoder (``objective=blank_infilling``).
 
-Du et al. 2022, arXiv:2103.10360, sections 2.1-2.2. Spans of each row are blanked out of the text; the
+Du et al. 2022, arXiv:2103.10360, sections 2.1-2.3. Spans of each row are blanked out of the text; the
 corrupted text (Part A) is the prefix decoder's bidirectional prefix, and the spans follow it (Part B),
 in random order, each written left to right after a start sentinel. Part B reads all of Part A and the
-spans written before it, which is the prefix decoder's own mask with Part A as the prefix.
+spans written before it, which is the prefix decoder's own mask with Part A as the prefix. A share of the
+rows may instead take GLM's document-level objective (section 2.3): one long span, the row's end, behind
+its own blank ``[gMASK]``, which teaches the model to write long text.
 """
 
 from typing import NamedTuple
@@ -48,6 +50,26 @@ def place_spans(length: int, lengths: torch.Tensor, *, generator: torch.Generato
     # span i starts after the free tokens before it, the spans before it and one separator per span before it
     before = torch.cumsum(lengths, 0) - lengths
     return cuts + before + torch.arange(n_spans)
+
+
+def document_span(length: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLM's document-level span (arXiv:2103.10360, section 2.3) in a row of ``length >= 2`` tokens:
+    ``(starts (1,), lengths (1,))`` of one span that ends the row, its length uniform in
+    ``[ceil(length / 2), length - 1]`` (the paper's 50-100%, keeping one token of text to read), so the
+    model learns to write the rest of a text from its start, as GLM's code does (its ``gpt`` mode)."""
+    span = int(torch.randint((length + 1) // 2, length, (), generator=generator))
+    return torch.tensor([length - span]), torch.tensor([span])
+
+
+def generation_blank(tokenizer) -> int:
+    """GLM's ``[gMASK]`` of ``tokenizer``, the blank of the document-level objective: its third sentinel
+    (``<extra_id_2>``), after ``[S]`` and ``[E]``."""
+    if len(tokenizer.sentinel_ids) < 3:
+        raise ConfigError(
+            "tokenizer.n_sentinels", len(tokenizer.sentinel_ids),
+            ">= 3 with objective.document_ratio > 0: [S], [E] and [gMASK] are <extra_id_0>, <extra_id_1> and <extra_id_2>",
+        )  # fmt: skip
+    return tokenizer.sentinel_ids[2]
 
 
 def infilling_sentinels(tokenizer) -> tuple[int, int, int, int]:
@@ -142,10 +164,18 @@ class BlankInfillingObjective(Objective):
     T5's span corruption takes its sentinels from the same place), never in the text.
     The model must take 2D positions (``model/pos=learned_2d`` or ``rope_2d``).
 
+    With ``document_ratio``, that share of the rows takes GLM's document-level objective instead
+    (arXiv:2103.10360, section 2.3): one span ending the row, half to all but one of its tokens
+    (:func:`document_span`), blanked by ``[gMASK]`` (the third sentinel), so Part A is the text's start
+    and Part B writes the rest. GLM's short and long blanks differ by their token, so a prompt says which
+    it wants; a model trained with them continues a text behind ``[gMASK]``
+    (:meth:`continuation_prompt`). GLM draws the kind per batch; zoo per row, for a steadier mix.
+
     Args:
         mask_ratio: share of each row's tokens blanked out, in ``(0, 0.5]`` (GLM's base setting: 0.15);
             at most half, so that spans with a token between them always fit.
         mean_span_length: the Poisson rate of the span lengths (GLM: 3), ``> 0``.
+        document_ratio: share of the rows that take the document-level objective, in ``[0, 1]``; 0: none.
         tokenizer: the run's tokenizer (``<mask>``, ``<pad>`` and sentinel ids); required.
         seed: as :class:`~zoo.objectives.base.Objective`.
     """
@@ -153,15 +183,20 @@ class BlankInfillingObjective(Objective):
     name = "blank_infilling"
     compatible_archs = ("prefix",)
 
-    def __init__(self, *, mask_ratio: float = 0.15, mean_span_length: float = 3.0, tokenizer=None, seed: int = 0) -> None:
+    def __init__(
+        self, *, mask_ratio: float = 0.15, mean_span_length: float = 3.0, document_ratio: float = 0.0, tokenizer=None, seed: int = 0
+    ) -> None:
         super().__init__(tokenizer=tokenizer, seed=seed)
         if not 0 < mask_ratio <= 0.5:
             raise ConfigError("objective.mask_ratio", mask_ratio, "in (0, 0.5] (GLM: 0.15): spans need kept tokens between them")
         if not mean_span_length > 0:
             raise ConfigError("objective.mean_span_length", mean_span_length, "> 0, the Poisson rate of the span lengths (GLM: 3)")
-        self.mask_ratio, self.mean_span_length = float(mask_ratio), float(mean_span_length)
+        if not 0 <= document_ratio <= 1:
+            raise ConfigError("objective.document_ratio", document_ratio, "in [0, 1]: the share of rows with one long blank at their end ([gMASK])")
+        self.mask_ratio, self.mean_span_length, self.document_ratio = float(mask_ratio), float(mean_span_length), float(document_ratio)
         if tokenizer is not None:
             self.sentinels()  # a tokenizer short of sentinels fails when the run is built, not at its first step
+            self.continuation_blank()
 
     @classmethod
     def check(cls, model) -> None:
@@ -172,6 +207,11 @@ class BlankInfillingObjective(Objective):
     def sentinels(self) -> tuple[int, int, int, int]:
         """``(<mask>, [S], [E], <pad>)`` ids (:func:`infilling_sentinels`)."""
         return infilling_sentinels(self._needs_tokenizer())
+
+    def continuation_blank(self) -> int:
+        """The blank behind which the model continues a text: ``[gMASK]`` where it trained on documents
+        (``document_ratio > 0``), else ``<mask>``, the only blank it knows."""
+        return generation_blank(self._needs_tokenizer()) if self.document_ratio else self.sentinels()[0]
 
     # index work on the CPU with a loop over rows: a compiled objective (trainer.compile) would only
     # break its graph here, so the forward and the loss compile and this runs eagerly
@@ -186,10 +226,14 @@ class BlankInfillingObjective(Objective):
         g = self.next_generator() if generator is None else generator
         rows, all_starts, all_lengths = [], [], []
         for row in text:
-            lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
-            starts = place_spans(length, lengths, generator=g)
+            # drawn only with documents in the mix, so a run without them keeps its spans
+            if self.document_ratio and length >= 2 and float(torch.rand((), generator=g)) < self.document_ratio:
+                (starts, lengths), blank = document_span(length, generator=g), self.continuation_blank()
+            else:
+                lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
+                starts, blank = place_spans(length, lengths, generator=g), mask_id
             order = torch.randperm(len(lengths), generator=g)
-            rows.append(infilling_row(row, starts, lengths, order, mask_id=mask_id, start_id=start_id, end_id=end_id, pad_id=pad_id))
+            rows.append(infilling_row(row, starts, lengths, order, mask_id=blank, start_id=start_id, end_id=end_id, pad_id=pad_id))
             all_starts.append(starts)
             all_lengths.append(lengths)
         return {**batched(rows, pad_id=pad_id, device=batch["tokens"].device), "starts": all_starts, "lengths": all_lengths}
@@ -198,21 +242,23 @@ class BlankInfillingObjective(Objective):
     def continuation_inputs(self, batch: Batch, *, prefix_len: int) -> dict[str, torch.Tensor]:
         """The whole row with its end from ``prefix_len`` on as its one blank, the loss on that span's tokens
         only (not on the ``[E]`` after them): :meth:`Objective.continuation`. GLM's own way to continue a
-        text (one blank at its end, as its document-level ``[gMASK]`` objective, arXiv:2103.10360)."""
-        mask_id, start_id, end_id, pad_id = self.sentinels()
+        text: one blank at its end (:meth:`continuation_blank`), as its document-level objective trains."""
+        _, start_id, end_id, pad_id = self.sentinels()
+        blank = self.continuation_blank()
         text = batch["tokens"].cpu().long()
         length = text.shape[1]
         starts, lengths, order = torch.tensor([prefix_len]), torch.tensor([length - prefix_len]), torch.tensor([0])
-        rows = [infilling_row(row, starts, lengths, order, mask_id=mask_id, start_id=start_id, end_id=end_id, pad_id=pad_id) for row in text]
+        rows = [infilling_row(row, starts, lengths, order, mask_id=blank, start_id=start_id, end_id=end_id, pad_id=pad_id) for row in text]
         x = batched(rows, pad_id=pad_id, device=batch["tokens"].device)
         x["loss_mask"][:, -1] = False  # every row has the same length: its last target is the span's [E]
         return x
 
     def continuation_prompt(self, ids: list[int]) -> tuple[list[int], dict[str, int]]:
         """The prompt with one blank at its end, filled after ``[S]`` until ``[E]``: a GLM model continues a
-        text by infilling, as it trained (``generate(..., blank_id=)``)."""
-        mask_id, start_id, end_id, pad_id = self.sentinels()
-        return [*ids, mask_id], {"blank_id": mask_id, "start_id": start_id, "eos_id": end_id, "pad_id": pad_id}
+        text by infilling, as it trained (``generate(..., blank_id=)``), behind :meth:`continuation_blank`."""
+        _, start_id, end_id, pad_id = self.sentinels()
+        blank = self.continuation_blank()
+        return [*ids, blank], {"blank_id": blank, "start_id": start_id, "eos_id": end_id, "pad_id": pad_id}
 
     def loss(self, model, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """The loss of ``model`` on inputs of :meth:`make_inputs`."""
@@ -225,4 +271,7 @@ class BlankInfillingObjective(Objective):
         return self.loss(model, self.make_inputs(batch))
 
     def __repr__(self) -> str:
-        return f"BlankInfillingObjective(mask_ratio={self.mask_ratio}, mean_span_length={self.mean_span_length}, seed={self.seed})"
+        return (
+            f"BlankInfillingObjective(mask_ratio={self.mask_ratio}, mean_span_length={self.mean_span_length}, "
+            f"document_ratio={self.document_ratio}, seed={self.seed})"
+        )
