@@ -11,7 +11,8 @@ import torch
 import zoo
 from zoo.errors import ConfigError
 from zoo.train import run
-from zoo.train.loop import LOG_FILE, METRICS_FILE
+from zoo.train.loop import METRICS_FILE
+from zoo.train.steps import LOG_FILE
 
 
 def test_training_reduces_the_loss_on_the_default_corpus(tmp_path, tiny):

@@ -21,9 +21,8 @@ from zoo.attention.dense import eager, sdpa
 from zoo.attention.flex import flex, flex_importable
 from zoo.attention.gathered import sparse
 from zoo.attention.local import local
-from zoo.attention.mask import Mask
 from zoo.attention.sparse import Pattern
-from zoo.attention.signature import Kernel, needs_backward
+from zoo.attention.signature import Kernel
 from zoo.errors import ConfigError
 
 @dataclass(frozen=True)

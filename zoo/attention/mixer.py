@@ -8,7 +8,7 @@ honoured (a padded token leaves the state as it was; a document starts from an e
 import torch
 
 from zoo.attention.attention import Context
-from zoo.attention.recurrence import FORMS, chunked, document_resets, scan
+from zoo.attention.recurrence import FORMS, chunked, document_resets
 from zoo.errors import ConfigError
 from zoo.pos.base import Positions
 

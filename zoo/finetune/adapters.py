@@ -4,7 +4,7 @@ body's, or low-rank adapters beside frozen weights.
 An adapter is applied to a built model after its initial weights are loaded and before the task adds
 its head (:meth:`zoo.objectives.base.Objective.prepare`), so a head the task adds always trains.
 A run whose body is frozen checkpoints only what trains (``trainable.safetensors``, written by
-:meth:`zoo.train.loop.Loop.save`); the frozen rest comes back from ``trainer.init_from``.
+:meth:`zoo.train.steps.Loop.save`); the frozen rest comes back from ``trainer.init_from``.
 """
 
 from torch import nn

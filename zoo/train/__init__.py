@@ -2,7 +2,7 @@
 evaluates bits per byte, and logs every run to W&B (offline by default).
 
 Python API: :func:`train` runs one config (``zoo.compose([...])``) into a folder and returns a
-:class:`~zoo.train.loop.RunResult`; :func:`run` composes the overrides first. :func:`main` is the CLI.
+:class:`~zoo.train.steps.RunResult`; :func:`run` composes the overrides first. :func:`main` is the CLI.
 
 The names in ``__all__`` are what the rest of zoo (``zoo.bench``, ``zoo.finetune``) may use of training:
 ``from zoo.train import Settings, build, evaluate``, never ``zoo.train.<module>`` (tests/test_layers.py
@@ -41,7 +41,7 @@ _LAZY = {
     "build": "zoo.train.components",  # a run's parts: tokenizer, data, model, objective, loaders
     "build_node": "zoo.train.components",  # one group's node (optim, sched, adapter, objective), checked
     "evaluate": "zoo.train.metrics",  # validation loss, accuracy and bits per byte of a model
-    "forever": "zoo.train.loop",  # a loader's batches, epoch after epoch
+    "forever": "zoo.train.steps",  # a loader's batches, epoch after epoch
     "param_groups": "zoo.train.optim",  # the decayed and the exempt parameters
     "fused_by_default": "zoo.train.optim",  # whether torch has a fused AdamW for a model's device
     "RunInfo": "zoo.train.sweep",  # who a run is: name, group, overrides (trainer.init_from keeps their model keys)
