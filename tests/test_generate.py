@@ -180,6 +180,9 @@ def test_zoo_generate_continues_a_glm_checkpoint_as_it_trained(tmp_path, monkeyp
     gmask = generation_blank(tok)
     span = generate(model, [[*tok.encode("def f("), gmask]], max_new_tokens=6, blank_id=gmask, start_id=start, eos_id=end, pad_id=pad).tokens[0]
     assert printed.startswith("def f(" + tok.decode([t for t in span if t != end]) + "\n[")
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "stop_at_eos=false"])
+    main()
+    assert capsys.readouterr().out.startswith("def f(")
 
 
 @pytest.mark.parametrize(

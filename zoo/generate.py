@@ -250,7 +250,8 @@ def run(cfg, *, task_overrides: list[str] = ()) -> tuple[str, Generation, float]
     else:
         prompt = encode_prompt(tokenizer, text_in, heal=cfg.get("heal", True))
     ids, how = continue_as_trained(cfg, tokenizer, prompt.ids) if model.continues_prompt and not cfg.get("chat") else (prompt.ids, {})
-    eos = how.pop("eos_id", tokenizer.eos_id) if cfg.stop_at_eos else None
+    end = how.pop("eos_id", tokenizer.eos_id)  # a GLM span ends with [E]
+    eos = end if cfg.stop_at_eos else None
     start = time.perf_counter()
     out = generate(
         model, [ids], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
