@@ -118,9 +118,9 @@ def tile_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[tor
 def pattern_tiles(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
     """Booleans ``(b, n / 128, m / 128)``: tiles holding a candidate key of ``mask.pattern`` for one of their
     queries (``O(n * keys a query sees)``), or ``None`` where key positions are not their indices plus
-    one offset per row, or under a prefix mask, whose queries see later prefix keys that causal candidates
-    do not list (then every tile is computed and ``mask_mod`` applies the pattern)."""
-    shift = key_shift(k_pos, mask.key_valid) if mask.prefix_len is None else None
+    one offset per row (then every tile is computed and ``mask_mod`` applies the pattern). Under a prefix
+    mask the candidates are both sides' (a prefix query sees later prefix keys)."""
+    shift = key_shift(k_pos, mask.key_valid)
     if shift is None:
         return None
     b, n = q_pos.shape
@@ -131,7 +131,7 @@ def pattern_tiles(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch
     tiles = torch.zeros(b, s * t + 1, dtype=torch.bool, device=q_pos.device).scatter_(1, flat.flatten(1), True)
     tiles = tiles[:, :-1].view(b, s, t)
     # queries that see every key (bidirectional global tokens) reach every tile of their rows
-    dense = (q_pos < mask.pattern.dense_below(causal=mask.causal)).view(b, -1, 1)
+    dense = (q_pos < mask.pattern.dense_below(causal=mask.looks_back_only)).view(b, -1, 1)
     dense = F.pad(dense, (0, 0, 0, s * BLOCK - n)).view(b, s, BLOCK).any(-1)
     return tiles | dense[:, :, None]
 

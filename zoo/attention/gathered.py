@@ -11,9 +11,9 @@ neighbouring queries share few keys (strided) comes in disjoint parts, each gath
 order that makes its blocks share keys, their softmaxes merged by their log-sum-exps.
 
 A mask without a pattern goes to :func:`~zoo.attention.local.local` (windows) or SDPA; so do short
-rows, prefix masks (a prefix query sees later prefix keys, which a causal pattern's candidates do not
-list) and key positions that are not their indices shifted by one offset per row (see
-:func:`key_shift`): all exact.
+rows and key positions that are not their indices shifted by one offset per row (see :func:`key_shift`):
+all exact. Under a prefix mask a query gathers its candidates on both sides (a prefix query sees later
+prefix keys), and the mask rule keeps the ones it may see.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim,
 ``s`` query blocks, ``q`` queries of a block, ``l`` keys one query block sees.
@@ -52,7 +52,7 @@ def candidate_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: 
     valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand_as(k_pos)
     real = k_pos.masked_select(valid)
     lo, hi = (int(real.min()), int(real.max())) if real.numel() else (0, 0)
-    index = mask.pattern.candidates(q_pos, lo=lo, hi=hi, causal=mask.causal) - shift[:, None, None]
+    index = mask.pattern.candidates(q_pos, lo=lo, hi=hi, causal=mask.looks_back_only) - shift[:, None, None]
     return index, (index >= 0) & (index < k_pos.shape[1])
 
 
@@ -82,7 +82,7 @@ def sparse(
     if mask.pattern is None:
         return local(q, k, v, **kw)
     m = k.shape[2]
-    if mask.prefix_len is not None or m <= 2 * mask.pattern.keys_per_query(m) or stacked(k_pos, mask.key_valid):
+    if m <= 2 * mask.pattern.keys_per_query(m) or stacked(k_pos, mask.key_valid):
         return sdpa(q, k, v, **kw)
     return gathered(q, k, v, **kw)
 
@@ -110,16 +110,16 @@ def gathered(
     b, n, m = q.shape[0], q.shape[2], k.shape[2]
     q_pos, k_pos = q_pos.expand(b, n), k_pos.expand(b, m)
     kw = dict(bias=bias, scale=scale, dropout=dropout)
-    shift = key_shift(k_pos, mask.key_valid) if mask.prefix_len is None else None
+    shift = key_shift(k_pos, mask.key_valid)
     if shift is None:
         warnings.warn(
-            "model.attention.kernel=sparse: a prefix mask, or key positions that are not their indices plus one offset "
-            "per row; using SDPA with a dense mask instead",
+            "model.attention.kernel=sparse: key positions that are not their indices plus one offset per row "
+            "(packed documents); using SDPA with a dense mask instead",
             stacklevel=3,
         )
         return sdpa(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, **kw)
     # queries that see every key (BigBird's global tokens in an encoder) are few: computed densely
-    below = q_pos < mask.pattern.dense_below(causal=mask.causal)
+    below = q_pos < mask.pattern.dense_below(causal=mask.looks_back_only)
     head = int((below * torch.arange(1, n + 1, device=q.device)).max())
     if head == 0:
         return _gather_parts(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, shift=shift, **kw)
@@ -200,6 +200,7 @@ def _gather_blocks(
     blocked = replace(
         mask,
         key_valid=None if with_lse else slot_valid,
+        prefix_len=None if mask.prefix_len is None else mask.prefix_len.repeat_interleave(s),
         q_segment=None if mask.q_segment is None else rearrange(_repeat_last(mask.q_segment.expand(b, n), pad_q), "b (s q) -> (b s) q", s=s),
         k_segment=None if mask.k_segment is None else per_key(mask.k_segment.expand(b, m)),
     )

@@ -59,6 +59,12 @@ class Mask:
         )
 
     @property
+    def looks_back_only(self) -> bool:
+        """Every key a query may see sits at its position or before: causal, with no bidirectional prefix
+        (a sparse pattern's candidates then need only one side)."""
+        return self.causal and self.prefix_len is None
+
+    @property
     def is_plain_causal(self) -> bool:
         return (
             self.causal
