@@ -35,16 +35,23 @@ def test_a_model_on_cuda_computes_its_cpu_logits(attention):
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
 
 
-def test_flex_attention_trains_a_sliding_window_model_on_cuda():
-    """auto picks FlexAttention for long windows on CUDA; its backward gives the dense kernel's gradients."""
+@pytest.mark.parametrize(
+    "arch, attention, prefix_len",
+    [("causal", ["model/attention=sliding_window", "model.attention.window=16"], None), ("prefix", ["model/attention=fixed"], [40, 90])],
+    ids=["window", "prefix_fixed_pattern"],
+)
+def test_flex_attention_trains_on_cuda(arch, attention, prefix_len):
+    """auto picks FlexAttention for long windows and sparse patterns on CUDA; its backward gives the dense
+    kernel's gradients, under a causal mask and under a prefix (whose queries see later prefix keys)."""
     torch.manual_seed(0)
-    overrides = [*LLAMA, "model/attention=sliding_window", "model.attention.window=16"]
+    overrides = [f"model={arch}", *LLAMA[1:], *attention]
     models = {kernel: zoo.build([*overrides, f"model.attention.kernel={kernel}"]).cuda() for kernel in ("flex", "sdpa")}
     models["flex"].load_state_dict(models["sdpa"].state_dict())
     tokens = torch.randint(256, (2, 128), device="cuda")
+    inputs = {} if prefix_len is None else {"prefix_len": torch.tensor(prefix_len, device="cuda")}
     grads = {}
     for kernel, model in models.items():
-        model(tokens).float().square().mean().backward()
+        model(tokens, **inputs).float().square().mean().backward()
         grads[kernel] = torch.cat([p.grad.flatten() for p in model.parameters()])
     torch.testing.assert_close(grads["flex"], grads["sdpa"], atol=1e-4, rtol=1e-3)
 
