@@ -190,7 +190,6 @@ def test_zoo_generate_continues_a_glm_checkpoint_as_it_trained(tmp_path, monkeyp
     [
         (["infill=true", "prompt=abc"], r"^infill=True: a prompt holding the blank to fill, written <mask>"),
         (['prompt="a<mask>b<mask>"', "stop_at_eos=false"], r"^stop_at_eos=False: true when the prompt holds 2 blanks <mask>"),
-        (['prompt="a<mask>b<mask>"', "draft.checkpoint=elsewhere"], r"^draft.checkpoint='elsewhere': null when the prompt holds 2 blanks"),
         (["infill=sometimes", 'prompt="a<mask>"'], r"^infill='sometimes': true .*, false .* or null"),
         (['prompt="a<mask>"', "chat=true"], r"^chat=True: false when filling a blank"),
         (['prompt="a<mask>"', "compiled=true"], r"^compiled=True: false or null when filling a blank"),

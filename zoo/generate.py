@@ -216,8 +216,6 @@ def infills(cfg, text: str) -> bool:
         raise ConfigError("infill", cfg.infill, f"a prompt holding the blank to fill, written {MASK_TOKEN}; or false to continue the prompt")
     if blanks > 1 and not cfg.stop_at_eos:
         raise ConfigError("stop_at_eos", False, f"true when the prompt holds {blanks} blanks {MASK_TOKEN}: [E] ends each span and begins the next")
-    if blanks > 1 and (cfg.draft.checkpoint or cfg.draft.overrides):
-        raise ConfigError("draft.checkpoint", cfg.draft.checkpoint or cfg.draft.overrides, f"null when the prompt holds {blanks} blanks {MASK_TOKEN}: one span's [E] begins the next, which a draft's rollback cannot take back")
     if cfg.get("chat"):
         raise ConfigError("chat", True, f"false when filling a blank {MASK_TOKEN} (infill): the prompt is the text around it")
     if cfg.get("compiled"):

@@ -145,7 +145,8 @@ class InfillSession(LMSession):
     trained so ends it with ``[E]`` (``end_id``, pass it as ``eos_id`` too). With several blanks the spans
     follow one another in the blanks' order, as Part B holds spans in training: the ``[E]`` that ends a
     span is fed as the next blank's ``[S]`` (in training ``[E]`` is only ever a target), at
-    ``(index of that blank, 1)``; the new tokens are then the spans, each ended by its ``[E]``.
+    ``(index of that blank, 1)``; the new tokens are then the spans, each ended by its ``[E]``. Which span
+    each column reached is kept, so taking tokens back (speculative decoding) takes back the spans they began.
 
     Prompts are left-padded, so every Part A ends in the same column: the model reads its mask and
     cache in column order when given 2D positions (they are not in reading order), so the prefix is
@@ -189,8 +190,9 @@ class InfillSession(LMSession):
         self.prefix_len = torch.full_like(self.prefix_len, width)
         self.ends_needed = torch.tensor(blanks, device=self.device)
         self.start_id, self.end_id = start_id, end_id
-        self.begun = torch.ones_like(self.ends_needed)  # spans begun: the prompt's [S] began the first
-        self.intra = torch.ones_like(self.ends_needed)  # the intra-span id of the last token fed
+        # (spans begun, intra-span id) after each column: the prompt's [S] began the first span at id 1;
+        # kept per column so that taking tokens back (a draft's rejected guesses) restores the span reached
+        self.spans = torch.ones(*self.positions.shape[:2], 2, dtype=torch.long, device=self.device)  # (b, t, 2)
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """As :meth:`Session.feed`; past the prompt, with several blanks, a span's ``[E]`` is fed as the next
@@ -199,13 +201,15 @@ class InfillSession(LMSession):
         if start < self.prompt.shape[1] or int(self.ends_needed.max()) == 1:
             return super().feed(tokens)
         fed, positions = tokens.clone(), []
+        begun, intra = self.spans[:, start - 1].unbind(-1)
         for i in range(n):
-            next_span = (tokens[:, i] == self.end_id) & (self.begun < self.ends_needed)
+            next_span = (tokens[:, i] == self.end_id) & (begun < self.ends_needed)
             fed[:, i] = torch.where(next_span, self.start_id, tokens[:, i])
-            self.begun = self.begun + next_span.long()
-            self.intra = torch.where(next_span, 1, self.intra + 1)
-            blank = self.blank_at.gather(1, (self.begun - 1)[:, None])[:, 0]
-            positions.append(torch.stack([blank, self.intra], dim=-1))
+            begun = begun + next_span.long()
+            intra = torch.where(next_span, 1, intra + 1)
+            self.spans[:, start + i] = torch.stack([begun, intra], dim=-1)
+            blank = self.blank_at.gather(1, (begun - 1)[:, None])[:, 0]
+            positions.append(torch.stack([blank, intra], dim=-1))
         logits = self.call(fed, positions=torch.stack(positions, dim=1), valid=self.valid_at(start, n))
         self.fed = start + n
         return logits

@@ -69,7 +69,7 @@ def generate(
             (:mod:`zoo.generation.healing`) writes a backed-off prompt token again this way.
         blank_id: the blank each prompt holds once or more, to fill (the tokenizer's ``<mask>``); ``None``:
             continue the prompts. Decodes on the eager cache (``compiled`` must be false or null); several
-            blanks in a prompt need ``eos_id`` (``[E]``) and no ``draft``.
+            blanks in a prompt need ``eos_id`` (``[E]``).
 
     Returns: a :class:`Generation`; ``tokens[i]`` are the new tokens of prompt ``i``.
     """

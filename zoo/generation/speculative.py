@@ -61,8 +61,7 @@ def speculative_generate(
         room = max_new_tokens + n_draft + 1
         t = target.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, **filling(blank_id, eos_id))
         d = draft.open_session(prompts, pad_id=pad_id, start_id=start_id, room=room, rollback=n_draft + 1, **filling(blank_id, eos_id))
-        if int(torch.as_tensor(t.ends_needed).max()) > 1:
-            raise ConfigError("generate.draft", "a draft model", "none when a prompt holds several blanks to fill: one span's [E] begins the next, which a draft's rollback cannot take back")
+        ends_needed = torch.as_tensor(t.ends_needed, device=t.device)  # a row filling several blanks ends at its last [E]
         gen = seeded_generator(seed, generator, t.device)
         b = len(prompts)
         # Prefill both models with the whole prompt in one pass (a prefix LM's prompt must be read whole);
@@ -71,6 +70,7 @@ def speculative_generate(
         first_t, first_d = (restrict(session.feed(session.prompt)[:, -1], allowed_first) for session in (t, d))
         pend_t = pend_d = t.prompt.new_empty(b, 0)
         done = torch.zeros(b, dtype=torch.bool, device=t.device)
+        ended = torch.zeros(b, dtype=torch.long, device=t.device)
         chunks: list[torch.Tensor] = []
         produced = drafted = accepted = calls = 0
         while produced < max_new_tokens:
@@ -134,8 +134,9 @@ def speculative_generate(
             chunks.append(emitted.masked_fill(done[:, None], pad_id))
             produced += n + 1
             if eos_id is not None:
-                done |= (emitted == eos_id).any(dim=1)
+                ended += ((emitted == eos_id) & ~done[:, None]).sum(dim=1)
+                done |= ended >= ends_needed
                 if bool(done.all()):
                     break
         out = torch.cat(chunks, dim=1)[:, :max_new_tokens] if chunks else pend_t.new_empty(b, 0)
-        return Generation(tokens=trim_at_eos(out, eos_id), drafted=drafted, accepted=accepted, target_calls=calls)
+        return Generation(tokens=trim_at_eos(out, eos_id, ends=ends_needed.expand(b).tolist()), drafted=drafted, accepted=accepted, target_calls=calls)
