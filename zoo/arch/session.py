@@ -186,19 +186,20 @@ class InfillSession(LMSession):
         column = torch.arange(self.positions.shape[1], device=self.device)[None]
         position = torch.where(column < width, column - pads[:, None], self.blank_at[:, :1]).clamp(min=0)
         intra = (column - width + 1).clamp(min=0).expand_as(position)  # 0 in Part A, then 1 at [S], 2, ...
-        self.positions = torch.stack([position, intra], dim=-1)  # (b, t, 2): one blank's layout
+        self.positions = torch.stack([position, intra], dim=-1)  # (b, t, 2): the prompt's are read; feed places the rest
         self.prefix_len = torch.full_like(self.prefix_len, width)
         self.ends_needed = torch.tensor(blanks, device=self.device)
-        self.start_id, self.end_id = start_id, end_id
+        self.start_id = start_id
+        self.end_id = -1 if end_id is None else end_id  # one blank needs no [E] to begin another: -1 is no token
         # (spans begun, intra-span id) after each column: the prompt's [S] began the first span at id 1;
         # kept per column so that taking tokens back (a draft's rejected guesses) restores the span reached
         self.spans = torch.ones(*self.positions.shape[:2], 2, dtype=torch.long, device=self.device)  # (b, t, 2)
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """As :meth:`Session.feed`; past the prompt, with several blanks, a span's ``[E]`` is fed as the next
-        blank's ``[S]`` and each token takes the 2D position of the span it is in."""
+        """As :meth:`Session.feed`; past the prompt each token takes the 2D position of the span it is in, and
+        with several blanks a span's ``[E]`` is fed as the next blank's ``[S]``."""
         start, n = self.fed, tokens.shape[1]
-        if start < self.prompt.shape[1] or int(self.ends_needed.max()) == 1:
+        if start < self.prompt.shape[1]:  # Part A and the first [S], as laid out when the session opened
             return super().feed(tokens)
         fed, positions = tokens.clone(), []
         begun, intra = self.spans[:, start - 1].unbind(-1)
