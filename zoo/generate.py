@@ -276,7 +276,7 @@ def continue_as_trained(cfg, tokenizer, ids: list[int]) -> tuple[list[int], dict
     if not cfg.checkpoint:
         return list(ids), {}
     from zoo.run.checkpoint import find
-    from zoo.train.components import build_node
+    from zoo.train import build_node
 
     trained = find(resolve_checkpoint(cfg.checkpoint)).config()
     if "objective" not in trained:

@@ -44,6 +44,8 @@ def test_bench_malloc_pairs_fresh_processes():
 def test_bench_mixers_times_every_variant_against_full_attention():
     out = script("bench_mixers").main(["--seqs", "64", "--rounds", "1", "--threads", "1", "--variants", "retention", "based", "bigbird"])
     assert set(out[64]) == {"mha", "retention", "based", "bigbird"} and all(v > 0 for v in out[64].values())
+    prefix = script("bench_mixers").main(["--seqs", "64", "--rounds", "1", "--threads", "1", "--prefix"])
+    assert set(prefix[64]) == {"mha", "strided", "fixed", "bigbird"} and all(v > 0 for v in prefix[64].values())
 
 
 def test_bench_mla_times_both_forms_of_a_decode_step():
