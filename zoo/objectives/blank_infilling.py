@@ -224,11 +224,12 @@ class BlankInfillingObjective(Objective):
         length = text.shape[1]
         n_masked = max(1, round(self.mask_ratio * length))
         g = self.next_generator() if generator is None else generator
+        gmask = self.continuation_blank()
         rows, all_starts, all_lengths = [], [], []
         for row in text:
             # drawn only with documents in the mix, so a run without them keeps its spans
             if self.document_ratio and length >= 2 and float(torch.rand((), generator=g)) < self.document_ratio:
-                (starts, lengths), blank = document_span(length, generator=g), self.continuation_blank()
+                (starts, lengths), blank = document_span(length, generator=g), gmask
             else:
                 lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
                 starts, blank = place_spans(length, lengths, generator=g), mask_id
