@@ -10,10 +10,13 @@ of full attention's (``mha``) at the same length: below 1, faster.
     python benchmarks/bench_mixers.py --seqs 512 2048 8192 --threads 1
     python benchmarks/bench_mixers.py --variants mha retention mamba2
     python benchmarks/bench_mixers.py --prefix        # prefix decoders, half of each row the prefix
+    python benchmarks/bench_mixers.py --documents 8   # each row packs 8 documents, positions restarting
 
 ``--prefix`` builds prefix decoders (``model=prefix``) whose first half of each row is the bidirectional
 prefix: the sparse patterns then gather their candidates from both sides. Its default variants are the ones
-a prefix mask allows (the recurrent and linear mixers read left to right only).
+a prefix mask allows (the recurrent and linear mixers read left to right only). ``--documents N`` packs
+``N`` documents of random lengths into each row, as training batches do (``data.boundaries=mask``):
+attention stays inside a document and positions restart at each one.
 """
 
 import argparse
@@ -40,11 +43,18 @@ def step_seconds(model: torch.nn.Module, tokens: torch.Tensor, **inputs) -> floa
     return time.perf_counter() - start
 
 
+def packed_segments(seq: int, documents: int) -> torch.Tensor:
+    """``(1, seq)`` document ids of a row packing ``documents`` documents whose lengths are drawn at random (seed 0)."""
+    starts = torch.randperm(seq - 1, generator=torch.Generator().manual_seed(0))[: documents - 1] + 1
+    return torch.zeros(1, seq, dtype=torch.long).index_fill_(1, starts, 1).cumsum(1)
+
+
 def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seqs", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--variants", nargs="+", default=None, help="default: every mixer (with --prefix, those a prefix allows)")
     parser.add_argument("--prefix", action="store_true", help="prefix decoders, the first half of each row the prefix")
+    parser.add_argument("--documents", type=int, default=1, help="documents packed into each row (random lengths, positions restarting)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -58,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
         models = {v: build(v, seq, arch="prefix" if args.prefix else "causal") for v in variants}
         tokens = torch.randint(0, 256, (1, seq))
         inputs = {"prefix_len": torch.tensor([seq // 2])} if args.prefix else {}
+        if args.documents > 1:
+            inputs["segments"] = packed_segments(seq, args.documents)
         for model in models.values():  # warm-up: first calls allocate
             step_seconds(model, tokens, **inputs)
         times: dict[str, list[float]] = {v: [] for v in models}
@@ -68,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
         medians = {v: statistics.median(t) for v, t in times.items()}
         out[seq] = medians
         what = "prefix decoders (half the row the prefix)" if args.prefix else "causal"
+        what += f", {args.documents} documents a row" if args.documents > 1 else ""
         print(f"\n{seq} tokens, {what}, forward + backward, {torch.get_num_threads()} threads, median of {args.rounds}:")
         print("| variant | ms | / mha |\n|---|---:|---:|")
         for v, s in medians.items():

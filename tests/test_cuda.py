@@ -36,19 +36,24 @@ def test_a_model_on_cuda_computes_its_cpu_logits(attention):
 
 
 @pytest.mark.parametrize(
-    "arch, attention, prefix_len",
-    [("causal", ["model/attention=sliding_window", "model.attention.window=16"], None), ("prefix", ["model/attention=fixed"], [40, 90])],
-    ids=["window", "prefix_fixed_pattern"],
+    "arch, attention, inputs",
+    [
+        ("causal", ["model/attention=sliding_window", "model.attention.window=16"], {}),
+        ("prefix", ["model/attention=fixed"], {"prefix_len": [40, 90]}),
+        ("causal", ["model/attention=bigbird"], {"segments": [[0] * 50 + [1] * 78, [0] * 20 + [1] * 60 + [2] * 48]}),
+    ],
+    ids=["window", "prefix_fixed_pattern", "packed_bigbird"],
 )
-def test_flex_attention_trains_on_cuda(arch, attention, prefix_len):
+def test_flex_attention_trains_on_cuda(arch, attention, inputs):
     """auto picks FlexAttention for long windows and sparse patterns on CUDA; its backward gives the dense
-    kernel's gradients, under a causal mask and under a prefix (whose queries see later prefix keys)."""
+    kernel's gradients, under a causal mask, under a prefix (whose queries see later prefix keys) and on
+    packed documents (whose positions restart at each one)."""
     torch.manual_seed(0)
     overrides = [f"model={arch}", *LLAMA[1:], *attention]
     models = {kernel: zoo.build([*overrides, f"model.attention.kernel={kernel}"]).cuda() for kernel in ("flex", "sdpa")}
     models["flex"].load_state_dict(models["sdpa"].state_dict())
     tokens = torch.randint(256, (2, 128), device="cuda")
-    inputs = {} if prefix_len is None else {"prefix_len": torch.tensor(prefix_len, device="cuda")}
+    inputs = {name: torch.tensor(value, device="cuda") for name, value in inputs.items()}
     grads = {}
     for kernel, model in models.items():
         model(tokens, **inputs).float().square().mean().backward()

@@ -180,13 +180,47 @@ def test_gathered_with_a_window_documents_and_a_bias():
     assert_matches_eager(gathered, q, k, v, kw, rows)
 
 
+def packed(pattern, *, causal: bool, n: int = 60):
+    """Rows of three documents of other lengths in each row, positions restarting at each one."""
+    q, k, v, kw, rows = case(pattern, causal=causal, padded=False, n=n, m=n)
+    index = torch.arange(n)
+    segments = torch.stack([(index >= 17).long() + (index >= 40).long(), (index >= 9).long() + (index >= 31).long()])
+    kw["k_pos"] = kw["q_pos"] = document_positions(segments)
+    kw["mask"] = kw["mask"].within(segments)
+    return q, k, v, kw, rows
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_gathered_on_packed_documents_matches_eager_without_falling_back(name, causal):
+    """Positions restart at each document: a query's candidates name its own document's keys (and
+    BigBird's global queries, one pair per document, are computed densely wherever they sit)."""
+    q, k, v, kw, rows = packed(PATTERNS[name], causal=causal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_matches_eager(gathered, q, k, v, kw, rows)
+
+
 def test_gathered_falls_back_to_sdpa_where_positions_are_not_indices():
     q, k, v, kw, rows = case(PATTERNS["strided"], causal=True, padded=False, n=40, m=40)
-    segments = (torch.arange(40) >= 17).long().expand(B, -1)
-    kw["k_pos"] = kw["q_pos"] = document_positions(segments)  # positions restart at each document
-    kw["mask"] = kw["mask"].within(segments)
+    kw["k_pos"] = kw["q_pos"] = (torch.arange(40) * 2).expand(B, -1)  # positions two apart: no offset names a key
     with pytest.warns(UserWarning, match="kernel=sparse"):
         assert_matches_eager(gathered, q, k, v, kw, rows)
+
+
+def test_a_packed_batch_on_the_sparse_kernel_equals_eager():
+    torch.manual_seed(0)
+    model = zoo.build(["model/attention=bigbird", *SMALL["bigbird"], "model.dim=32", "model.n_layers=2", "model.vocab_size=64"])
+    tokens = torch.randint(0, 64, (2, 50))
+    segments = torch.stack([(torch.arange(50) >= 21).long(), (torch.arange(50) >= 7).long() + (torch.arange(50) >= 30).long()])
+    logits = {}
+    for kernel in ("eager", "sparse"):
+        for layer in model.stack.layers:
+            layer.attn.kernel = kernel
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            logits[kernel] = model(tokens, segments=segments)
+    torch.testing.assert_close(logits["sparse"], logits["eager"], atol=1e-5, rtol=1e-4)
 
 
 def test_gathered_never_builds_a_full_score_matrix():
@@ -218,7 +252,7 @@ def pairs(b: int, n: int, m: int):
     return torch.arange(b)[:, None, None, None], torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(n)[:, None], torch.arange(m)
 
 
-@pytest.mark.parametrize("causal", [True, False, "prefix"], ids=["causal", "bidirectional", "prefix"])
+@pytest.mark.parametrize("causal", [True, False, "prefix", "packed"], ids=["causal", "bidirectional", "prefix", "packed"])
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_flex_mask_mod_is_the_rule_and_its_tiles_cover_it(name, causal):
     pattern = {  # at a tile's scale: a stride and blocks of whole tiles leave tiles out (a stride below it cannot)
@@ -231,8 +265,14 @@ def test_flex_mask_mod_is_the_rule_and_its_tiles_cover_it(name, causal):
     mask, q_pos, k_pos = kw["mask"], kw["q_pos"], kw["k_pos"]
     if causal == "prefix":  # prefix queries see later prefix keys the pattern allows
         mask = replace(mask, prefix_len=torch.tensor([300, 500]))
+    if causal == "packed":  # positions restart at each document
+        index = torch.arange(n)
+        segments = torch.stack([(index >= 250).long() + (index >= 600).long(), (index >= 130).long()])
+        mask, q_pos = replace(mask, key_valid=torch.ones(B, m, dtype=torch.bool)).within(segments), document_positions(segments)
+        k_pos = q_pos
     seen = flex_module.rule_mod(mask, q_pos, k_pos)(*pairs(B, n, m))[:, 0]
     assert torch.equal(seen, mask.with_keys(None).allows(q_pos, k_pos) & mask.key_valid[:, None])
+    assert flex_module.pattern_tiles(mask, q_pos, k_pos) is not None, "every tile computed: the pattern's candidates unused"
     some, every = flex_module.tile_mask(mask, q_pos, k_pos)
     tile = flex_module.BLOCK
     padded = torch.zeros(B, some.shape[1] * tile, some.shape[2] * tile, dtype=torch.bool)

@@ -46,6 +46,10 @@ def test_bench_mixers_times_every_variant_against_full_attention():
     assert set(out[64]) == {"mha", "retention", "based", "bigbird"} and all(v > 0 for v in out[64].values())
     prefix = script("bench_mixers").main(["--seqs", "64", "--rounds", "1", "--threads", "1", "--prefix"])
     assert set(prefix[64]) == {"mha", "strided", "fixed", "bigbird"} and all(v > 0 for v in prefix[64].values())
+    packed = script("bench_mixers").main(["--seqs", "64", "--rounds", "1", "--threads", "1", "--documents", "3", "--variants", "mamba2", "strided"])
+    assert set(packed[64]) == {"mha", "mamba2", "strided"} and all(v > 0 for v in packed[64].values())
+    segments = script("bench_mixers").packed_segments(64, 3)
+    assert segments.shape == (1, 64) and segments.unique().tolist() == [0, 1, 2]
 
 
 def test_bench_mla_times_both_forms_of_a_decode_step():

@@ -118,9 +118,10 @@ def tile_mask(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[tor
 def pattern_tiles(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
     """Booleans ``(b, n / 128, m / 128)``: tiles holding a candidate key of ``mask.pattern`` for one of their
     queries (``O(n * keys a query sees)``), or ``None`` where key positions are not their indices plus
-    one offset per row (then every tile is computed and ``mask_mod`` applies the pattern). Under a prefix
+    one offset per row or per document (then every tile is computed and ``mask_mod`` applies the
+    pattern). Under a prefix
     mask the candidates are both sides' (a prefix query sees later prefix keys)."""
-    shift = key_shift(k_pos, mask.key_valid)
+    shift = key_shift(mask, q_pos, k_pos)
     if shift is None:
         return None
     b, n = q_pos.shape

@@ -11,9 +11,10 @@ neighbouring queries share few keys (strided) comes in disjoint parts, each gath
 order that makes its blocks share keys, their softmaxes merged by their log-sum-exps.
 
 A mask without a pattern goes to :func:`~zoo.attention.local.local` (windows) or SDPA; so do short
-rows and key positions that are not their indices shifted by one offset per row (see :func:`key_shift`):
-all exact. Under a prefix mask a query gathers its candidates on both sides (a prefix query sees later
-prefix keys), and the mask rule keeps the ones it may see.
+rows and key positions that are not their indices shifted by one offset per row or per document (see
+:func:`key_shift`): all exact. In a packed row whose positions restart at each document, a query's
+candidates name its own document's keys. Under a prefix mask a query gathers its candidates on both
+sides (a prefix query sees later prefix keys), and the mask rule keeps the ones it may see.
 
 Letters: ``b`` batch, ``h`` query heads, ``k`` KV heads, ``n`` queries, ``m`` keys, ``d`` head dim,
 ``s`` query blocks, ``q`` queries of a block, ``l`` keys one query block sees.
@@ -32,27 +33,41 @@ from zoo.attention.mask import Mask
 from zoo.attention.signature import BiasFn
 
 
-def key_shift(k_pos: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor | None:
-    """``(b,)`` offsets ``c`` with ``k_pos = index + c`` on every real key of ``k_pos (b, m)``, or ``None``
-    where positions are otherwise (a pattern's candidate positions then name no key index).
+def key_shift(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+    """``(b, n)`` offsets ``c``, one per query of ``q_pos (b, n)``, with ``k_pos = index + c`` on every real
+    key of the query's row (or of its document, in a packed row), so that a pattern's candidate positions
+    name key indices; ``None`` where positions are otherwise.
 
-    Left-padded rows qualify (their positions start at the first real token); packed rows whose
-    positions restart at each document do not.
+    Left-padded rows have one offset per row (their positions start at the first real token); packed rows
+    whose positions restart at each document (``mask.k_segment``) have one per document, and a query takes
+    its own document's: keys of other documents its candidates name are hidden by the document rule.
     """
-    m = k_pos.shape[1]
-    valid = torch.ones_like(k_pos, dtype=torch.bool) if key_valid is None else key_valid.expand_as(k_pos)
+    (b, n), m = q_pos.shape, k_pos.shape[1]
+    low, high = torch.iinfo(k_pos.dtype).min, torch.iinfo(k_pos.dtype).max
+    real = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand_as(k_pos)
     shift = k_pos - torch.arange(m, device=k_pos.device)
-    row_shift = shift.masked_fill(~valid, torch.iinfo(shift.dtype).min).amax(dim=1)
-    return row_shift if bool(((shift == row_shift[:, None]) | ~valid).all()) else None
+    if mask.k_segment is None:
+        row_shift = shift.masked_fill(~real, low).amax(dim=1, keepdim=True)
+        return row_shift.expand(b, n) if bool(((shift == row_shift) | ~real).all()) else None
+    k_doc, q_doc = mask.k_segment.expand(b, m).long(), mask.q_segment.expand(b, n).long()
+    if bool((k_doc < 0).any() | (q_doc < 0).any()):
+        return None
+    docs = int(max(k_doc.max(), q_doc.max())) + 1
+    most = torch.full((b, docs), low, dtype=shift.dtype, device=k_pos.device).scatter_reduce(1, k_doc, shift.masked_fill(~real, low), "amax")
+    least = torch.full((b, docs), high, dtype=shift.dtype, device=k_pos.device).scatter_reduce(1, k_doc, shift.masked_fill(~real, high), "amin")
+    if not bool(((most == least) | (most == low)).all()):
+        return None
+    return most.masked_fill(most == low, 0).gather(1, q_doc)  # 0: a document of padding only, whose keys all hide
 
 
 def candidate_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Key indices ``(b, n, l)`` that include every key each query of ``q_pos (b, n)`` may see under
-    ``mask.pattern`` (from its candidates), and which of them name a key (the rest are out of range)."""
+    ``mask.pattern`` (from its candidates, ``shift (b, n)`` from :func:`key_shift`), and which of them
+    name a key (the rest are out of range)."""
     valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand_as(k_pos)
     real = k_pos.masked_select(valid)
     lo, hi = (int(real.min()), int(real.max())) if real.numel() else (0, 0)
-    index = mask.pattern.candidates(q_pos, lo=lo, hi=hi, causal=mask.looks_back_only) - shift[:, None, None]
+    index = mask.pattern.candidates(q_pos, lo=lo, hi=hi, causal=mask.looks_back_only) - shift[:, :, None]
     return index, (index >= 0) & (index < k_pos.shape[1])
 
 
@@ -110,25 +125,43 @@ def gathered(
     b, n, m = q.shape[0], q.shape[2], k.shape[2]
     q_pos, k_pos = q_pos.expand(b, n), k_pos.expand(b, m)
     kw = dict(bias=bias, scale=scale, dropout=dropout)
-    shift = key_shift(k_pos, mask.key_valid)
+    shift = key_shift(mask, q_pos, k_pos)
     if shift is None:
         warnings.warn(
             "model.attention.kernel=sparse: key positions that are not their indices plus one offset per row "
-            "(packed documents); using SDPA with a dense mask instead",
+            "or per document; using SDPA with a dense mask instead",
             stacklevel=3,
         )
         return sdpa(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, **kw)
-    # queries that see every key (BigBird's global tokens in an encoder) are few: computed densely
+    # queries that see every key (BigBird's global tokens in an encoder) are few: computed densely, first
     below = q_pos < mask.pattern.dense_below(causal=mask.looks_back_only)
-    head = int((below * torch.arange(1, n + 1, device=q.device)).max())
+    head = int(below.sum(dim=1).max())
     if head == 0:
         return _gather_parts(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, shift=shift, **kw)
-    out_head = sdpa(q[:, :, :head], k, v, mask=narrow(mask, queries=slice(head)), q_pos=q_pos[:, :head], k_pos=k_pos, **kw)
-    if head == n:
-        return out_head
-    tail_mask = narrow(mask, queries=slice(head, None))
-    out_tail = _gather_parts(q[:, :, head:], k, v, mask=tail_mask, q_pos=q_pos[:, head:], k_pos=k_pos, shift=shift, **kw)
-    return torch.cat([out_head, out_tail], dim=2)
+    # where they are not already first (left padding, packed documents) they are moved there and back
+    order = below.logical_not().to(torch.int8).argsort(dim=1, stable=True) if bool(below[:, head:].any()) else None
+    if order is not None:
+        q, q_pos, shift, mask = _take_queries(order, q, q_pos, shift, mask)
+    out = sdpa(q[:, :, :head], k, v, mask=narrow(mask, queries=slice(head)), q_pos=q_pos[:, :head], k_pos=k_pos, **kw)
+    if head < n:
+        tail = narrow(mask, queries=slice(head, None))
+        out_tail = _gather_parts(q[:, :, head:], k, v, mask=tail, q_pos=q_pos[:, head:], k_pos=k_pos, shift=shift[:, head:], **kw)
+        out = torch.cat([out, out_tail], dim=2)
+    return out if order is None else _put_back(out, order)
+
+
+def _take_queries(order: torch.Tensor, q: torch.Tensor, q_pos: torch.Tensor, shift: torch.Tensor, mask: Mask):
+    """``q (b, h, n, d)``, ``q_pos``, ``shift`` and the mask's per-query documents, taken in ``order (b, n)``."""
+    b, h, n, d = q.shape
+    take = lambda x: x.expand(b, n).gather(1, order)  # noqa: E731
+    mask = mask if mask.q_segment is None else replace(mask, q_segment=take(mask.q_segment))
+    return q.gather(2, order[:, None, :, None].expand(-1, h, -1, d)), take(q_pos), take(shift), mask
+
+
+def _put_back(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x (b, h, n, ...)`` computed for queries taken in ``order (b, n)``, returned to their own order."""
+    back = order.argsort(dim=1)
+    return x.gather(2, back.view(*back.shape[:1], 1, back.shape[1], *[1] * (x.dim() - 3)).expand_as(x))
 
 
 def block_keys(mask: Mask, q_pos: torch.Tensor, k_pos: torch.Tensor, shift: torch.Tensor, *, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,16 +205,13 @@ def _gather_blocks(
     b, h, n, d = q.shape
     order = mask.pattern.query_order(q_pos)
     if order is not None:  # gathered in the pattern's order, returned in ours
-        q = q.gather(2, order[:, None, :, None].expand(-1, h, -1, d))
-        q_pos = q_pos.gather(1, order)
-        if mask.q_segment is not None:
-            mask = replace(mask, q_segment=mask.q_segment.expand(b, n).gather(1, order))
+        q, q_pos, shift, mask = _take_queries(order, q, q_pos, shift, mask)
     m, block = k.shape[2], min(mask.pattern.query_block, n)  # a decoding step is one query, not a block
     s = -(-n // block)
     pad_q = s * block - n  # padding queries repeat the last one, so they see a key; cut off at the end
     qp = _repeat_last(q_pos, pad_q)
     valid = torch.ones_like(k_pos, dtype=torch.bool) if mask.key_valid is None else mask.key_valid.expand(b, m)
-    index, filled = block_keys(mask, qp, k_pos, shift, block=block)
+    index, filled = block_keys(mask, qp, k_pos, _repeat_last(shift, pad_q), block=block)
     flat = index.flatten(1)  # (b, s l)
 
     def per_key(x: torch.Tensor) -> torch.Tensor:  # (b, m) -> (b s) l, gathered like the keys
@@ -228,9 +258,7 @@ def _gather_blocks(
         lse = rearrange(lse, "(b s) h q -> b h (s q)", b=b)[:, :, :n]
     out = rearrange(out, "(b s) h q d -> b h (s q) d", b=b)[:, :, :n]
     if order is not None:
-        back = order.argsort(dim=1)
-        out = out.gather(2, back[:, None, :, None].expand(-1, h, -1, d))
-        lse = None if lse is None else lse.gather(2, back[:, None, :].expand(-1, h, -1))
+        out, lse = _put_back(out, order), None if lse is None else _put_back(lse, order)
     return out, lse
 
 
