@@ -105,3 +105,16 @@ def test_every_option_composes_and_its_model_builds(root, overrides):
     cfg = zoo.compose(overrides, config_name=root)
     model = instantiate_model(cfg.model, device="meta")
     assert model.flops(seq_len=int(cfg.trainer.seq_len)).total > 0
+
+
+def test_the_ffn_ablation_sweeps_every_dense_ffn():
+    """experiment=ffn_ablation promises every dense model/ffn option (MoE has its own study)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    import zoo.conf
+
+    ablation = OmegaConf.load(Path(zoo.conf.__path__[0]) / "experiment" / "ffn_ablation.yaml")
+    swept = ablation.hydra.sweeper.params["model/ffn"].split(",")
+    assert sorted(swept) == sorted(set(group_options("model/ffn")) - {"moe"})

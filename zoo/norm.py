@@ -51,3 +51,33 @@ class RMSNorm(nn.Module):
         # Normalise in float32 whatever the input dtype, as LLaMA and T5 do: bf16 sums of squares lose bits.
         y = F.rms_norm(x.float(), weight.shape, eps=self.eps)
         return y.type_as(x) * weight.type_as(x)
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh, a normalisation-free stand-in for a norm (Zhu et al. 2025, arXiv:2503.10622).
+
+    ``weight * tanh(alpha * x) + bias`` with one learned scalar ``alpha``: it squashes extreme
+    activations as LayerNorm does, without computing any statistic over the features.
+
+    Args:
+        dim: feature size.
+        alpha_init: the starting ``alpha``. The paper's 0.5 suits most models; its LLMs want a
+            smaller one the wider they are (tuned per model, larger before attention than elsewhere).
+        bias: learn an additive bias, as the paper does.
+
+    Shapes: ``(..., dim) -> (..., dim)``.
+    """
+
+    def __init__(self, dim: int, *, alpha_init: float = 0.5, bias: bool = True) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Elementwise, with no sum to lose bits in, so bf16 needs no float32 upcast; the float32
+        # parameters of an autocast run are cast down so that the output keeps the input's dtype.
+        y = torch.tanh(self.alpha.type_as(x) * x)
+        if self.bias is None:
+            return y * self.weight.type_as(x)
+        return torch.addcmul(self.bias.type_as(x), y, self.weight.type_as(x))

@@ -59,10 +59,11 @@ def test_round_trip_gives_identical_weights(case, tmp_path):
         ["preset=gemma3", "model.layers.kinds.local.attention.window=4", "model.layers.pattern=[local,global]"],
         ["preset=deepseek_v3", "model.head_dim=8"],
         ["preset=gpt2"],
+        ["preset=gpt2", "model/ffn=relu2", "~model.ffn.approximate"],
         ["preset=bloom", "model.tie_embeddings=false"],
         ["preset=palm", "model/norm=layernorm", "model/ffn=gelu", "model.norm.bias=true"],
     ],
-    ids=["llama", "llama-3.1-rope", "llama-yarn-rope", "llama-dynamic-rope", "mistral", "qwen3", "olmo2", "gemma", "gemma2", "gemma3", "deepseek-v3", "gpt2", "bloom-untied", "falcon-from-palm"],
+    ids=["llama", "llama-3.1-rope", "llama-yarn-rope", "llama-dynamic-rope", "mistral", "qwen3", "olmo2", "gemma", "gemma2", "gemma3", "deepseek-v3", "gpt2", "gpt2-squared-relu", "bloom-untied", "falcon-from-palm"],
 )
 def test_composed_models_export_with_parity(overrides, tmp_path):
     torch.manual_seed(0)
@@ -72,6 +73,20 @@ def test_composed_models_export_with_parity(overrides, tmp_path):
     tokens = torch.randint(0, 128, (2, 12))
     diff = (zoo_logits(model, tokens) - hf_logits(load_hf(tmp_path), tokens)).abs().max()
     assert diff <= TOL
+
+
+def test_a_squared_relu_gpt2_imports_back_as_relu2(tmp_path):
+    """transformers' ``relu2`` is Primer's squared ReLU: exported from ``model/ffn=relu2`` and read back as it."""
+    from zoo.ffn import SquaredReLUMLP
+
+    torch.manual_seed(0)
+    cfg = zoo.compose(["preset=gpt2", "model/ffn=relu2", "~model.ffn.approximate", *SMALL])
+    model = instantiate_model(cfg.model).eval()
+    save_pretrained(model, tmp_path, config=cfg)
+    again = from_pretrained(tmp_path).eval()
+    assert all(isinstance(layer.ffn, SquaredReLUMLP) for layer in again.stack.layers)
+    tokens = torch.randint(0, 128, (2, 12))
+    torch.testing.assert_close(zoo_logits(again, tokens), zoo_logits(model, tokens))
 
 
 @pytest.mark.parametrize(

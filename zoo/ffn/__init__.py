@@ -5,7 +5,7 @@ The mixture of experts (:mod:`zoo.ffn.moe`) wraps any of them.
 """
 
 from zoo.ffn.glu import GLU, GeGLU, ReGLU, SwiGLU
-from zoo.ffn.mlp import MLP, GeLUMLP, ReLUMLP
+from zoo.ffn.mlp import MLP, GeLUMLP, ReLUMLP, SquaredReLUMLP
 from zoo.ffn.moe import MoE
 
-__all__ = ["MLP", "ReLUMLP", "GeLUMLP", "GLU", "SwiGLU", "GeGLU", "ReGLU", "MoE"]
+__all__ = ["MLP", "ReLUMLP", "SquaredReLUMLP", "GeLUMLP", "GLU", "SwiGLU", "GeGLU", "ReGLU", "MoE"]

@@ -40,6 +40,17 @@ class ReLUMLP(MLP):
         return F.relu(x)
 
 
+class SquaredReLUMLP(MLP):
+    """MLP with squared ReLU, ``relu(x) ** 2`` (So et al. 2021, "Primer", arXiv:2109.08668), as in Nemotron-4.
+
+    Primer's gains over the Transformer come mostly from two of the changes its search found: this
+    activation, and depthwise convolutions after the query, key and value projections.
+    """
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class GeLUMLP(MLP):
     """MLP with GeLU (Hendrycks & Gimpel 2016, arXiv:1606.08415), as in BERT and GPT-2.
 

@@ -244,6 +244,7 @@ MLP_ACTS = {
     "gelu_pytorch_tanh": ("gelu", "tanh"),
     "gelu_fast": ("gelu", "tanh"),
     "relu": ("relu", None),
+    "relu2": ("relu2", None),
 }
 #: activations of gated FFNs: hf name -> (model/ffn option, GeLU approximation)
 GLU_ACTS = {

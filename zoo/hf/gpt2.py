@@ -22,7 +22,8 @@ def join_qkv(*qkv: torch.Tensor) -> tuple[torch.Tensor]:
 
 
 #: zoo's two-matrix FFNs -> GPT-2's ``activation_function``
-MLP_NAMES = {("zoo.ffn.GeLUMLP", "tanh"): "gelu_new", ("zoo.ffn.GeLUMLP", "none"): "gelu", ("zoo.ffn.ReLUMLP", "none"): "relu"}
+MLP_NAMES = {("zoo.ffn.GeLUMLP", "tanh"): "gelu_new", ("zoo.ffn.GeLUMLP", "none"): "gelu", ("zoo.ffn.ReLUMLP", "none"): "relu",
+             ("zoo.ffn.SquaredReLUMLP", "none"): "relu2"}  # fmt: skip
 
 
 class GPT2(Family):
