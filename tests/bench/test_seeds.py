@@ -25,6 +25,8 @@ SMALL = [
         ["model/attention=strided", "model.attention.pattern.stride=4"],
         # a task (MQAR): the loss only on the answers
         ["data=mqar", "data.n_pairs=4", "data.vocab_size=32"],
+        # a scalar parameter (DyT's alpha), stacked to one value per seed
+        ["model/norm=dyt"],
     ],
 )  # fmt: skip
 def test_stacked_seeds_match_separate_runs(tmp_path, options):

@@ -87,7 +87,7 @@ def build_seed(cfg: DictConfig, *, seed: int, steps: int | None) -> Seed:
 def clip_per_seed(grads: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
     """Clip each seed's gradient (dimension 0 of every tensor) to ``max_norm`` as ``clip_grad_norm_`` would
     clip a single model's; returns the norms before clipping, ``(S,)``."""
-    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    norms = torch.stack([g.reshape(len(g), -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # a scalar parameter stacks to (S,)
     if max_norm:
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
