@@ -149,17 +149,26 @@ def test_gathered_under_a_prefix_matches_eager_without_falling_back(name, padded
             assert_matches_eager(gathered, q, k, v, kw, rows)
 
 
-def test_a_prefix_model_on_the_sparse_kernel_equals_eager():
+@pytest.mark.parametrize(
+    "name, arch, inputs",
+    [
+        ("fixed", "prefix", {"prefix_len": torch.tensor([12, 25])}),
+        # packed documents, positions restarting at each one
+        ("bigbird", "causal", {"segments": torch.stack([(torch.arange(40) >= 21).long(), (torch.arange(40) >= 7).long() + (torch.arange(40) >= 30).long()])}),
+    ],
+    ids=["prefix", "packed"],
+)
+def test_a_model_on_the_sparse_kernel_equals_eager(name, arch, inputs):
     torch.manual_seed(0)
-    model = zoo.build(["model=prefix", "model/attention=fixed", *SMALL["fixed"], "model.dim=32", "model.n_layers=2", "model.vocab_size=64"])
-    tokens, prefix_len = torch.randint(0, 64, (2, 40)), torch.tensor([12, 25])
+    model = zoo.build([f"model={arch}", f"model/attention={name}", *SMALL[name], "model.dim=32", "model.n_layers=2", "model.vocab_size=64"])
+    tokens = torch.randint(0, 64, (2, 40))
     logits = {}
     for kernel in ("eager", "sparse"):
         for layer in model.stack.layers:
             layer.attn.kernel = kernel
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            logits[kernel] = model(tokens, prefix_len=prefix_len)
+            logits[kernel] = model(tokens, **inputs)
     torch.testing.assert_close(logits["sparse"], logits["eager"], atol=1e-5, rtol=1e-4)
 
 
@@ -206,21 +215,6 @@ def test_gathered_falls_back_to_sdpa_where_positions_are_not_indices():
     kw["k_pos"] = kw["q_pos"] = (torch.arange(40) * 2).expand(B, -1)  # positions two apart: no offset names a key
     with pytest.warns(UserWarning, match="kernel=sparse"):
         assert_matches_eager(gathered, q, k, v, kw, rows)
-
-
-def test_a_packed_batch_on_the_sparse_kernel_equals_eager():
-    torch.manual_seed(0)
-    model = zoo.build(["model/attention=bigbird", *SMALL["bigbird"], "model.dim=32", "model.n_layers=2", "model.vocab_size=64"])
-    tokens = torch.randint(0, 64, (2, 50))
-    segments = torch.stack([(torch.arange(50) >= 21).long(), (torch.arange(50) >= 7).long() + (torch.arange(50) >= 30).long()])
-    logits = {}
-    for kernel in ("eager", "sparse"):
-        for layer in model.stack.layers:
-            layer.attn.kernel = kernel
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            logits[kernel] = model(tokens, segments=segments)
-    torch.testing.assert_close(logits["sparse"], logits["eager"], atol=1e-5, rtol=1e-4)
 
 
 def test_gathered_never_builds_a_full_score_matrix():
