@@ -151,3 +151,13 @@ def check_contract(overrides: list[str]) -> None:
     check_session(model)
     check_deterministic(overrides)
     check_state_dict_roundtrip(overrides)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child process that a test stops with SIGINT: Ctrl-C's default action and the
+    signal unblocked, whatever the test process has. A child inherits an ignored or blocked SIGINT, and
+    Python then installs no ``KeyboardInterrupt`` handler: the child would never see the Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

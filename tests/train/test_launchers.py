@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from zoo.run import launchers
 from zoo.run.launchers import check_launcher, missing_plugin, requested_launcher, threads_per_job
+from zoo.testing import interruptible
 
 
 def test_the_launcher_a_command_names():
@@ -100,7 +101,7 @@ def ctrl_c_in_job_1(tmp_path, tiny, launcher: list[str]) -> tuple[int, str, list
     common = [o for o in tiny if not o.startswith("trainer.max_steps=")]
     args = ["-m", "trainer.max_steps=2,100000", *common, f"hydra.sweep.dir={sweep}", *launcher]
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=interruptible)
     try:
         deadline = time.time() + 300
         def ready() -> bool:

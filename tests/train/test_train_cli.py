@@ -11,6 +11,7 @@ import time
 import pytest
 
 from zoo.run.naming import sweep_group
+from zoo.testing import interruptible
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_ctrl_c_in_a_sweep_still_writes_the_summary_of_the_jobs_so_far(tmp_path,
     common = [o for o in sweep_args if not o.startswith("trainer.max_steps=")]
     args = ["-m", "trainer.max_steps=2,100000", f"hydra.sweep.dir={sweep}", *common, "logger=none"]  # job 1 runs until stopped
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         deadline = time.time() + 240
         while not any(p.stat().st_size for p in sweep.glob("1-*/log.jsonl")) and time.time() < deadline and proc.poll() is None:
