@@ -61,8 +61,8 @@ class DyT(nn.Module):
 
     Args:
         dim: feature size.
-        alpha_init: the starting ``alpha``. The paper's 0.5 suits most models; its LLMs want a
-            smaller one the wider they are (tuned per model, larger before attention than elsewhere).
+        alpha_init: the starting ``alpha``: the paper's default 0.5, whose LLMs tune it per model and
+            slot. At zoo's 0.02-scale initialisation 0.5 barely trains (docs/results.md, "DyT").
         bias: learn an additive bias, as the paper does.
 
     Shapes: ``(..., dim) -> (..., dim)``.
