@@ -107,14 +107,15 @@ def test_every_option_composes_and_its_model_builds(root, overrides):
     assert model.flops(seq_len=int(cfg.trainer.seq_len)).total > 0
 
 
-def test_the_ffn_ablation_sweeps_every_dense_ffn():
-    """experiment=ffn_ablation promises every dense model/ffn option (MoE has its own study)."""
+@pytest.mark.parametrize("path", ["experiment/ffn_ablation.yaml", "study/ffn.yaml"])
+def test_the_ffn_ablation_and_study_sweep_every_dense_ffn(path):
+    """experiment=ffn_ablation and study=ffn promise every dense model/ffn option (MoE has its own study)."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     import zoo.conf
 
-    ablation = OmegaConf.load(Path(zoo.conf.__path__[0]) / "experiment" / "ffn_ablation.yaml")
-    swept = ablation.hydra.sweeper.params["model/ffn"].split(",")
+    sweep = OmegaConf.load(Path(zoo.conf.__path__[0]) / path)
+    swept = sweep.hydra.sweeper.params["model/ffn"].split(",")
     assert sorted(swept) == sorted(set(group_options("model/ffn")) - {"moe"})
