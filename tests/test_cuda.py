@@ -61,6 +61,24 @@ def test_flex_attention_trains_on_cuda(arch, attention, inputs):
     torch.testing.assert_close(grads["flex"], grads["sdpa"], atol=1e-4, rtol=1e-3)
 
 
+def test_flex_adds_attention_sinks_on_cuda_as_eager_does():
+    """FlexAttention adds sinks through its log-sum-exp (CUDA only in torch 2.13): the outputs and every
+    gradient, the sinks' own included, equal the eager reference's, with a sliding window."""
+    torch.manual_seed(0)
+    overrides = [*LLAMA, "model/attention=sinks", "model.attention.window=16"]
+    models = {kernel: zoo.build([*overrides, f"model.attention.kernel={kernel}"]).cuda() for kernel in ("flex", "eager")}
+    with torch.no_grad():
+        for layer in models["eager"].stack.layers:
+            layer.attn.sinks.copy_(torch.linspace(-1.0, 2.0, layer.attn.n_heads))
+    models["flex"].load_state_dict(models["eager"].state_dict())
+    tokens = torch.randint(256, (2, 128), device="cuda")
+    grads = {}
+    for kernel, model in models.items():
+        model(tokens).float().square().mean().backward()
+        grads[kernel] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(grads["flex"], grads["eager"], atol=1e-4, rtol=1e-3)
+
+
 def test_zoo_train_trains_compiled_in_bf16_on_cuda(tmp_path):
     from zoo.train import train
 

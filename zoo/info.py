@@ -127,10 +127,11 @@ def kernels() -> tuple[list[str], list[list[str]]]:
     from zoo.attention.kernels import KERNEL_SPECS
 
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-    header = ["kernel", "score bias", "dropout", "backward on CPU", "CUDA only", "linear window", "sparse pattern", "what"]
+    sinks = lambda s: ("yes" if s.sinks_on_cpu else "CUDA") if s.supports_sinks else "no"  # noqa: E731
+    header = ["kernel", "score bias", "soft-cap", "sinks", "dropout", "backward on CPU", "CUDA only", "linear window", "sparse pattern", "what"]
     rows = [
         [
-            name, yes(s.supports_bias), yes(s.supports_dropout), yes(s.supports_backward_on_cpu), yes(s.needs_cuda),
+            name, yes(s.supports_bias), yes(s.supports_softcap), sinks(s), yes(s.supports_dropout), yes(s.supports_backward_on_cpu), yes(s.needs_cuda),
             yes(s.linear_window), yes(s.sparse_pattern), s.summary,
         ]
         for name, s in KERNEL_SPECS.items()

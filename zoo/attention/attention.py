@@ -77,6 +77,10 @@ class Attention(nn.Module):
         pattern: a sparse pattern (:mod:`zoo.attention.sparse`) that narrows what each query sees, run at
             sub-quadratic cost by kernels ``sparse`` and ``flex``; the KV cache keeps every key and the
             pattern picks among them, so decoding sees what a full forward sees. ``None``: dense.
+        sinks: a learned sink logit per query head joins each softmax's denominator (gpt-oss, 2025; the
+            "softmax plus one" of Miller 2023 is a sink fixed at 0): a head can give part of its weight to
+            no token instead of spreading it over the keys it sees. Starts at 0; kernels ``eager`` and
+            ``flex`` express it, ``auto`` picks one.
 
     Shapes: ``(b, n, dim) -> (b, n, dim)``.
     """
@@ -97,12 +101,13 @@ class Attention(nn.Module):
         qk_norm: Callable[..., nn.Module] | None = None,
         softcap: float | None = None,
         pattern: Pattern | None = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__()
         n_kv_heads = kv_heads(n_heads, n_kv_heads)
         if window is not None and window <= 0:
             raise ConfigError("model.attention.window", window, "must be a positive number of tokens (or null for none)")
-        check_kernel(kernel, dropout=dropout, softcap=softcap)
+        check_kernel(kernel, dropout=dropout, softcap=softcap, sinks=sinks)
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.window, self.dropout, self.kernel, self.softcap, self.pattern = window, dropout, kernel, softcap, pattern
@@ -112,6 +117,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
         self.qk_norm = None if qk_norm is None else qk_norm(head_dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
+        self.sinks = nn.Parameter(torch.zeros(n_heads)) if sinks else None
 
     def score_projections(self) -> tuple[nn.Linear, nn.Linear]:
         """The projections that make the scores (queries, keys), apart from the values' path (DeepNorm's init)."""
@@ -143,10 +149,13 @@ class Attention(nn.Module):
         kernel = pick_kernel(
             self.kernel, window=mask.window, device=q.device, backward=needs_backward(q, k, v), dropout=dropout,
             n=q.shape[2], m=k.shape[2], softcap=self.softcap, pattern=mask.pattern, head_dim=min(q.shape[-1], v.shape[-1]),
+            sinks=self.sinks is not None,
         )
-        # only the kernels that can soft-cap take the argument: the others are refused above
-        capped = {} if self.softcap is None else {"softcap": self.softcap}
-        return kernel(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale, dropout=dropout, **capped)
+        # only the kernels that can soft-cap or add sinks take those arguments: the others are refused above
+        extra = {} if self.softcap is None else {"softcap": self.softcap}
+        if self.sinks is not None:
+            extra["sinks"] = self.sinks
+        return kernel(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=self.scale, dropout=dropout, **extra)
 
 
 def _no_bias(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:

@@ -28,9 +28,12 @@ def eager(
     scale: float,
     dropout: float = 0.0,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The reference: every score materialised, masked with ``-inf``, softmax in float32; ``softcap``
-    squashes the scaled scores to ``(-softcap, softcap)`` before any bias (:func:`zoo.softcap.soft_cap`)."""
+    squashes the scaled scores to ``(-softcap, softcap)`` before any bias (:func:`zoo.softcap.soft_cap`);
+    ``sinks (h,)`` adds one logit per head to each softmax, a key that every query sees and that reads no
+    value (gpt-oss), so a head may attend to nothing."""
     groups = q.shape[1] // k.shape[1]
     k = repeat(k, "b k m d -> b (k g) m d", g=groups)
     v = repeat(v, "b k m d -> b (k g) m d", g=groups)
@@ -41,7 +44,12 @@ def eager(
     if score_bias is not None:
         scores = scores + score_bias
     scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
-    weights = F.dropout(scores.softmax(dim=-1), p=dropout).to(v.dtype)
+    if sinks is None:
+        weights = scores.softmax(dim=-1)
+    else:
+        sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        weights = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+    weights = F.dropout(weights, p=dropout).to(v.dtype)
     return torch.einsum("bhnm,bhmd->bhnd", weights, v)
 
 

@@ -12,6 +12,9 @@ window costs ``O(n * window)``. Here:
   windowed, padded and document masks alike (no recompilation per layer kind); a sparse pattern
   (:mod:`zoo.attention.sparse`) adds its own rule, and its candidate keys mark the tiles it reaches;
 - score soft-capping (Gemma 2) becomes ``score_mod`` too, before any bias;
+- attention sinks (gpt-oss) rescale the output by the softmax's log-sum-exp: a sink logit ``s`` in the
+  denominator multiplies each row by ``Z / (Z + e^s) = sigmoid(lse - s)``; torch 2.13's compiled CPU
+  kernel returns no log-sum-exp, so sinks run on CUDA only;
 - a score bias (ALiBi, T5) becomes ``score_mod``: a ``(h, offsets)`` table of the bias as a function
   of ``q_pos - k_pos``, looked up per score (differentiable, so T5's table trains on CUDA).
 
@@ -239,6 +242,7 @@ def flex(
     scale: float,
     dropout: float = 0.0,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FlexAttention under ``mask`` with ``bias`` (and ``softcap``) as score modifiers; equal to the eager reference.
 
@@ -250,9 +254,12 @@ def flex(
         mask, bias, scale: as for every kernel.
         dropout: must be 0 (FlexAttention has none).
         softcap: soft-cap of the scaled scores, or ``None``.
+        sinks: ``(h,)`` a sink logit per head joining each softmax's denominator (gpt-oss), or ``None``.
 
     Returns: ``(b, h, n, d)``.
     """
+    from torch.nn.attention.flex_attention import AuxRequest
+
     if dropout:
         raise ConfigError("model.attention.kernel", "flex", "FlexAttention has no attention dropout: set model.dropout=0 or use sdpa/local")
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -279,7 +286,11 @@ def flex(
         block_mask=block_mask(mask, q_pos, k_pos, backward=backward),
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
+        return_aux=None if sinks is None else AuxRequest(lse=True),
     )
+    if sinks is not None:
+        out, aux = out  # aux.lse (b, h, n): the natural log of each row's softmax denominator
+        out = out * torch.sigmoid(aux.lse - sinks.float().view(1, -1, 1)).unsqueeze(-1).to(out.dtype)
     return out[:, :, :n]
 
 

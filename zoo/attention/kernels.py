@@ -35,6 +35,8 @@ class KernelSpec:
         summary: one line for catalogues.
         supports_bias: takes a score bias (ALiBi, T5).
         supports_softcap: soft-caps scores (Gemma 2's ``cap * tanh(s / cap)``); only these take ``softcap=``.
+        supports_sinks: adds a learned sink logit per head to each softmax (gpt-oss); only these take ``sinks=``.
+        sinks_on_cpu: adds sinks on CPU too (FlexAttention's compiled CPU kernel returns no log-sum-exp to add them with).
         supports_dropout: applies attention dropout.
         supports_backward_on_cpu: differentiable on CPU (FlexAttention is not, in torch 2.13).
         needs_cuda: runs only on a CUDA device.
@@ -50,6 +52,8 @@ class KernelSpec:
     summary: str
     supports_bias: bool = True
     supports_softcap: bool = False
+    supports_sinks: bool = False
+    sinks_on_cpu: bool = True
     supports_dropout: bool = True
     supports_backward_on_cpu: bool = True
     needs_cuda: bool = False
@@ -60,7 +64,8 @@ class KernelSpec:
     available: Callable[[], bool] = lambda: True
 
     def refusal(
-        self, *, device: torch.device | None, backward: bool, dropout: float, softcap: float | None = None, head_dim: int | None = None
+        self, *, device: torch.device | None, backward: bool, dropout: float, softcap: float | None = None, head_dim: int | None = None,
+        sinks: bool = False,
     ) -> str | None:
         """Why this kernel cannot run on ``device`` (``None``: at build time, device unknown) in this mode
         and at this head width (``None``: unknown), or ``None`` when it can."""
@@ -69,6 +74,9 @@ class KernelSpec:
         if softcap is not None and not self.supports_softcap:
             allowed = [name for name, spec in KERNEL_SPECS.items() if spec.supports_softcap]
             return f"cannot soft-cap scores (model.attention.softcap={softcap}): pick kernel={' or '.join(allowed)} or auto"
+        if sinks and not self.supports_sinks:
+            allowed = [name for name, spec in KERNEL_SPECS.items() if spec.supports_sinks]
+            return f"cannot add attention sinks (model.attention.sinks=true): pick kernel={' or '.join(allowed)} or auto"
         if dropout and not self.supports_dropout:
             return "has no attention dropout: set model.dropout=0 or pick sdpa/local"
         if device is None:
@@ -77,6 +85,8 @@ class KernelSpec:
             return f"needs a CUDA device, got {device.type}"
         if device.type == "cuda" and head_dim is not None and head_dim < self.min_head_dim_cuda:
             return f"needs heads of at least {self.min_head_dim_cuda} channels on CUDA, got {head_dim}: widen model.head_dim or pick sdpa/local"
+        if sinks and device.type == "cpu" and not self.sinks_on_cpu:
+            return f"cannot add attention sinks on CPU in torch {torch.__version__}: pick kernel=eager or auto"
         if backward and device.type == "cpu" and not self.supports_backward_on_cpu:
             return (
                 f"has no backward on CPU in torch {torch.__version__}: train with kernel=local or auto, "
@@ -87,7 +97,7 @@ class KernelSpec:
 
 #: Every kernel and what it supports; ``model.attention.kernel`` is one of these names or ``auto``.
 KERNEL_SPECS: dict[str, KernelSpec] = {
-    "eager": KernelSpec(eager, "reference: every score materialised, softmax in float32", supports_softcap=True),
+    "eager": KernelSpec(eager, "reference: every score materialised, softmax in float32", supports_softcap=True, supports_sinks=True),
     "sdpa": KernelSpec(sdpa, "torch's fused scaled_dot_product_attention; windows as a dense mask"),
     "local": KernelSpec(local, "blocked sliding window on SDPA: O(n * window), trains on CPU and GPU", linear_window=True),
     "sparse": KernelSpec(
@@ -100,6 +110,8 @@ KERNEL_SPECS: dict[str, KernelSpec] = {
         flex,
         "compiled FlexAttention with a block mask: O(n * window); inference only on CPU",
         supports_softcap=True,
+        supports_sinks=True,
+        sinks_on_cpu=False,
         supports_dropout=False,
         supports_backward_on_cpu=False,
         needs_compile=True,
@@ -134,7 +146,7 @@ def flex_runs(*, device: torch.device, backward: bool, dropout: float, head_dim:
 
 def auto_kernel(
     *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int, softcap: float | None = None,
-    pattern: Pattern | None = None, head_dim: int | None = None,
+    pattern: Pattern | None = None, head_dim: int | None = None, sinks: bool = False,
 ) -> str:
     """The name of the fastest exact kernel for this call.
 
@@ -142,7 +154,8 @@ def auto_kernel(
     ``flex`` on CUDA (training and inference) and, where measured faster, in CPU inference;
     otherwise ``local`` (the one linear-cost kernel that trains on CPU, and that has dropout).
     Sparse patterns over more keys than twice what a query sees: ``flex`` on CUDA, else ``sparse``.
-    Soft-capped scores: ``flex`` on CUDA, else ``eager`` (SDPA cannot apply a tanh to scores).
+    Soft-capped scores or attention sinks: ``flex`` on CUDA, else ``eager`` (SDPA can neither apply a tanh to
+    scores nor add a logit to its softmax's denominator).
     Never a kernel whose declared limits (:class:`KernelSpec`) the call exceeds, e.g. ``flex`` on CUDA
     with heads narrower than 16 channels.
     """
@@ -150,7 +163,7 @@ def auto_kernel(
     def flex_ok() -> bool:
         return flex_runs(device=device, backward=backward, dropout=dropout, head_dim=head_dim)
 
-    if softcap is not None:
+    if softcap is not None or sinks:
         return "flex" if device.type == "cuda" and flex_ok() else "eager"
     if pattern is not None:
         if m <= 2 * pattern.keys_per_query(m):
@@ -165,8 +178,8 @@ def auto_kernel(
 
 def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
     """``auto``'s FlexAttention: where it cannot run, ``local`` (``sparse`` for sparse patterns, ``eager``
-    for soft-capped scores; said once if FlexAttention is broken here)."""
-    if kw.get("softcap") is not None:
+    for soft-capped scores and sinks; said once if FlexAttention is broken here)."""
+    if kw.get("softcap") is not None or kw.get("sinks") is not None:
         fallback, name = eager, "eager"
     else:
         fallback, name = (sparse, "sparse") if kw["mask"].pattern is not None else (local, "local")
@@ -184,7 +197,7 @@ def _flex_or_local(q, k, v, **kw) -> torch.Tensor:
 
 def pick_kernel(
     name: str, *, window: int | None, device: torch.device, backward: bool, dropout: float, n: int, m: int,
-    softcap: float | None = None, pattern: Pattern | None = None, head_dim: int | None = None,
+    softcap: float | None = None, pattern: Pattern | None = None, head_dim: int | None = None, sinks: bool = False,
 ) -> Kernel:
     """The kernel for ``name``; ``auto`` picks by device, mode, mask and sizes (:func:`auto_kernel`).
     ``head_dim``: the narrowest of the query, key and value heads.
@@ -195,22 +208,22 @@ def pick_kernel(
     if name == "auto":
         chosen = auto_kernel(
             window=window, device=device, backward=backward, dropout=dropout, n=n, m=m, softcap=softcap, pattern=pattern,
-            head_dim=head_dim,
+            head_dim=head_dim, sinks=sinks,
         )  # fmt: skip
         return _flex_or_local if chosen == "flex" else KERNELS[chosen]
-    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout, softcap=softcap, head_dim=head_dim)
+    refusal = KERNEL_SPECS[name].refusal(device=device, backward=backward, dropout=dropout, softcap=softcap, head_dim=head_dim, sinks=sinks)
     if refusal is not None:
         raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")
     return KERNELS[name]
 
 
-def check_kernel(name: str, *, dropout: float, softcap: float | None = None) -> None:
+def check_kernel(name: str, *, dropout: float, softcap: float | None = None, sinks: bool = False) -> None:
     """Build-time validation of ``model.attention.kernel`` against what each kernel declares, and of the
-    ``softcap`` it must express."""
+    ``softcap`` and ``sinks`` it must express."""
     if softcap is not None and not softcap > 0:
         raise ConfigError("model.attention.softcap", softcap, "a positive cap on the scores (Gemma 2: 50.0), or null for none")
     if name not in KERNEL_CHOICES:
         raise ConfigError("model.attention.kernel", name, f"one of {list(KERNEL_CHOICES)}")
-    refusal = None if name == "auto" else KERNEL_SPECS[name].refusal(device=None, backward=False, dropout=dropout, softcap=softcap)
+    refusal = None if name == "auto" else KERNEL_SPECS[name].refusal(device=None, backward=False, dropout=dropout, softcap=softcap, sinks=sinks)
     if refusal is not None:
         raise ConfigError("model.attention.kernel", name, f"{name} {refusal}")
