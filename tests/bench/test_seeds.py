@@ -27,6 +27,8 @@ SMALL = [
         ["data=mqar", "data.n_pairs=4", "data.vocab_size=32"],
         # a scalar parameter (DyT's alpha), stacked to one value per seed
         ["model/norm=dyt"],
+        # attention sinks: eager with a sink logit per head, stacked to one vector per seed
+        ["model/attention=sinks"],
     ],
 )  # fmt: skip
 def test_stacked_seeds_match_separate_runs(tmp_path, options):
