@@ -156,7 +156,10 @@ def check_contract(overrides: list[str]) -> None:
 def interruptible() -> None:
     """``preexec_fn`` for a child process that a test stops with SIGINT: Ctrl-C's default action and the
     signal unblocked, whatever the test process has. A child inherits an ignored or blocked SIGINT, and
-    Python then installs no ``KeyboardInterrupt`` handler: the child would never see the Ctrl-C."""
+    Python then installs no ``KeyboardInterrupt`` handler: the child would never see the Ctrl-C. The test
+    run itself gets an ignored one whenever it is started in the background by a shell without job control
+    (``bash -c 'pytest &'``, ``nohup ... &``: POSIX ignores SIGINT and SIGQUIT in such asynchronous
+    commands, ``SigIgn: 0x6`` in ``/proc/<pid>/status``), as CI runners and scripts often start it."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
