@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.objectives import BlankInfillingObjective
-from zoo.objectives.blank_infilling import document_span, infilling_row, place_spans, span_lengths
+from zoo.objectives.blank_infilling import SentenceTable, document_span, infilling_row, place_spans, sentence_bounds, span_lengths
 from zoo.testing import build_tiny
 from zoo.tokenizer import ByteTokenizer
 
@@ -296,3 +296,69 @@ def test_infilling_a_span_with_a_kv_cache_equals_the_full_forward(pos):
         for t in range(a_len + 1, end):
             steps.append(model(tokens[:, t : t + 1], positions=positions[:, t : t + 1], prefix_len=prefix, cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+SMASK = TOK.sentinel_ids[3]
+
+
+def test_sentence_bounds_split_at_line_breaks_and_stops_before_whitespace():
+    text = "x = os.path.join(a)\nIt ends. Here? No!\nlast"
+    row = torch.tensor(TOK.encode(text))
+    starts, lengths = sentence_bounds(row, SentenceTable.of(TOK))
+    pieces = [text[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+    assert pieces == ["x = os.path.join(a)\n", "It ends.", " Here?", " No!\n", "last"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sentence_rows_blank_whole_sentences_behind_smask(seed):
+    """GLM's sentence-level objective: every span is a run of whole sentences, together at least mask_ratio
+    of the row, behind [sMASK]; Part B writes them back."""
+    lines = [f"line {i} says {'x' * (i % 7)}.\n" for i in range(12)]
+    text = "".join(lines)[:120]
+    tokens = torch.tensor(TOK.encode(text + "!"))[None].expand(4, -1)
+    objective = BlankInfillingObjective(sentence_ratio=1.0, mask_ratio=0.15, tokenizer=TOK, seed=seed)
+    x = objective.make_inputs({"tokens": tokens})
+    bounds = {0} | {i + 1 for i, c in enumerate(text) if c == "\n"} | {len(text)}
+    for row in range(4):
+        starts, lengths = x["starts"][row].tolist(), x["lengths"][row].tolist()
+        assert sum(lengths) >= round(0.15 * len(text))
+        for start, n in zip(starts, lengths, strict=True):
+            assert start in bounds and start + n in bounds, "a span starts and ends at sentence bounds"
+        a_len = int(x["prefix_len"][row])
+        assert x["tokens"][row, :a_len].tolist().count(SMASK) == len(starts) and MASK not in x["tokens"][row].tolist()
+        assert infill(x, row, blank=SMASK) == tokens[row, :-1].tolist()
+
+
+def test_a_row_that_is_one_sentence_takes_short_spans_and_ratios_mix():
+    one = BlankInfillingObjective(sentence_ratio=1.0, tokenizer=TOK, seed=0).make_inputs({"tokens": torch.full((2, 41), ord("a"))})
+    assert MASK in one["tokens"][0].tolist() and SMASK not in one["tokens"][0].tolist()
+    text = torch.tensor(TOK.encode("ab.\n" * 10 + "z"))[None].expand(400, -1)
+    x = BlankInfillingObjective(document_ratio=0.3, sentence_ratio=0.3, tokenizer=TOK, seed=5).make_inputs({"tokens": text})
+    kinds = [{GMASK, SMASK, MASK} & set(x["tokens"][r].tolist()) for r in range(400)]
+    assert all(len(k) == 1 for k in kinds), "a row is one kind"
+    for blank in (GMASK, SMASK, MASK):
+        assert 0.24 < sum(blank in k for k in kinds) / 400 < 0.46
+    plain = BlankInfillingObjective(document_ratio=0.3, tokenizer=TOK, seed=5).make_inputs({"tokens": text})
+    zero = BlankInfillingObjective(document_ratio=0.3, sentence_ratio=0.0, tokenizer=TOK, seed=5).make_inputs({"tokens": text})
+    assert torch.equal(plain["tokens"], zero["tokens"]), "no draw is spent on sentences without them"
+
+
+def test_sentence_settings_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^objective.sentence_ratio=0.6: in \[0, 1 - objective.document_ratio\] = \[0, 0.5\]"):
+        BlankInfillingObjective(document_ratio=0.5, sentence_ratio=0.6, tokenizer=TOK)
+    with pytest.raises(ConfigError, match=r"^tokenizer.n_sentinels=3: >= 4 with objective.sentence_ratio > 0"):
+        BlankInfillingObjective(sentence_ratio=0.5, tokenizer=ByteTokenizer(n_sentinels=3))
+
+
+def test_sentences_of_a_bpe_tokenizer_end_where_its_tokens_break_lines_or_stop(tmp_path):
+    from zoo.tokenizer import BPETokenizer
+
+    text = "The cat sat. The dog ran!\nA bird flew? Yes.\n" * 40
+    tok = BPETokenizer.train(documents=[text], vocab_size=300, n_sentinels=4, cache_dir=tmp_path)
+    row = torch.tensor(tok.encode(text[:200]))
+    starts, lengths = sentence_bounds(row, SentenceTable.of(tok))
+    pieces = [tok.decode(row[s : s + n].tolist()) for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+    assert "".join(pieces) == tok.decode(row.tolist())
+    for piece in pieces[:-1]:  # every sentence but the row's cut last one ends with its stop or line break
+        assert piece.rstrip(" ").endswith((".", "!", "?", "\n")), pieces
+    assert len(pieces) >= 12

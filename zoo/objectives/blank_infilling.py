@@ -3,11 +3,13 @@
 Du et al. 2022, arXiv:2103.10360, sections 2.1-2.3. Spans of each row are blanked out of the text; the
 corrupted text (Part A) is the prefix decoder's bidirectional prefix, and the spans follow it (Part B),
 in random order, each written left to right after a start sentinel. Part B reads all of Part A and the
-spans written before it, which is the prefix decoder's own mask with Part A as the prefix. A share of the
-rows may instead take GLM's document-level objective (section 2.3): one long span, the row's end, behind
-its own blank ``[gMASK]``, which teaches the model to write long text.
+spans written before it, which is the prefix decoder's own mask with Part A as the prefix. Shares of the
+rows may instead take GLM's two other objectives (section 2.3): the document level, one long span, the
+row's end, behind its own blank ``[gMASK]``, which teaches the model to write long text; and the sentence
+level, whole sentences behind ``[sMASK]``, which teaches it to write a sentence or a paragraph.
 """
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -61,6 +63,63 @@ def document_span(length: int, *, generator: torch.Generator) -> tuple[torch.Ten
     return torch.tensor([length - span]), torch.tensor([span])
 
 
+#: characters that end a sentence when whitespace follows them
+SENTENCE_STOPS = ".!?"
+
+
+class SentenceTable(NamedTuple):
+    """Per token id of a tokenizer, what :func:`sentence_bounds` needs: ``(vocab_size,)`` booleans."""
+
+    newline: torch.Tensor  #: its text holds a line break: a sentence (or a line of code) ends with it
+    stop: torch.Tensor  #: its text ends in ``.``, ``!`` or ``?``: a sentence ends with it if whitespace follows
+    space_first: torch.Tensor  #: its text starts with whitespace
+
+    @classmethod
+    def of(cls, tokenizer) -> "SentenceTable":
+        """The table of ``tokenizer``'s regular tokens (specials end nothing)."""
+        texts = [tokenizer.decode([i]) for i in range(tokenizer.n_regular)] + [""] * (tokenizer.vocab_size - tokenizer.n_regular)
+        flags = lambda test: torch.tensor([bool(t) and test(t) for t in texts])  # noqa: E731
+        return cls(flags(lambda t: "\n" in t), flags(lambda t: t[-1] in SENTENCE_STOPS), flags(lambda t: t[0].isspace()))
+
+
+def sentence_bounds(row: torch.Tensor, table: SentenceTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(starts, lengths)`` of the sentences of ``row (L,)``, in order, covering it: a sentence ends after a
+    token with a line break, after ``.``, ``!`` or ``?`` that whitespace follows (unless a line break comes
+    with it: the sentence then ends there), and at the row's end (so the row's first and last sentences may
+    be cut by the row's edges)."""
+    following = row[1:]
+    followed_by_space = torch.cat([table.space_first[following] & ~table.newline[following], torch.tensor([True])])
+    ends = table.newline[row] | (table.stop[row] & followed_by_space)
+    ends[-1] = True
+    last = ends.nonzero().squeeze(1)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), last[:-1] + 1])
+    return starts, last - starts + 1
+
+
+def sentence_spans(
+    row: torch.Tensor, table: SentenceTable, *, n_masked: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """GLM's sentence-level spans (arXiv:2103.10360, section 2.3) of ``row (L,)``: whole sentences, drawn in a
+    random order until they cover ``n_masked`` tokens, skipping any that would leave no token to read;
+    neighbours merge into one span, so spans stay apart. ``(starts, lengths)`` in order, or ``None`` where
+    no sentence fits (a row that is one sentence)."""
+    starts, lengths = sentence_bounds(row, table)
+    chosen = torch.zeros(len(starts), dtype=torch.bool)
+    covered = 0
+    for i in torch.randperm(len(starts), generator=generator).tolist():
+        if covered + int(lengths[i]) <= len(row) - 1:
+            chosen[i] = True
+            covered += int(lengths[i])
+            if covered >= n_masked:
+                break
+    if not chosen.any():
+        return None
+    first = chosen & ~torch.cat([torch.tensor([False]), chosen[:-1]])  # a chosen sentence after an unchosen one
+    group = torch.cumsum(first.long(), 0)[chosen] - 1  # each chosen sentence's span
+    span_lengths_ = torch.zeros(int(first.sum()), dtype=torch.long).index_add_(0, group, lengths[chosen])
+    return starts[first], span_lengths_
+
+
 def generation_blank(tokenizer) -> int:
     """GLM's ``[gMASK]`` of ``tokenizer``, the blank of the document-level objective: its third sentinel
     (``<extra_id_2>``), after ``[S]`` and ``[E]``."""
@@ -70,6 +129,17 @@ def generation_blank(tokenizer) -> int:
             ">= 3 with objective.document_ratio > 0: [S], [E] and [gMASK] are <extra_id_0>, <extra_id_1> and <extra_id_2>",
         )  # fmt: skip
     return tokenizer.sentinel_ids[2]
+
+
+def sentence_blank(tokenizer) -> int:
+    """GLM's ``[sMASK]`` of ``tokenizer``, the blank of the sentence-level objective: its fourth sentinel
+    (``<extra_id_3>``), after ``[S]``, ``[E]`` and ``[gMASK]``."""
+    if len(tokenizer.sentinel_ids) < 4:
+        raise ConfigError(
+            "tokenizer.n_sentinels", len(tokenizer.sentinel_ids),
+            ">= 4 with objective.sentence_ratio > 0: [S], [E], [gMASK] and [sMASK] are <extra_id_0> .. <extra_id_3>",
+        )  # fmt: skip
+    return tokenizer.sentinel_ids[3]
 
 
 def infilling_sentinels(tokenizer) -> tuple[int, int, int, int]:
@@ -169,13 +239,21 @@ class BlankInfillingObjective(Objective):
     (:func:`document_span`), blanked by ``[gMASK]`` (the third sentinel), so Part A is the text's start
     and Part B writes the rest. GLM's short and long blanks differ by their token, so a prompt says which
     it wants; a model trained with them continues a text behind ``[gMASK]``
-    (:meth:`continuation_prompt`). GLM draws the kind per batch; zoo per row, for a steadier mix.
+    (:meth:`continuation_prompt`).
+
+    With ``sentence_ratio``, that share of the rows takes GLM's sentence-level objective (section 2.3): whole
+    sentences (:func:`sentence_bounds`: ended by a line break, or by ``.``, ``!`` or ``?`` before whitespace,
+    so a line of code counts as one) drawn until they cover ``mask_ratio`` of the row, each run of them
+    behind one ``[sMASK]`` (the fourth sentinel); a row that is a single sentence takes short spans instead.
+    GLM draws the kind per batch; zoo per row, for a steadier mix.
 
     Args:
         mask_ratio: share of each row's tokens blanked out, in ``(0, 0.5]`` (GLM's base setting: 0.15);
             at most half, so that spans with a token between them always fit.
         mean_span_length: the Poisson rate of the span lengths (GLM: 3), ``> 0``.
         document_ratio: share of the rows that take the document-level objective, in ``[0, 1]``; 0: none.
+        sentence_ratio: share of the rows that take the sentence-level objective, in ``[0, 1]`` with
+            ``document_ratio + sentence_ratio <= 1``; 0: none.
         tokenizer: the run's tokenizer (``<mask>``, ``<pad>`` and sentinel ids); required.
         seed: as :class:`~zoo.objectives.base.Objective`.
     """
@@ -184,7 +262,8 @@ class BlankInfillingObjective(Objective):
     compatible_archs = ("prefix",)
 
     def __init__(
-        self, *, mask_ratio: float = 0.15, mean_span_length: float = 3.0, document_ratio: float = 0.0, tokenizer=None, seed: int = 0
+        self, *, mask_ratio: float = 0.15, mean_span_length: float = 3.0, document_ratio: float = 0.0, sentence_ratio: float = 0.0,
+        tokenizer=None, seed: int = 0,
     ) -> None:
         super().__init__(tokenizer=tokenizer, seed=seed)
         if not 0 < mask_ratio <= 0.5:
@@ -193,10 +272,17 @@ class BlankInfillingObjective(Objective):
             raise ConfigError("objective.mean_span_length", mean_span_length, "> 0, the Poisson rate of the span lengths (GLM: 3)")
         if not 0 <= document_ratio <= 1:
             raise ConfigError("objective.document_ratio", document_ratio, "in [0, 1]: the share of rows with one long blank at their end ([gMASK])")
-        self.mask_ratio, self.mean_span_length, self.document_ratio = float(mask_ratio), float(mean_span_length), float(document_ratio)
+        if not 0 <= sentence_ratio <= 1 - document_ratio:
+            raise ConfigError(
+                "objective.sentence_ratio", sentence_ratio, f"in [0, 1 - objective.document_ratio] = [0, {1 - document_ratio:g}]: the share of rows with whole sentences blanked ([sMASK])"
+            )  # fmt: skip
+        self.mask_ratio, self.mean_span_length = float(mask_ratio), float(mean_span_length)
+        self.document_ratio, self.sentence_ratio = float(document_ratio), float(sentence_ratio)
         if tokenizer is not None:
             self.sentinels()  # a tokenizer short of sentinels fails when the run is built, not at its first step
             self.continuation_blank()
+            if self.sentence_ratio:
+                sentence_blank(tokenizer)
 
     @classmethod
     def check(cls, model) -> None:
@@ -207,6 +293,11 @@ class BlankInfillingObjective(Objective):
     def sentinels(self) -> tuple[int, int, int, int]:
         """``(<mask>, [S], [E], <pad>)`` ids (:func:`infilling_sentinels`)."""
         return infilling_sentinels(self._needs_tokenizer())
+
+    @functools.cached_property
+    def sentence_table(self) -> SentenceTable:
+        """Where the tokenizer's tokens end sentences (:class:`SentenceTable`), read once."""
+        return SentenceTable.of(self._needs_tokenizer())
 
     def continuation_blank(self) -> int:
         """The blank behind which the model continues a text: ``[gMASK]`` where it trained on documents
@@ -227,9 +318,16 @@ class BlankInfillingObjective(Objective):
         gmask = self.continuation_blank()
         rows, all_starts, all_lengths = [], [], []
         for row in text:
-            # drawn only with documents in the mix, so a run without them keeps its spans
-            if self.document_ratio and length >= 2 and float(torch.rand((), generator=g)) < self.document_ratio:
+            # the kind is drawn only with documents or sentences in the mix, so a run without them keeps its spans
+            mixed = (self.document_ratio or self.sentence_ratio) and length >= 2
+            kind = float(torch.rand((), generator=g)) if mixed else 1.0
+            sentences = None
+            if kind >= self.document_ratio and kind < self.document_ratio + self.sentence_ratio:
+                sentences = sentence_spans(row, self.sentence_table, n_masked=n_masked, generator=g)
+            if kind < self.document_ratio:
                 (starts, lengths), blank = document_span(length, generator=g), gmask
+            elif sentences is not None:
+                (starts, lengths), blank = sentences, sentence_blank(self.tokenizer)
             else:
                 lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
                 starts, blank = place_spans(length, lengths, generator=g), mask_id
@@ -274,5 +372,5 @@ class BlankInfillingObjective(Objective):
     def __repr__(self) -> str:
         return (
             f"BlankInfillingObjective(mask_ratio={self.mask_ratio}, mean_span_length={self.mean_span_length}, "
-            f"document_ratio={self.document_ratio}, seed={self.seed})"
+            f"document_ratio={self.document_ratio}, sentence_ratio={self.sentence_ratio}, seed={self.seed})"
         )
