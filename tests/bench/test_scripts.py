@@ -72,3 +72,11 @@ def test_bench_decode_sweeps_every_variant_against_mha(tmp_path):
     assert mha["eager_vs_mha"] == mha["compiled_vs_mha"] == 1.0
     assert [r["cache_bytes"] / mha["cache_bytes"] for r in rows[1:3]] == [0.5, 0.25]
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
+def test_init_gradients_reports_every_projection_of_each_composition(capsys):
+    found = script("init_gradients").main(["model/norm=rmsnorm", "model/ffn=gelu model.n_layers=1", "--batch", "2", "--length", "8"])
+    assert set(found["model/norm=rmsnorm"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(found["model/ffn=gelu model.n_layers=1"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"}
+    assert all(v > 0 for row in found.values() for v in row.values())
+    assert "| model/norm=rmsnorm |" in capsys.readouterr().out
