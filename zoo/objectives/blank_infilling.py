@@ -120,26 +120,28 @@ def sentence_spans(
     return starts[first], span_lengths_
 
 
+#: GLM's sentinels, the tokenizer's first T5 sentinels (``<extra_id_0>`` ...) in this order
+GLM_SENTINELS = ("[S]", "[E]", "[gMASK]", "[sMASK]")
+
+
+def glm_sentinel(tokenizer, name: str, *, needed_by: str) -> int:
+    """The id of GLM's sentinel ``name`` (one of :data:`GLM_SENTINELS`) in ``tokenizer``, which the setting
+    ``needed_by`` asks for; a tokenizer with too few sentinels is refused in one line."""
+    i = GLM_SENTINELS.index(name)
+    if len(tokenizer.sentinel_ids) <= i:
+        names = ", ".join(f"{n} <extra_id_{k}>" for k, n in enumerate(GLM_SENTINELS[: i + 1]))
+        raise ConfigError("tokenizer.n_sentinels", len(tokenizer.sentinel_ids), f">= {i + 1} with {needed_by}: {names}")
+    return tokenizer.sentinel_ids[i]
+
+
 def generation_blank(tokenizer) -> int:
-    """GLM's ``[gMASK]`` of ``tokenizer``, the blank of the document-level objective: its third sentinel
-    (``<extra_id_2>``), after ``[S]`` and ``[E]``."""
-    if len(tokenizer.sentinel_ids) < 3:
-        raise ConfigError(
-            "tokenizer.n_sentinels", len(tokenizer.sentinel_ids),
-            ">= 3 with objective.document_ratio > 0: [S], [E] and [gMASK] are <extra_id_0>, <extra_id_1> and <extra_id_2>",
-        )  # fmt: skip
-    return tokenizer.sentinel_ids[2]
+    """GLM's ``[gMASK]``, the blank of the document-level objective."""
+    return glm_sentinel(tokenizer, "[gMASK]", needed_by="objective.document_ratio > 0")
 
 
 def sentence_blank(tokenizer) -> int:
-    """GLM's ``[sMASK]`` of ``tokenizer``, the blank of the sentence-level objective: its fourth sentinel
-    (``<extra_id_3>``), after ``[S]``, ``[E]`` and ``[gMASK]``."""
-    if len(tokenizer.sentinel_ids) < 4:
-        raise ConfigError(
-            "tokenizer.n_sentinels", len(tokenizer.sentinel_ids),
-            ">= 4 with objective.sentence_ratio > 0: [S], [E], [gMASK] and [sMASK] are <extra_id_0> .. <extra_id_3>",
-        )  # fmt: skip
-    return tokenizer.sentinel_ids[3]
+    """GLM's ``[sMASK]``, the blank of the sentence-level objective."""
+    return glm_sentinel(tokenizer, "[sMASK]", needed_by="objective.sentence_ratio > 0")
 
 
 def infilling_sentinels(tokenizer) -> tuple[int, int, int, int]:
