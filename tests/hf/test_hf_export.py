@@ -103,6 +103,7 @@ def test_a_squared_relu_gpt2_imports_back_as_relu2(tmp_path):
         (["preset=gemma", "model.logit_softcap=30.0"], "GemmaForCausalLM: model.logit_softcap"),
         (["preset=gemma3", "model/attention=softcap"], "Gemma3ForCausalLM: model.attention.softcap"),
         (["preset=llama", "model/attention=bigbird"], "LlamaForCausalLM: model.attention.pattern"),  # exported dense, it would see more
+        (["preset=mistral", "model.attention.sinks=true"], "MistralForCausalLM: model.attention.sinks"),  # no family carries sinks
         (["preset=llama", "model/attention=performer"], "LlamaForCausalLM: model.attention._target_"),
         (["preset=llama", "model/attention=mamba2"], "LlamaForCausalLM: model.attention._target_"),
         (["preset=gemma2", "model.layers.kinds.global.attention.window=8"], "Gemma2ForCausalLM: model.layers.kinds"),  # one sliding_window

@@ -322,8 +322,9 @@ def expect_uniform_layers(m: DictConfig, family: str) -> None:
 
 #: settings of a composition that only some families carry: a family that does not list one in
 #: :attr:`Family.features` would drop it on export, so it refuses it instead (off: null or false);
-#: no family carries a sparse attention pattern (strided, fixed, BigBird): each refuses it
-FEATURES = ("scale_embed", "logit_softcap", "attention.softcap", "attention.pattern")
+#: no family carries a sparse attention pattern (strided, fixed, BigBird) or attention sinks (zoo has no
+#: gpt-oss family): each refuses them
+FEATURES = ("scale_embed", "logit_softcap", "attention.softcap", "attention.pattern", "attention.sinks")
 
 
 def expect_features(m: DictConfig, family: Family) -> None:
