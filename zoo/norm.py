@@ -62,7 +62,9 @@ class DyT(nn.Module):
     Args:
         dim: feature size.
         alpha_init: the starting ``alpha``: the paper's default 0.5, whose LLMs tune it per model and
-            slot. At zoo's 0.02-scale initialisation 0.5 barely trains (docs/results.md, "DyT").
+            slot. At zoo's 0.02-scale initialisation 0.5 does not train: the query and key gradients start
+            10,000 times below AdamW's ``eps`` (``benchmarks/init_gradients.py``); the paper's embedding scale
+            (``model.scale_embed``) and a larger ``alpha_init`` lift them (docs/results.md, "DyT").
         bias: learn an additive bias, as the paper does.
 
     Shapes: ``(..., dim) -> (..., dim)``.
