@@ -2,6 +2,8 @@
 logits (MHA, GQA, MQA, a sliding window; a padded batch; every decoder architecture), and compiled
 they trace once per generation, never once per step."""
 
+import copy
+
 import pytest
 import torch
 
@@ -14,15 +16,16 @@ from tiny_models import PROMPTS, perturbed, tiny
 ATTENTION = {"mha": dict(n_kv_heads=4), "gqa": dict(n_kv_heads=2), "mqa": dict(n_kv_heads=1), "window": dict(n_kv_heads=2, window=3)}
 
 
-def greedy(model, prompts, n, **static):
-    """Greedy tokens ``(b, n)`` and their logits ``(b, n, v)``, eager cache or (``static``) StaticDecoder."""
+def greedy(model, prompts, n, follow=None, **static):
+    """Greedy tokens ``(b, n)`` and their logits ``(b, n, v)``, eager cache or (``static``) StaticDecoder;
+    ``follow (b, n)``: feed these tokens instead of the argmax (to score another run's tokens)."""
     with torch.inference_mode():
         session = model.open_session(prompts, pad_id=0, start_id=1, room=n)
         logits = session.feed(session.prompt)[:, -1]
         step = StaticDecoder(session, room=n - 1, **static) if static else session
         tokens, seen = [], []
         for t in range(n):
-            tokens.append(logits.argmax(-1))
+            tokens.append(logits.argmax(-1) if follow is None else follow[:, t])
             seen.append(logits)
             if t + 1 < n:
                 logits = step.feed(tokens[-1][:, None])[:, -1]
@@ -39,13 +42,19 @@ def test_static_steps_give_the_eager_tokens_and_logits(attention):
 
 
 def test_static_steps_in_bfloat16_give_the_eager_tokens():
-    """The static cache takes the model's dtype: bfloat16 weights decode on a bfloat16 cache (zoo-generate dtype=)."""
-    model = tiny(n_kv_heads=2).to(torch.bfloat16)
+    """The static cache takes the model's dtype: bfloat16 weights decode on a bfloat16 cache (zoo-generate dtype=),
+    with the eager cache's tokens, and logits as close to the float32 model's as the eager cache's are."""
+    exact_model = tiny(n_kv_heads=2)
+    model = copy.deepcopy(exact_model).to(torch.bfloat16)
     want, want_logits = greedy(model, PROMPTS, 8)
     got, got_logits = greedy(model, PROMPTS, 8, compiled=False)
     assert got_logits.dtype == torch.bfloat16 and torch.equal(got, want)
-    # SDPA sums over the whole static buffer (masked) rather than the filled keys: a bfloat16 ulp or two apart
-    torch.testing.assert_close(got_logits, want_logits, atol=3e-2, rtol=1.6e-2)
+    # SDPA sums over the whole static buffer (masked) rather than the filled keys, and CPUs with bfloat16 dot
+    # products (AVX-512 BF16) take other kernels than AVX2 ones: the two bfloat16 runs differ by several ulps
+    # there (0.055 at a logit of 1.3), while each is 0.24-0.25 from float32. So each is held to float32.
+    _, exact = greedy(exact_model, PROMPTS, 8, follow=want)
+    eager_error, static_error = ((x.float() - exact).abs().max() for x in (want_logits, got_logits))
+    assert static_error <= 1.5 * eager_error, (static_error, eager_error)
 
 
 @pytest.mark.parametrize("arch", ["prefix", "encdec"])
