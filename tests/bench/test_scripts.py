@@ -80,3 +80,26 @@ def test_init_gradients_reports_every_projection_of_each_composition(capsys):
     assert set(found["model/ffn=gelu model.n_layers=1"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"}
     assert all(v > 0 for row in found.values() for v in row.values())
     assert "| model/norm=rmsnorm |" in capsys.readouterr().out
+
+
+def test_attention_sinks_recomputes_weights_that_are_a_causal_distribution():
+    import torch
+
+    from zoo.testing import build_tiny
+
+    attention_weights = script("attention_sinks").attention_weights
+    tokens = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    for options, has_sinks in ((["model/attention=sinks"], True), ([], False)):
+        model = build_tiny([*options, "model.vocab_size=64"], seed=0).eval()
+        if has_sinks:
+            with torch.no_grad():
+                for layer in model.stack.layers:
+                    layer.attn.sinks.fill_(1.0)
+        before = model(tokens)
+        found = attention_weights(model, tokens)
+        assert len(found) == len(model.stack.layers)
+        torch.testing.assert_close(model(tokens), before)  # the layers are left as they were
+        for w in found:
+            torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+            assert not w[..., :-1].triu(1).any(), "no weight on later tokens"
+            assert (w[..., -1] > 0).all() if has_sinks else not w[..., -1].any()
