@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from zoo.attention.dense import eager_weights
 from zoo.generate import load_checkpoint
 
 
@@ -33,20 +34,17 @@ def rows_of_source(tokenizer, *, rows: int, length: int, seed: int) -> torch.Ten
 
 def attention_weights(model, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per layer, the attention weights ``(b, h, n, m + 1)`` of ``tokens``: the last column the sink's (0
-    without sinks), recomputed from what each layer's kernel receives."""
+    without sinks), the eager reference's weights (:func:`zoo.attention.dense.eager_weights`) of what each
+    layer's kernel receives."""
     found = []
 
     def recorder(attn):
         original = attn.attend
 
         def attend(q, k, v, *, mask, q_pos, k_pos, bias):
-            kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-            scores = (q @ kk.transpose(-1, -2)).float() * attn.scale
-            extra = bias(q_pos, k_pos)
-            scores = scores if extra is None else scores + extra
-            scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
-            sink = torch.full_like(scores[..., :1], float("-inf")) if attn.sinks is None else attn.sinks.float().view(1, -1, 1, 1).expand_as(scores[..., :1])
-            found.append(torch.cat([scores, sink], -1).softmax(-1))
+            w = eager_weights(q, k, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=attn.scale, softcap=attn.softcap, sinks=attn.sinks)
+            sink = torch.zeros_like(w[..., :1]) if attn.sinks is None else 1 - w.sum(-1, keepdim=True)
+            found.append(torch.cat([w, sink], -1))
             return original(q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias)
 
         return attend

@@ -16,6 +16,37 @@ from zoo.attention.signature import BiasFn
 from zoo.softcap import soft_cap
 
 
+def eager_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    mask: Mask,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    bias: BiasFn,
+    scale: float,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The attention weights ``(b, h, n, m)`` in float32 of the eager reference: every score materialised,
+    masked with ``-inf``, softmax in float32; ``softcap`` squashes the scaled scores to
+    ``(-softcap, softcap)`` before any bias (:func:`zoo.softcap.soft_cap`); ``sinks (h,)`` adds one logit
+    per head to each softmax, a key that every query sees and that reads no value (gpt-oss), so a head
+    may attend to nothing (its rows then sum to less than one)."""
+    k = repeat(k, "b k m d -> b (k g) m d", g=q.shape[1] // k.shape[1])
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k).float() * scale
+    if softcap is not None:
+        scores = soft_cap(scores, softcap)
+    score_bias = bias(q_pos, k_pos)
+    if score_bias is not None:
+        scores = scores + score_bias
+    scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
+    if sinks is None:
+        return scores.softmax(dim=-1)
+    sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    return torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+
+
 def eager(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -30,27 +61,10 @@ def eager(
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The reference: every score materialised, masked with ``-inf``, softmax in float32; ``softcap``
-    squashes the scaled scores to ``(-softcap, softcap)`` before any bias (:func:`zoo.softcap.soft_cap`);
-    ``sinks (h,)`` adds one logit per head to each softmax, a key that every query sees and that reads no
-    value (gpt-oss), so a head may attend to nothing."""
-    groups = q.shape[1] // k.shape[1]
-    k = repeat(k, "b k m d -> b (k g) m d", g=groups)
-    v = repeat(v, "b k m d -> b (k g) m d", g=groups)
-    scores = torch.einsum("bhnd,bhmd->bhnm", q, k).float() * scale
-    if softcap is not None:
-        scores = soft_cap(scores, softcap)
-    score_bias = bias(q_pos, k_pos)
-    if score_bias is not None:
-        scores = scores + score_bias
-    scores = scores.masked_fill(~mask.allows(q_pos, k_pos)[:, None], float("-inf"))
-    if sinks is None:
-        weights = scores.softmax(dim=-1)
-    else:
-        sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
-        weights = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
-    weights = F.dropout(weights, p=dropout).to(v.dtype)
-    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
+    """The reference: :func:`eager_weights` (with ``softcap`` and ``sinks``) times the values."""
+    weights = eager_weights(q, k, mask=mask, q_pos=q_pos, k_pos=k_pos, bias=bias, scale=scale, softcap=softcap, sinks=sinks)
+    v = repeat(v, "b k m d -> b (k g) m d", g=q.shape[1] // v.shape[1])
+    return torch.einsum("bhnm,bhmd->bhnd", F.dropout(weights, p=dropout).to(v.dtype), v)
 
 
 def sdpa(

@@ -147,9 +147,8 @@ def sentence_blank(tokenizer) -> int:
 def infilling_sentinels(tokenizer) -> tuple[int, int, int, int]:
     """``(<mask>, [S], [E], <pad>)`` ids of ``tokenizer``: the blank, the start and end of a span, and
     padding, as training lays them out and generation (``generate(..., blank_id=)``) must too."""
-    if len(tokenizer.sentinel_ids) < 2:
-        raise ConfigError("tokenizer.n_sentinels", len(tokenizer.sentinel_ids), ">= 2: blank infilling's [S] and [E] are <extra_id_0> and <extra_id_1>")
-    return tokenizer.mask_id, tokenizer.sentinel_ids[0], tokenizer.sentinel_ids[1], tokenizer.pad_id
+    start, end = (glm_sentinel(tokenizer, name, needed_by="objective=blank_infilling") for name in ("[S]", "[E]"))
+    return tokenizer.mask_id, start, end, tokenizer.pad_id
 
 
 class InfillingRow(NamedTuple):
@@ -318,18 +317,18 @@ class BlankInfillingObjective(Objective):
         n_masked = max(1, round(self.mask_ratio * length))
         g = self.next_generator() if generator is None else generator
         gmask = self.continuation_blank()
+        smask = sentence_blank(self.tokenizer) if self.sentence_ratio else None
         rows, all_starts, all_lengths = [], [], []
         for row in text:
             # the kind is drawn only with documents or sentences in the mix, so a run without them keeps its spans
             mixed = (self.document_ratio or self.sentence_ratio) and length >= 2
             kind = float(torch.rand((), generator=g)) if mixed else 1.0
-            sentences = None
-            if kind >= self.document_ratio and kind < self.document_ratio + self.sentence_ratio:
-                sentences = sentence_spans(row, self.sentence_table, n_masked=n_masked, generator=g)
             if kind < self.document_ratio:
                 (starts, lengths), blank = document_span(length, generator=g), gmask
-            elif sentences is not None:
-                (starts, lengths), blank = sentences, sentence_blank(self.tokenizer)
+            elif kind < self.document_ratio + self.sentence_ratio and (
+                sentences := sentence_spans(row, self.sentence_table, n_masked=n_masked, generator=g)
+            ) is not None:
+                (starts, lengths), blank = sentences, smask
             else:
                 lengths = span_lengths(n_masked, mean_span_length=self.mean_span_length, generator=g)
                 starts, blank = place_spans(length, lengths, generator=g), mask_id
